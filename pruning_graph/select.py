@@ -1,0 +1,166 @@
+"""VLM-Pruner token selection as static-shape torch ops, the form that is exported.
+
+Same contract and same tokens as `reference.reference_select`. The keep count R and every loop
+count are Python ints fixed before tracing, so the traced graph is a straight line: pivots (kappa
+steps), then T greedy passes of ceil(N / B) blocks each, then the fusion. Tokens are tracked with
+a boolean mask over the N image tokens; once R are selected, later blocks accept nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch._higher_order_ops.scan import scan
+
+from pruning_graph.config import VLMPrunerConfig
+from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance
+from pruning_graph.static_ops import (
+    argmax_lowest,
+    argmax_lowest_rows,
+    mask_to_indices,
+    order_ascending,
+    rank_ascending,
+    top_k_mask,
+)
+from pruning_graph.validation import check_features, check_grid_and_keep
+
+
+def select_tokens(
+    keys: Tensor,
+    hidden: Tensor,
+    grid: tuple[int, int],
+    keep: int,
+    config: VLMPrunerConfig = VLMPrunerConfig(),
+) -> tuple[Tensor, Tensor]:
+    """Select `keep` of the N image tokens and fuse the others into them (static shapes).
+
+    Args:
+        keys: float [N, dk], layer K-1's post-RoPE keys of the image tokens.
+        hidden: float [N, d], layer K-1's output hidden states of the image tokens.
+        grid: (H, W) with H * W == N, the row-major layout of the tokens.
+        keep: R, number of tokens kept, 1 <= R <= N.
+    Returns:
+        indices: int64 [R], the kept tokens, ascending.
+        fused: [R, d] in hidden's dtype, the kept tokens' states after fusion.
+    """
+    n = check_features(keys, hidden, check_values=not torch.compiler.is_compiling())
+    check_grid_and_keep(grid, keep, n)
+    return _select(keys, hidden, grid_distance(tuple(grid)).to(keys.device), keep, config)
+
+
+class VLMPrunerSelect(nn.Module):
+    """`select_tokens` for one fixed grid and keep count, as a module to export.
+
+    forward(keys [N, dk], hidden [N, d]) -> (indices int64 [R], fused [R, d]).
+    """
+
+    def __init__(self, grid: tuple[int, int], keep: int, config: VLMPrunerConfig = VLMPrunerConfig()):
+        super().__init__()
+        self.num_tokens = check_grid_and_keep(grid, keep)
+        self.grid = tuple(grid)
+        self.keep = keep
+        self.config = config
+        self.register_buffer("distance", grid_distance(self.grid), persistent=False)
+
+    def forward(self, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        n = check_features(keys, hidden, check_values=not torch.compiler.is_compiling())
+        if n != self.num_tokens:
+            raise ValueError(f"this selector was built for grid {self.grid} ({self.num_tokens} tokens), got {n} tokens")
+        return _select(keys, hidden, self.distance, self.keep, self.config)
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}, keep={self.keep}, config={self.config}"
+
+
+def _select(
+    keys: Tensor, hidden: Tensor, distance: Tensor, keep: int, config: VLMPrunerConfig
+) -> tuple[Tensor, Tensor]:
+    """The three stages on validated inputs; `distance` [N, N] is the normalised grid distance."""
+    keys, states = keys.float(), hidden.float()
+    screened = top_k_mask(channel_spread(states), config.q)
+    channels = mask_to_indices(screened, min(config.q, states.shape[1]))
+    similarity = cosine_similarity_matrix(states.index_select(1, channels))
+
+    selected = _pivots(keys, min(config.kappa, keep))
+    selected = _greedy_fill(selected, similarity, distance, keep, config)
+    indices = mask_to_indices(selected, keep)
+    fused = _fuse(states, similarity, selected, indices, config.beta)
+    return indices, fused.to(hidden.dtype)
+
+
+def _one_hot(index: Tensor, n: int) -> Tensor:
+    """int64 [k] -> bool [k, n]."""
+    return index[:, None] == torch.arange(n, device=index.device)[None, :]
+
+
+def _pivots(keys: Tensor, count: int) -> Tensor:
+    """Stage 1 as a mask: largest-L1 key, then farthest-point sampling. [N, dk] -> bool [N]."""
+    n = keys.shape[0]
+    first = argmax_lowest(keys.abs().sum(dim=1))
+    selected = _one_hot(first, n)[0]
+    nearest = torch.linalg.vector_norm(keys - keys.index_select(0, first), dim=1)
+    for _ in range(count - 1):
+        # Distances are >= 0: -1 keeps already selected tokens out even when all are duplicates.
+        pick = argmax_lowest(torch.where(selected, -1.0, nearest))
+        selected = selected | _one_hot(pick, n)[0]
+        nearest = torch.minimum(nearest, torch.linalg.vector_norm(keys - keys.index_select(0, pick), dim=1))
+    return selected
+
+
+def _redundancy(rows: Tensor, similarity: Tensor, distance: Tensor, selected: Tensor, lam: float) -> Tensor:
+    """m_i(S) for the tokens `rows` (int64 [k]) against the selected mask S: float [k]."""
+    sim = similarity.index_select(0, rows)
+    dist = distance.index_select(0, rows)
+    nearest_sim = torch.where(selected[None, :], sim, -math.inf).amax(dim=1)
+    nearest_dist = torch.where(selected[None, :], dist, math.inf).amin(dim=1)
+    return nearest_sim * (1 + lam * nearest_dist)
+
+
+def _greedy_fill(
+    selected: Tensor, similarity: Tensor, distance: Tensor, keep: int, config: VLMPrunerConfig
+) -> Tensor:
+    """Stage 2: T passes, each a `scan` over ceil(N / B) blocks. Returns bool [N] with R True."""
+    n = similarity.shape[0]
+    blocks = -(-n // config.block)
+    everyone = torch.arange(n, device=similarity.device)
+    room = keep - selected.sum()
+
+    def step(carry: tuple[Tensor, Tensor, Tensor], block: Tensor):
+        selected, room, threshold = carry
+        m = _redundancy(block, similarity, distance, selected, config.lam)
+        was_selected = selected.index_select(0, block)
+        accepted = (m < threshold) & ~was_selected
+        # Over budget: the accepted with the smallest m, ties by block order.
+        accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
+        selected = selected.index_put((block,), accepted | was_selected)
+        return (selected, room - accepted.sum(), threshold.clone()), accepted
+
+    for tau in config.thresholds():
+        # Pass order: candidates ascending by m_i(S) at the pass start, selected tokens last.
+        start = _redundancy(everyone, similarity, distance, selected, config.lam)
+        order = order_ascending(torch.where(selected, math.inf, start))
+        # Pad to whole blocks with the last token of the order, always an already selected one.
+        padded = torch.cat([order, order[-1:].expand(blocks * config.block - n)])
+        threshold = torch.tensor(tau, dtype=torch.float32)
+        (selected, room, _), _ = scan(step, (selected, room, threshold), padded.reshape(blocks, config.block))
+    return selected
+
+
+def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor, beta: float) -> Tensor:
+    """Stage 3: similarity-weighted merge of each discarded token into its most similar kept token.
+
+    Args:
+        states: float32 [N, d]; similarity: [N, N]; selected: bool [N]; indices: int64 [R], ascending.
+    Returns:
+        float32 [R, d].
+    """
+    to_kept = similarity.index_select(1, indices)  # [N, R]
+    target = argmax_lowest_rows(to_kept)  # [N], a position in `indices`
+    weight = torch.where(selected, 0.0, to_kept.gather(1, target[:, None])[:, 0])  # [N]
+    assign = _one_hot(target, indices.shape[0]).to(states.dtype) * weight[:, None]  # [N, R]
+    total_weight = assign.sum(dim=0)  # [R]
+    merged = (assign.T @ states) / total_weight.clamp_min(1e-8)[:, None]  # [R, d]
+    kept = states.index_select(0, indices)
+    return torch.where((total_weight > 0)[:, None], beta * kept + (1 - beta) * merged, kept)

@@ -1,0 +1,81 @@
+"""Export-friendly building blocks with explicit lowest-index tie-breaking.
+
+Every function has output shapes fixed by its input shapes and Python ints, and uses only ops that
+torch.export, ONNX Runtime and the ExecuTorch portable kernels all run: no sort/argsort (no
+ExecuTorch kernel), no nonzero/isin, no indexing with a 0-d tensor. Ties are resolved here, by
+index arithmetic, never left to a kernel (ONNX TopK and PyTorch topk order ties differently).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def argmax_lowest(scores: Tensor) -> Tensor:
+    """Index of the largest score, the lowest index among equals: [N] -> int64 [1]."""
+    n = scores.shape[0]
+    index = torch.arange(n, device=scores.device)
+    best = scores.max()
+    return torch.where(scores == best, index, n).amin(dim=0, keepdim=True)
+
+
+def argmax_lowest_rows(scores: Tensor) -> Tensor:
+    """Row-wise `argmax_lowest`: [M, N] -> int64 [M]."""
+    n = scores.shape[1]
+    index = torch.arange(n, device=scores.device)
+    best = scores.amax(dim=1, keepdim=True)
+    return torch.where(scores == best, index, n).amin(dim=1)
+
+
+def top_k_mask(scores: Tensor, k: int) -> Tensor:
+    """Mask of the k largest scores, the lower index first among equals: [N] -> bool [N].
+
+    topk is used only for the k-th largest value, which does not depend on how the kernel orders
+    ties; the tied entries at that value are then taken by ascending index.
+    """
+    if k >= scores.shape[0]:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth = torch.topk(scores, k).values[k - 1]
+    above = scores > kth
+    at = scores == kth
+    room = k - above.sum()
+    return above | (at & (torch.cumsum(at.to(torch.int64), dim=0) <= room))
+
+
+def mask_to_indices(mask: Tensor, count: int) -> Tensor:
+    """Ascending indices of the True entries of a mask known to hold `count` of them.
+
+    Args:
+        mask: bool [N] with exactly `count` True entries.
+    Returns:
+        int64 [count].
+    """
+    n = mask.shape[0]
+    index = torch.arange(n, device=mask.device)
+    slot = torch.cumsum(mask.to(torch.int64), dim=0) - 1
+    # one_hot[r, i]: token i is the r-th True entry.
+    one_hot = (slot[None, :] == torch.arange(count, device=mask.device)[:, None]) & mask[None, :]
+    return (one_hot.to(torch.int64) * index[None, :]).sum(dim=1)
+
+
+def rank_ascending(values: Tensor) -> Tensor:
+    """Rank of each value in ascending order, ties by lower index: float [N] -> int64 [N].
+
+    rank_i = #{j : v_j < v_i or (v_j == v_i and j < i)}, a permutation of 0..N-1.
+    """
+    n = values.shape[0]
+    index = torch.arange(n, device=values.device)
+    before = (values[None, :] < values[:, None]) | (
+        (values[None, :] == values[:, None]) & (index[None, :] < index[:, None])
+    )
+    return before.to(torch.int64).sum(dim=1)
+
+
+def order_ascending(values: Tensor) -> Tensor:
+    """Indices that sort `values` ascending, ties by lower index (a stable argsort): [N] -> int64 [N]."""
+    n = values.shape[0]
+    rank = rank_ascending(values)
+    index = torch.arange(n, device=values.device)
+    one_hot = rank[None, :] == index[:, None]
+    return (one_hot.to(torch.int64) * index[None, :]).sum(dim=1)

@@ -1,0 +1,89 @@
+"""Registry specs, real-size configs without download, random-weight builds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from models import MODEL_SPECS, build_random_model, get_spec
+
+
+def test_registered_names():
+    assert set(MODEL_SPECS) == {"llava-1.5-7b", "llava-1.5-13b", "tiny-llava"}
+    assert get_spec("llava-1.5-7b").hf_repo == "llava-hf/llava-1.5-7b-hf"
+    assert get_spec("llava-1.5-13b").hf_repo == "llava-hf/llava-1.5-13b-hf"
+    assert get_spec("tiny-llava").hf_repo is None
+
+
+def test_unknown_model_name():
+    expected = r"unknown model 'llava-2-70b'; registered models: llava-1.5-13b, llava-1.5-7b, tiny-llava"
+    with pytest.raises(ValueError, match=expected):
+        get_spec("llava-2-70b")
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
+def test_image_geometry_and_pruning_layer(name):
+    spec = get_spec(name)
+    assert spec.grid == (24, 24)
+    assert spec.num_image_tokens == 576
+    assert spec.prune_layer == 2
+    assert spec.llava_config().image_seq_length == 576
+
+
+def test_keep_for_rate():
+    spec = get_spec("llava-1.5-7b")
+    assert [spec.keep_for_rate(r) for r in (0.0, 0.667, 0.778, 0.889)] == [576, 192, 128, 64]
+    with pytest.raises(ValueError, match=r"pruning rate must be in \[0, 1\), got 1.0"):
+        spec.keep_for_rate(1.0)
+
+
+def test_llava_15_7b_config_without_download():
+    config = get_spec("llava-1.5-7b").llava_config()
+    vision, text = config.vision_config, config.text_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (1024, 24, 16)
+    assert (vision.intermediate_size, vision.image_size, vision.patch_size) == (4096, 336, 14)
+    assert vision.projection_dim == 768
+    assert (config.vision_feature_layer, config.vision_feature_select_strategy) == (-2, "default")
+    assert config.projector_hidden_act == "gelu"
+    assert (text.hidden_size, text.num_hidden_layers) == (4096, 32)
+    assert (text.num_attention_heads, text.num_key_value_heads) == (32, 32)
+    assert (text.intermediate_size, text.vocab_size, text.max_position_embeddings) == (11008, 32064, 4096)
+    assert text.rms_norm_eps == 1e-5 and text.rope_parameters["rope_theta"] == 10000.0
+    assert (config.image_token_id, config.pad_token_id) == (32000, 32001)
+
+
+def test_llava_15_13b_config_without_download():
+    text = get_spec("llava-1.5-13b").llava_config().text_config
+    assert (text.hidden_size, text.num_hidden_layers) == (5120, 40)
+    assert (text.num_attention_heads, text.intermediate_size) == (40, 13824)
+
+
+@pytest.mark.parametrize(("name", "billions"), [("llava-1.5-7b", 7.063), ("llava-1.5-13b", 13.351)])
+def test_real_size_model_on_meta_device(name, billions):
+    model = build_random_model(name, dtype=torch.float16)
+    parameters = list(model.parameters())
+    assert all(p.device.type == "meta" and p.dtype == torch.float16 for p in parameters)
+    assert sum(p.numel() for p in parameters) / 1e9 == pytest.approx(billions, abs=1e-3)
+
+
+def test_materialized_random_weights_are_seeded():
+    first = build_random_model("tiny-llava", materialize=True, seed=0).state_dict()
+    again = build_random_model("tiny-llava", materialize=True, seed=0).state_dict()
+    other = build_random_model("tiny-llava", materialize=True, seed=1).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["lm_head.weight"], other["lm_head.weight"])
+    assert all(torch.isfinite(v).all() for v in first.values() if v.is_floating_point())
+    # Buffers that `to_empty` leaves uninitialised are recomputed.
+    head_dim = 16
+    expected = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    model = build_random_model("tiny-llava", materialize=True)
+    torch.testing.assert_close(model.model.language_model.rotary_emb.inv_freq, expected)
+    assert torch.equal(model.model.vision_tower.embeddings.position_ids[0], torch.arange(577))
+
+
+def test_invalid_spec_is_rejected():
+    spec = get_spec("tiny-llava")
+    with pytest.raises(ValueError, match=r"prune_layer must be in \[1, 3\], got 4"):
+        dataclasses.replace(spec, prune_layer=4)
