@@ -30,5 +30,26 @@ test: setup
 bench-select: setup
 	$(PY) -m bench.select_speed
 
+# Pruned (keep BENCH_KEEP) next to unpruned (keep BENCH_BASELINE = N) on every backend, artifacts
+# under artifacts/; a missing one is exported first. Writes bench/results/runtime-*.json.
+BENCH_KEEP     ?= 64
+BENCH_BASELINE ?= 576
+.PHONY: bench
+bench: setup
+	@for keep in $(BENCH_KEEP) $(BENCH_BASELINE); do \
+	  if [ ! -f artifacts/$(MODEL)/keep$$keep/manifest.json ]; then \
+	    echo "artifacts/$(MODEL)/keep$$keep is missing; exporting it: $(PY) -m export --model $(MODEL) --keep $$keep -o artifacts"; \
+	    $(PY) -m export --model $(MODEL) --keep $$keep -o artifacts || { \
+	      echo "export failed; fix it, or run the command above by hand, then make bench"; exit 1; }; \
+	  fi; \
+	done
+	$(PY) -m runtime.bench artifacts/$(MODEL)/keep$(BENCH_KEEP) --baseline artifacts/$(MODEL)/keep$(BENCH_BASELINE)
+
+# make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch]
+# -> artifacts/<MODEL>/keep<R>/ (export/ARTIFACTS.md), parity-checked against the eager model.
+.PHONY: export
+export: setup
+	$(PY) -m export --model $(MODEL) $(if $(KEEP),--keep $(KEEP)) $(if $(RATE),--rate $(RATE)) --backends $(BACKENDS)
+
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info

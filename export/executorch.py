@@ -16,13 +16,18 @@ def _xnnpack_partitioner():
 
 
 def save_pte(programs: ExportedProgram | dict[str, ExportedProgram], path: Path) -> Path:
-    """Lower one program (method `forward`) or several named methods into one .pte file."""
+    """Lower one program (method `forward`) or several named methods into one .pte file.
+
+    XNNPACK takes the linears, matmuls and elementwise ops it has kernels for,
+    the rest (the selection's loops and index ops) runs on ExecuTorch's portable kernels.
+    """
+    partitioner = _xnnpack_partitioner()
     from executorch.exir import to_edge_transform_and_lower
 
     if isinstance(programs, ExportedProgram):
         programs = {"forward": programs}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    edge = to_edge_transform_and_lower(programs, partitioner=[_xnnpack_partitioner()])
+    edge = to_edge_transform_and_lower(programs, partitioner=[partitioner])
     path.write_bytes(edge.to_executorch().buffer)
     return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -10,14 +12,81 @@ from torch.export import ExportedProgram
 OPSET = 18
 
 
-def save_onnx(program: ExportedProgram, path: Path, *, external_data: bool = False) -> Path:
+def save_onnx(
+    program: ExportedProgram,
+    path: Path,
+    *,
+    external_data: bool = False,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dim_names: Mapping[str, Mapping[int, str]] | None = None,
+) -> Path:
     """Translate an exported program to ONNX (opset 18) and write it to `path`.
 
     The onnxscript graph optimizer is skipped: its pattern rewriter is superlinear in graph size,
     and ONNX Runtime optimizes the graph at session creation anyway.
+
+    Args:
+        external_data: store the weights in `<path>.data` next to the graph (needed above protobuf's
+            2 GiB limit).
+        input_names, output_names: names of the flattened inputs and outputs; default torch's.
+        dim_names: {input name: {axis: name}} for the dynamic axes. The exporter names them after
+            its symbols (`s29`); they are renamed in every shape of the graph, so that an output
+            reads e.g. `sequence_length - 512`.
     """
+    _require_onnxscript()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx_program = torch.onnx.export(program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False)
+    onnx_program = torch.onnx.export(
+        program,
+        dynamo=True,
+        opset_version=OPSET,
+        optimize=False,
+        verbose=False,
+        input_names=input_names,
+        output_names=output_names,
+    )
+    if dim_names:
+        _rename_dims(onnx_program.model, dim_names)
     onnx_program.save(str(path), external_data=external_data)
     return path
+
+
+def _require_onnxscript() -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's exporter imports it lazily; fail early with a hint)
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("ONNX export needs onnxscript and onnx: run `make setup`") from error
+
+
+def _rename_dims(model, dim_names: Mapping[str, Mapping[int, str]]) -> None:
+    """Rename the exporter's symbols of the dynamic input axes in every value's shape (onnx_ir model)."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    renames = {}
+    for value in graph.inputs:
+        for axis, name in dim_names.get(value.name, {}).items():
+            dim = value.shape[axis] if value.shape is not None else None
+            if isinstance(dim, ir.SymbolicDim) and dim.value is not None:
+                renames[dim.value] = name
+    if not renames:
+        return
+    pattern = re.compile(r"\b(" + "|".join(re.escape(symbol) for symbol in renames) + r")\b")
+
+    def rename(value: ir.Value) -> None:
+        if value.shape is None:
+            return
+        dims = [
+            ir.SymbolicDim(pattern.sub(lambda m: renames[m.group(0)], dim.value))
+            if isinstance(dim, ir.SymbolicDim) and dim.value is not None
+            else dim
+            for dim in value.shape
+        ]
+        value.shape = ir.Shape(dims)
+
+    for value in (*graph.inputs, *graph.outputs):
+        rename(value)
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for value in node.outputs:
+            rename(value)

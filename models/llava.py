@@ -253,7 +253,9 @@ def _single_query_attention(query: Tensor, key: Tensor, value: Tensor, scale: fl
     batch, heads, _, head_dim = query.shape
     grouped = query.reshape(batch, key.shape[1], heads // key.shape[1], head_dim)
     out = F.scaled_dot_product_attention(grouped, key, value, scale=scale)
-    return out.reshape(batch, heads, 1, head_dim)
+    # An explicit copy, not a view: ExecuTorch's decomposition of SDPA returns another layout than
+    # the one traced, and a traced view of it fails to lower.
+    return out.clone(memory_format=torch.contiguous_format).reshape(batch, heads, 1, head_dim)
 
 
 def _vision_depth(feature_layer: int | list[int], num_layers: int) -> int:

@@ -2,8 +2,8 @@
 
 A direct transcription of `docs/vlm_pruner_spec.md` sections 2-5 with Python lists and loops.
 The similarity and distance matrices come from `definitions.py`; every decision (argmax, order,
-threshold, budget, fusion target) is made here, one token at a time, in float32 tensor arithmetic
-with ties broken by the lowest token index.
+threshold, budget, fusion target) is made here, one token at a time, in float64 tensor arithmetic
+with ties broken by the lowest token index; the fused states are summed in float32.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import torch
 from torch import Tensor
 
 from pruning_graph.config import VLMPrunerConfig
-from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance
+from pruning_graph.definitions import (
+    DECISION_DTYPE,
+    channel_spread,
+    constant,
+    cosine_similarity_matrix,
+    grid_distance,
+    l1_norms,
+    l2_norms,
+)
 from pruning_graph.validation import check_features, check_grid_and_keep
 
 
@@ -36,14 +44,14 @@ def reference_select(
     """
     n = check_features(keys, hidden)
     check_grid_and_keep(grid, keep, n)
-    keys, states = keys.float(), hidden.float()
-    similarity = cosine_similarity_matrix(states[:, _screened_channels(states, config.q)])
+    keys, exact = keys.to(DECISION_DTYPE), hidden.to(DECISION_DTYPE)
+    similarity = cosine_similarity_matrix(exact[:, _screened_channels(exact, config.q)])
     distance = grid_distance(tuple(grid))
 
     selected = _pivots(keys, min(config.kappa, keep))
     _greedy_fill(selected, similarity, distance, keep, config)
     kept = sorted(selected)
-    fused = _fuse(states, similarity, kept, config.beta)
+    fused = _fuse(hidden.float(), similarity, kept, config.beta)
     return torch.tensor(kept, dtype=torch.int64), fused.to(hidden.dtype)
 
 
@@ -61,19 +69,19 @@ def _argmax_lowest(scores: dict[int, float]) -> int:
 
 def _pivots(keys: Tensor, count: int) -> list[int]:
     """Stage 1: the largest-L1-norm key, then farthest-point sampling in key space."""
-    l1 = keys.abs().sum(dim=1)
-    selected = [_argmax_lowest(dict(enumerate(l1.tolist())))]
-    nearest = torch.linalg.vector_norm(keys - keys[selected[0]], dim=1)
+    selected = [_argmax_lowest(dict(enumerate(l1_norms(keys).tolist())))]
+    nearest = l2_norms(keys - keys[selected[0]])
     while len(selected) < count:
         candidates = {j: float(nearest[j]) for j in range(len(keys)) if j not in selected}
         selected.append(_argmax_lowest(candidates))
-        nearest = torch.minimum(nearest, torch.linalg.vector_norm(keys - keys[selected[-1]], dim=1))
+        nearest = torch.minimum(nearest, l2_norms(keys - keys[selected[-1]]))
     return selected
 
 
 def _redundancy(i: int, selected: list[int], similarity: Tensor, distance: Tensor, lam: float) -> Tensor:
-    """m_i(S) = max_{j in S} M_ij * (1 + lam * min_{j in S} D_ij / D_max), a float32 scalar."""
-    return similarity[i, selected].max() * (1 + lam * distance[i, selected].min())
+    """m_i(S) = max_{j in S} M_ij * (1 + lam * min_{j in S} D_ij / D_max), a float64 scalar."""
+    nearest_dist = distance[i, selected].min()
+    return similarity[i, selected].max() * (1 + constant(lam, nearest_dist) * nearest_dist)
 
 
 def _greedy_fill(
@@ -87,7 +95,7 @@ def _greedy_fill(
     for passes, tau in enumerate(config.thresholds()):
         if len(selected) == keep:
             return passes
-        threshold = torch.tensor(tau, dtype=torch.float32)
+        threshold = torch.tensor(tau, dtype=DECISION_DTYPE)
         frozen = list(selected)
         candidates = [i for i in range(n) if i not in frozen]
         start = {i: float(_redundancy(i, frozen, similarity, distance, config.lam)) for i in candidates}
@@ -115,7 +123,7 @@ def _fuse(states: Tensor, similarity: Tensor, kept: list[int], beta: float) -> T
         if u in kept_set:
             continue
         target = _argmax_lowest({j: float(similarity[u, j]) for j in kept})
-        w = similarity[u, target]
+        w = similarity[u, target].float()
         total[target] = total[target] + w * states[u]
         weight[target] = weight[target] + w
     rows = []

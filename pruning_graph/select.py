@@ -15,7 +15,15 @@ from torch import Tensor, nn
 from torch._higher_order_ops.scan import scan
 
 from pruning_graph.config import VLMPrunerConfig
-from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance
+from pruning_graph.definitions import (
+    DECISION_DTYPE,
+    channel_spread,
+    constant,
+    cosine_similarity_matrix,
+    grid_distance,
+    l1_norms,
+    l2_norms,
+)
 from pruning_graph.static_ops import (
     argmax_lowest,
     argmax_lowest_rows,
@@ -47,7 +55,7 @@ def select_tokens(
     """
     n = check_features(keys, hidden, check_values=not torch.compiler.is_compiling())
     check_grid_and_keep(grid, keep, n)
-    return _select(keys, hidden, grid_distance(tuple(grid)).to(keys.device), keep, config)
+    return _select(keys, hidden, tuple(grid), keep, config)
 
 
 class VLMPrunerSelect(nn.Module):
@@ -62,31 +70,31 @@ class VLMPrunerSelect(nn.Module):
         self.grid = tuple(grid)
         self.keep = keep
         self.config = config
-        self.register_buffer("distance", grid_distance(self.grid), persistent=False)
 
     def forward(self, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
         n = check_features(keys, hidden, check_values=not torch.compiler.is_compiling())
         if n != self.num_tokens:
             raise ValueError(f"this selector was built for grid {self.grid} ({self.num_tokens} tokens), got {n} tokens")
-        return _select(keys, hidden, self.distance, self.keep, self.config)
+        return _select(keys, hidden, self.grid, self.keep, self.config)
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, keep={self.keep}, config={self.config}"
 
 
 def _select(
-    keys: Tensor, hidden: Tensor, distance: Tensor, keep: int, config: VLMPrunerConfig
+    keys: Tensor, hidden: Tensor, grid: tuple[int, int], keep: int, config: VLMPrunerConfig
 ) -> tuple[Tensor, Tensor]:
-    """The three stages on validated inputs; `distance` [N, N] is the normalised grid distance."""
-    keys, states = keys.float(), hidden.float()
-    screened = top_k_mask(channel_spread(states), config.q)
-    channels = mask_to_indices(screened, min(config.q, states.shape[1]))
-    similarity = cosine_similarity_matrix(states.index_select(1, channels))
+    """The three stages on validated inputs. Decisions in float64, the fused sum in float32."""
+    keys, exact = keys.to(DECISION_DTYPE), hidden.to(DECISION_DTYPE)
+    screened = top_k_mask(channel_spread(exact), config.q)
+    channels = mask_to_indices(screened, min(config.q, exact.shape[1]))
+    similarity = cosine_similarity_matrix(exact.index_select(1, channels))
+    distance = grid_distance(grid, keys.device)
 
     selected = _pivots(keys, min(config.kappa, keep))
     selected = _greedy_fill(selected, similarity, distance, keep, config)
     indices = mask_to_indices(selected, keep)
-    fused = _fuse(states, similarity, selected, indices, config.beta)
+    fused = _fuse(hidden.float(), similarity, selected, indices, config.beta)
     return indices, fused.to(hidden.dtype)
 
 
@@ -98,19 +106,22 @@ def _one_hot(index: Tensor, n: int) -> Tensor:
 def _pivots(keys: Tensor, count: int) -> Tensor:
     """Stage 1 as a mask: largest-L1 key, then farthest-point sampling. [N, dk] -> bool [N]."""
     n = keys.shape[0]
-    first = argmax_lowest(keys.abs().sum(dim=1))
+    first = argmax_lowest(l1_norms(keys))
     selected = _one_hot(first, n)[0]
-    nearest = torch.linalg.vector_norm(keys - keys.index_select(0, first), dim=1)
+    nearest = l2_norms(keys - keys.index_select(0, first))
     for _ in range(count - 1):
         # Distances are >= 0: -1 keeps already selected tokens out even when all are duplicates.
         pick = argmax_lowest(torch.where(selected, -1.0, nearest))
         selected = selected | _one_hot(pick, n)[0]
-        nearest = torch.minimum(nearest, torch.linalg.vector_norm(keys - keys.index_select(0, pick), dim=1))
+        nearest = torch.minimum(nearest, l2_norms(keys - keys.index_select(0, pick)))
     return selected
 
 
-def _redundancy(rows: Tensor, similarity: Tensor, distance: Tensor, selected: Tensor, lam: float) -> Tensor:
-    """m_i(S) for the tokens `rows` (int64 [k]) against the selected mask S: float [k]."""
+def _redundancy(rows: Tensor, similarity: Tensor, distance: Tensor, selected: Tensor, lam: Tensor) -> Tensor:
+    """m_i(S) for the tokens `rows` (int64 [k]) against the selected mask S: float [k].
+
+    `lam` is a 0-d tensor made outside any scan body (a scan body may not create constants).
+    """
     sim = similarity.index_select(0, rows)
     dist = distance.index_select(0, rows)
     nearest_sim = torch.where(selected[None, :], sim, -math.inf).amax(dim=1)
@@ -126,10 +137,11 @@ def _greedy_fill(
     blocks = -(-n // config.block)
     everyone = torch.arange(n, device=similarity.device)
     room = keep - selected.sum()
+    lam = constant(config.lam, similarity)
 
     def step(carry: tuple[Tensor, Tensor, Tensor], block: Tensor):
         selected, room, threshold = carry
-        m = _redundancy(block, similarity, distance, selected, config.lam)
+        m = _redundancy(block, similarity, distance, selected, lam)
         was_selected = selected.index_select(0, block)
         accepted = (m < threshold) & ~was_selected
         # Over budget: the accepted with the smallest m, ties by block order.
@@ -139,11 +151,11 @@ def _greedy_fill(
 
     for tau in config.thresholds():
         # Pass order: candidates ascending by m_i(S) at the pass start, selected tokens last.
-        start = _redundancy(everyone, similarity, distance, selected, config.lam)
+        start = _redundancy(everyone, similarity, distance, selected, lam)
         order = order_ascending(torch.where(selected, math.inf, start))
         # Pad to whole blocks with the last token of the order, always an already selected one.
         padded = torch.cat([order, order[-1:].expand(blocks * config.block - n)])
-        threshold = torch.tensor(tau, dtype=torch.float32)
+        threshold = torch.tensor(tau, dtype=similarity.dtype)
         (selected, room, _), _ = scan(step, (selected, room, threshold), padded.reshape(blocks, config.block))
     return selected
 
@@ -152,13 +164,14 @@ def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor,
     """Stage 3: similarity-weighted merge of each discarded token into its most similar kept token.
 
     Args:
-        states: float32 [N, d]; similarity: [N, N]; selected: bool [N]; indices: int64 [R], ascending.
+        states: float32 [N, d]; similarity: float64 [N, N]; selected: bool [N]; indices: int64 [R],
+            ascending.
     Returns:
         float32 [R, d].
     """
     to_kept = similarity.index_select(1, indices)  # [N, R]
     target = argmax_lowest_rows(to_kept)  # [N], a position in `indices`
-    weight = torch.where(selected, 0.0, to_kept.gather(1, target[:, None])[:, 0])  # [N]
+    weight = torch.where(selected, 0.0, to_kept.gather(1, target[:, None])[:, 0].to(states.dtype))  # [N]
     assign = _one_hot(target, indices.shape[0]).to(states.dtype) * weight[:, None]  # [N, R]
     total_weight = assign.sum(dim=0)  # [R]
     merged = (assign.T @ states) / total_weight.clamp_min(1e-8)[:, None]  # [R, d]

@@ -27,7 +27,7 @@ def test_static_matches_reference(case):
 
 
 def _passes_run(case) -> int:
-    keys, states = case.keys.float(), case.hidden.float()
+    keys, states = case.keys.double(), case.hidden.double()
     similarity = cosine_similarity_matrix(states[:, _screened_channels(states, case.config.q)])
     selected = _pivots(keys, min(case.config.kappa, case.keep))
     return _greedy_fill(selected, similarity, grid_distance(case.grid), case.keep, case.config)

@@ -17,7 +17,7 @@ def test_pivots_kept_and_indices_distinct(case):
     indices, _ = select_tokens(case.keys, case.hidden, case.grid, case.keep)
     assert indices.unique().numel() == case.keep
     assert torch.all(indices[1:] > indices[:-1])
-    pivots = _pivots(case.keys.float(), min(VLMPrunerConfig().kappa, case.keep))
+    pivots = _pivots(case.keys.double(), min(VLMPrunerConfig().kappa, case.keep))
     assert set(pivots) <= set(indices.tolist())
 
 

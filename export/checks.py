@@ -1,0 +1,101 @@
+"""Checks of the exported graphs against the artifact contract (export/ARTIFACTS.md).
+
+Run after every export: the interface (names, input and output counts), the static keep count R
+of `kept_indices`, and the presence of the selection in a pruned prefill (its greedy passes are
+`scan` loops: torch's higher-order `scan`, ONNX `Scan`). No numerics here: those are the parity
+check's (`runtime.parity`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.export import ExportedProgram
+
+from export.graphs import GRAPH_NAMES, GraphSpec, find_graph
+
+# ONNX ops that can carry the selection's loops.
+_ONNX_LOOP_OPS = frozenset({"Scan", "Loop"})
+# ExecuTorch's ScalarType code of int64.
+_ET_INT64 = 4
+
+
+class ExportCheckError(RuntimeError):
+    """An exported graph that does not match the artifact contract."""
+
+
+def count_scans(program: ExportedProgram) -> int:
+    """Number of higher-order `scan` calls in the top-level graph of `program`."""
+    return sum(
+        1
+        for node in program.graph.nodes
+        if node.op == "call_function" and node.target is torch.ops.higher_order.scan
+    )
+
+
+def check_program(program: ExportedProgram, graph: GraphSpec, *, pruned: bool) -> None:
+    """The traced program of `graph`: a pruned prefill holds the selection's scans, nothing else does."""
+    scans = count_scans(program)
+    if graph.name == "prefill" and pruned and scans == 0:
+        raise ExportCheckError("the pruned prefill program holds no scan: the selection is not in the graph")
+    if (graph.name != "prefill" or not pruned) and scans:
+        raise ExportCheckError(f"{graph.name} holds {scans} scans, expected none (no selection)")
+
+
+def check_onnx(path: Path, graph: GraphSpec, *, keep: int, pruned: bool) -> None:
+    """ONNX checker, input and output names, static [R] kept_indices, loops in a pruned prefill."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as error:
+        raise ExportCheckError(f"{path} is not a valid ONNX model: {error}") from None
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = tuple(value.name for value in model.graph.input)
+    outputs = tuple(value.name for value in model.graph.output)
+    if inputs != graph.input_names:
+        raise ExportCheckError(f"{path}: inputs {list(inputs)}, the contract says {list(graph.input_names)}")
+    if outputs != graph.output_names:
+        raise ExportCheckError(f"{path}: outputs {list(outputs)}, the contract says {list(graph.output_names)}")
+    if graph.name != "prefill":
+        return
+
+    kept = next(value for value in model.graph.output if value.name == "kept_indices")
+    dims = [dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in kept.type.tensor_type.shape.dim]
+    if dims != [keep] or kept.type.tensor_type.elem_type != onnx.TensorProto.INT64:
+        raise ExportCheckError(
+            f"{path}: kept_indices is {dims} of type {kept.type.tensor_type.elem_type}, expected int64 [{keep}]"
+        )
+    loops = sum(1 for node in model.graph.node if node.op_type in _ONNX_LOOP_OPS)
+    if pruned and loops == 0:
+        raise ExportCheckError(f"{path}: the pruned prefill holds no Scan/Loop node: the selection is missing")
+    if not pruned and loops:
+        raise ExportCheckError(f"{path}: the unpruned prefill holds {loops} Scan/Loop nodes")
+
+
+def check_pte(path: Path, graphs: tuple[GraphSpec, ...], *, keep: int) -> None:
+    """The .pte loads, has the four methods with the contract's input and output counts, and a
+    static int64 [R] kept_indices."""
+    from executorch.runtime import Runtime
+
+    try:
+        program = Runtime.get().load_program(path)
+    except Exception as error:  # the pybindings raise RuntimeError or ValueError
+        raise ExportCheckError(f"ExecuTorch cannot load {path}: {error}") from None
+    if set(program.method_names) != set(GRAPH_NAMES):
+        raise ExportCheckError(f"{path}: methods {sorted(program.method_names)}, the contract says {list(GRAPH_NAMES)}")
+    for graph in graphs:
+        meta = program.metadata(graph.name)
+        counts = (meta.num_inputs(), meta.num_outputs())
+        expected = (len(graph.input_names), len(graph.output_names))
+        if counts != expected:
+            raise ExportCheckError(
+                f"{path}: method {graph.name} takes {counts[0]} and returns {counts[1]} tensors, "
+                f"the contract says {expected[0]} and {expected[1]}"
+            )
+    prefill = find_graph(graphs, "prefill")
+    kept = program.metadata("prefill").output_tensor_meta(prefill.output_names.index("kept_indices"))
+    if tuple(kept.sizes()) != (keep,) or kept.dtype() != _ET_INT64:
+        raise ExportCheckError(f"{path}: prefill's kept_indices is {kept}, expected int64 [{keep}]")
+

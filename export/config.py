@@ -1,0 +1,127 @@
+"""What one export run produces: the typed, validated configuration of `python -m export`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from models import ModelSpec, get_spec
+from pruning_graph import VLMPrunerConfig
+
+DEFAULT_MODEL = "tiny-llava"
+# The paper's headline pruning rate: 64 of LLaVA-1.5's 576 image tokens kept.
+DEFAULT_RATE = 0.889
+# Longest prompt + answer the graphs accept unless told otherwise. ExecuTorch plans memory for
+# the upper bound, and prefill's attention scores grow with its square.
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+class Backend(str, Enum):
+    """Where the graphs go: ONNX files for ONNX Runtime, or one .pte for the ExecuTorch runtime."""
+
+    ONNX = "onnx"
+    EXECUTORCH = "executorch"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One model at one keep count, exported to one or more backends.
+
+    Attributes:
+        model: registry name (`models.MODEL_SPECS`).
+        keep: R, image tokens kept, 1 <= R <= N; R = N exports the unpruned baseline.
+        rate: pruning rate r in [0, 1), R = round(N * (1 - r)); give `keep` or `rate`, not both.
+            With neither, `DEFAULT_RATE`.
+        backends: one or more of `Backend` (strings are accepted and converted).
+        model_path: checkpoint folder; default as `models.resolve_checkpoint` looks it up.
+        output_dir: the artifact goes to `output_dir/<model>/keep<R>/`.
+        max_seq_len: M, the longest sequence (prompt + generated tokens) the graphs accept;
+            default min(`DEFAULT_MAX_SEQ_LEN`, the model's position limit).
+        pruner: VLM-Pruner hyperparameters.
+    Raises:
+        ValueError: unknown model, keep and rate both given, either out of range, no or unknown
+            or repeated backends, max_seq_len out of range.
+    """
+
+    model: str = DEFAULT_MODEL
+    keep: int | None = None
+    rate: float | None = None
+    backends: tuple[Backend, ...] = (Backend.ONNX, Backend.EXECUTORCH)
+    model_path: Path | None = None
+    output_dir: Path = Path("artifacts")
+    max_seq_len: int | None = None
+    pruner: VLMPrunerConfig = field(default_factory=VLMPrunerConfig)
+
+    def __post_init__(self) -> None:
+        spec = get_spec(self.model)
+        n = spec.num_image_tokens
+        if self.keep is not None and self.rate is not None:
+            raise ValueError(f"give keep or rate, not both (keep={self.keep}, rate={self.rate})")
+        if self.keep is not None and (
+            isinstance(self.keep, bool) or not isinstance(self.keep, int) or not 1 <= self.keep <= n
+        ):
+            raise ValueError(f"keep must be an integer in [1, N] = [1, {n}] for {self.model}, got {self.keep!r}")
+        if self.rate is not None and (
+            isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0.0 <= self.rate < 1.0
+        ):
+            raise ValueError(f"rate must be a number in [0, 1), got {self.rate!r}")
+
+        backends = self.backends
+        if isinstance(backends, (str, Backend)):
+            backends = (backends,)
+        try:
+            backends = tuple(Backend(backend) for backend in backends)
+        except ValueError:
+            choices = ", ".join(backend.value for backend in Backend)
+            raise ValueError(f"unknown backend in {list(self.backends)}; choose from {choices}") from None
+        if not backends:
+            raise ValueError("at least one backend is needed")
+        if len(set(backends)) != len(backends):
+            raise ValueError(f"backends repeated: {[backend.value for backend in backends]}")
+        object.__setattr__(self, "backends", backends)
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        if self.model_path is not None:
+            object.__setattr__(self, "model_path", Path(self.model_path))
+
+        limit = spec.text.max_position_embeddings
+        if self.max_seq_len is not None:
+            # Room for the image, some text and at least one generated token.
+            shortest = n + 64
+            if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int):
+                raise ValueError(f"max_seq_len must be an integer, got {self.max_seq_len!r}")
+            if not shortest <= self.max_seq_len <= limit:
+                raise ValueError(
+                    f"max_seq_len must be in [{shortest}, {limit}] for {self.model} "
+                    f"(N = {n} image tokens, {limit} positions), got {self.max_seq_len}"
+                )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_spec(self.model)
+
+    @property
+    def keep_count(self) -> int:
+        """R, resolved from keep, rate or the default rate."""
+        if self.keep is not None:
+            return self.keep
+        return self.spec.keep_for_rate(DEFAULT_RATE if self.rate is None else self.rate)
+
+    @property
+    def pruning_rate(self) -> float:
+        """The effective rate 1 - R / N."""
+        return 1.0 - self.keep_count / self.spec.num_image_tokens
+
+    @property
+    def seq_len_limit(self) -> int:
+        """M, max_seq_len resolved."""
+        if self.max_seq_len is not None:
+            return self.max_seq_len
+        return min(DEFAULT_MAX_SEQ_LEN, self.spec.text.max_position_embeddings)
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.output_dir / self.model / f"keep{self.keep_count}"
+
+    def wants(self, backend: Backend) -> bool:
+        return backend in self.backends

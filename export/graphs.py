@@ -1,0 +1,194 @@
+"""The four graphs of an artifact (export/ARTIFACTS.md), as modules ready for torch.export.
+
+Each `GraphSpec` carries what the exporters need to produce the contract's interface: the module,
+example inputs, dynamic dimensions and bounds, and the ONNX input and output names (ExecuTorch
+takes and returns the same tensors positionally, in the same order).
+
+    vision_encoder  pixel_values [1, 3, S, S]                    -> image_embeds [N, d]
+    embed_tokens    input_ids [1, T]                              -> inputs_embeds [1, T, d]
+    prefill         inputs_embeds [1, T, d], image_start [1]      -> logits, kept_indices [R], present.*
+    decode          inputs_embeds [1, 1, d], position [1], past.* -> logits, present.*
+
+Bounds, with M = max_seq_len: T in [1, M] for embed_tokens (the runtime also embeds single
+generated tokens); T in [N + 1, M] for prefill (at least one text token besides the image); past
+lengths in [N + 1, M - 1] for layers < K and [R + 1, M - 1 - (N - R)] for layers >= K in decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.export import Dim
+from transformers import LlavaForConditionalGeneration
+
+from models import DecodeStep, ModelSpec, Prefill, TokenEmbedding, VisionEncoder
+from models.llava import KVCache
+from pruning_graph import VLMPrunerConfig
+
+GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
+
+# Names of the dynamic dimensions, as they appear in the ONNX graphs' input and output shapes.
+SEQUENCE_DIM = "sequence_length"
+PAST_DIM = "past_length"
+PRUNED_PAST_DIM = "pruned_past_length"
+
+# Text tokens around the image in the example prompt: any length inside the bounds would do,
+# torch.export traces symbolically.
+_EXAMPLE_TEXT_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph to export.
+
+    Attributes:
+        name: the graph's name in the contract (ONNX file stem, ExecuTorch method).
+        module: the module whose forward is the graph, in eval mode.
+        example_inputs: positional inputs, nested as `module.forward` takes them.
+        dynamic_shapes: torch.export's dynamic_shapes for `example_inputs`, None when static.
+        input_names, output_names: the contract's names of the flattened inputs and outputs.
+    """
+
+    name: str
+    module: nn.Module
+    example_inputs: tuple[Any, ...]
+    dynamic_shapes: tuple[Any, ...] | None
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def dim_names(self) -> dict[str, dict[int, str]]:
+        """{input name: {axis: dimension name}} of the dynamic axes."""
+        per_tensor = list(_tensor_dims(self.example_inputs, self.dynamic_shapes))
+        if len(per_tensor) != len(self.input_names):
+            raise ValueError(f"{self.name}: {len(self.input_names)} input names for {len(per_tensor)} input tensors")
+        return {
+            name: {axis: dim.__name__ for axis, dim in dims.items()}
+            for name, dims in zip(self.input_names, per_tensor)
+            if dims
+        }
+
+
+class ContiguousPrefill(nn.Module):
+    """`models.Prefill` with its cache made contiguous.
+
+    Its keys and values are transposed views. ExecuTorch keeps the dim order of traced tensors,
+    so without the copy prefill would hand out caches in another layout than the contiguous one
+    `decode` is exported for (a decode traced on such views failed at run time).
+
+    forward(inputs_embeds [1, T, d], image_start int64 [1]) -> (logits [1, V], kept int64 [R], cache).
+    """
+
+    def __init__(self, prefill: Prefill):
+        super().__init__()
+        self.prefill = prefill
+
+    def forward(self, inputs_embeds: Tensor, image_start: Tensor) -> tuple[Tensor, Tensor, KVCache]:
+        logits, kept, cache = self.prefill(inputs_embeds, image_start)
+        return logits, kept, tuple((key.contiguous(), value.contiguous()) for key, value in cache)
+
+
+def _tensor_dims(inputs: Any, dynamic_shapes: Any) -> Iterator[dict[int, Dim] | None]:
+    """The dynamic_shapes entry of each input tensor, in torch.export's flattening order."""
+    if isinstance(inputs, Tensor):
+        yield dynamic_shapes
+        return
+    for i, item in enumerate(inputs):
+        yield from _tensor_dims(item, None if dynamic_shapes is None else dynamic_shapes[i])
+
+
+def find_graph(graphs: tuple[GraphSpec, ...], name: str) -> GraphSpec:
+    """The graph called `name`."""
+    for graph in graphs:
+        if graph.name == name:
+            return graph
+    raise KeyError(f"no graph {name!r} among {[graph.name for graph in graphs]}")
+
+
+def cache_names(prefix: str, num_layers: int) -> tuple[str, ...]:
+    """`prefix.0.key`, `prefix.0.value`, `prefix.1.key`, ...: the flattened cache of the contract."""
+    return tuple(f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value"))
+
+
+def build_graphs(
+    model: LlavaForConditionalGeneration,
+    spec: ModelSpec,
+    *,
+    keep: int,
+    max_seq_len: int,
+    pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+) -> tuple[GraphSpec, ...]:
+    """The four graphs of `model` pruned to `keep` image tokens, in `GRAPH_NAMES` order.
+
+    Args:
+        model: the transformers model, float32, eval mode, no gradients.
+        spec: its registry spec (geometry, pruning layer).
+        keep: R, 1 <= R <= N; R = N exports the unpruned model.
+        max_seq_len: M, the longest sequence (prompt + generated tokens) the graphs accept.
+    Raises:
+        ValueError: keep out of [1, N], or M leaving no room for text and one generated token.
+    """
+    n = spec.num_image_tokens
+    if not 1 <= keep <= n:
+        raise ValueError(f"keep must be in [1, N] = [1, {n}], got {keep}")
+    if max_seq_len < n + _EXAMPLE_TEXT_TOKENS + 1:
+        raise ValueError(
+            f"max_seq_len {max_seq_len} is too short: the prompt alone holds the {n} image tokens plus text"
+        )
+    config = model.config.text_config
+    num_layers = config.num_hidden_layers
+    hidden, kv_heads = config.hidden_size, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    image_size = spec.vision.image_size
+    prompt_len = n + _EXAMPLE_TEXT_TOKENS
+    dropped = n - keep
+
+    vision = GraphSpec(
+        name="vision_encoder",
+        module=VisionEncoder(model).eval(),
+        example_inputs=(torch.zeros(1, 3, image_size, image_size),),
+        dynamic_shapes=None,
+        input_names=("pixel_values",),
+        output_names=("image_embeds",),
+    )
+    embed = GraphSpec(
+        name="embed_tokens",
+        module=TokenEmbedding(model).eval(),
+        example_inputs=(torch.zeros(1, _EXAMPLE_TEXT_TOKENS, dtype=torch.int64),),
+        dynamic_shapes=({1: Dim(SEQUENCE_DIM, min=1, max=max_seq_len)},),
+        input_names=("input_ids",),
+        output_names=("inputs_embeds",),
+    )
+    prefill = GraphSpec(
+        name="prefill",
+        module=ContiguousPrefill(
+            Prefill(model, grid=spec.grid, keep=keep, prune_layer=spec.prune_layer, pruner_config=pruner_config)
+        ).eval(),
+        example_inputs=(torch.zeros(1, prompt_len, hidden), torch.tensor([_EXAMPLE_TEXT_TOKENS // 2])),
+        dynamic_shapes=({1: Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)}, None),
+        input_names=("inputs_embeds", "image_start"),
+        output_names=("logits", "kept_indices", *cache_names("present", num_layers)),
+    )
+
+    # Layers before K hold the full prompt, layers from K on the pruned one: two lengths, one
+    # symbol when nothing is pruned (the runtime then passes equal lengths).
+    past = Dim(PAST_DIM, min=n + 1, max=max_seq_len - 1)
+    pruned_past = past if dropped == 0 else Dim(PRUNED_PAST_DIM, min=keep + 1, max=max_seq_len - 1 - dropped)
+    lengths = [prompt_len if i < spec.prune_layer else prompt_len - dropped for i in range(num_layers)]
+    cache = tuple(
+        (torch.zeros(1, kv_heads, length, head_dim), torch.zeros(1, kv_heads, length, head_dim)) for length in lengths
+    )
+    dims = [past if i < spec.prune_layer else pruned_past for i in range(num_layers)]
+    cache_dims = tuple(({2: dim}, {2: dim}) for dim in dims)
+    decode = GraphSpec(
+        name="decode",
+        module=DecodeStep(model).eval(),
+        example_inputs=(torch.zeros(1, 1, hidden), torch.tensor([prompt_len]), cache),
+        dynamic_shapes=(None, None, cache_dims),
+        input_names=("inputs_embeds", "position", *cache_names("past", num_layers)),
+        output_names=("logits", *cache_names("present", num_layers)),
+    )
+    return vision, embed, prefill, decode

@@ -1,0 +1,174 @@
+"""manifest.json of an artifact folder (format in export/ARTIFACTS.md): build, write, update, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+from models import ModelSpec
+from pruning_graph import VLMPrunerConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# Distributions whose versions are recorded; None when one is not installed.
+_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "executorch")
+_HASH_CHUNK = 1 << 20
+
+
+def build_manifest(
+    *,
+    spec: ModelSpec,
+    model: LlavaForConditionalGeneration,
+    processor: LlavaProcessor,
+    checkpoint: Path,
+    keep: int,
+    pruner_config: VLMPrunerConfig,
+    max_seq_len: int,
+    vision_layers: int,
+    files: dict[str, dict[str, int | str]],
+    export_seconds: dict[str, float],
+) -> dict[str, Any]:
+    """Every manifest field but `parity` (added after the parity check, see `update_manifest`).
+
+    Args:
+        checkpoint: the folder the weights were loaded from.
+        vision_layers: CLIP layers in the exported vision encoder (up to the feature layer).
+        files: `file_entries` of the complete artifact folder.
+    """
+    text = model.config.text_config
+    vision = model.config.vision_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    generation = model.generation_config
+    image_processor = processor.image_processor
+    crop = image_processor.crop_size
+    n = spec.num_image_tokens
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": spec.name,
+            "source": "checkpoint",
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "dtype": str(model.dtype).removeprefix("torch."),
+        },
+        "geometry": {"num_image_tokens": n, "grid": list(spec.grid), "image_size": spec.vision.image_size},
+        "pruning": {
+            "keep": keep,
+            "prune_layer": spec.prune_layer,
+            "rate": round(1.0 - keep / n, 6),
+            "config": pruner_config.to_dict(),
+        },
+        "text": {
+            "num_layers": text.num_hidden_layers,
+            "num_attention_heads": text.num_attention_heads,
+            "num_kv_heads": text.num_key_value_heads,
+            "head_dim": head_dim,
+            "hidden_size": text.hidden_size,
+            "intermediate_size": text.intermediate_size,
+            "vocab_size": text.vocab_size,
+            "image_token_id": model.config.image_token_id,
+            "eos_token_id": generation.eos_token_id,
+            "bos_token_id": generation.bos_token_id,
+            "max_seq_len": max_seq_len,
+        },
+        "vision": {
+            "num_layers": vision_layers,
+            "hidden_size": vision.hidden_size,
+            "intermediate_size": vision.intermediate_size,
+            "patch_size": vision.patch_size,
+        },
+        "prompt_template": spec.prompt_template,
+        "preprocess": {
+            "size": image_processor.size["shortest_edge"],
+            "crop_size": {"height": crop["height"], "width": crop["width"]},
+            "resample": Image.Resampling(image_processor.resample).name.lower(),
+            "rescale_factor": image_processor.rescale_factor,
+            "image_mean": list(image_processor.image_mean),
+            "image_std": list(image_processor.image_std),
+        },
+        "versions": {**versions(), "format_version": FORMAT_VERSION},
+        "files": files,
+        "export_seconds": {stage: round(seconds, 3) for stage, seconds in export_seconds.items()},
+        "parity": None,
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the exporting and running packages."""
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def file_entries(root: Path) -> dict[str, dict[str, int | str]]:
+    """{relative posix path: {bytes, sha256}} of every file under `root` but the manifest, sorted."""
+    root = Path(root)
+    return {
+        relative: {"bytes": (root / relative).stat().st_size, "sha256": sha256_file(root / relative)}
+        for relative in _artifact_files(root)
+    }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(root) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    return json.loads((Path(root) / MANIFEST).read_text())
+
+
+def update_manifest(root: Path, **fields: Any) -> dict[str, Any]:
+    """Set top-level fields of an existing manifest (e.g. `parity=`); the file list is unchanged."""
+    manifest = read_manifest(root)
+    unknown = set(fields) - set(manifest)
+    if unknown:
+        raise ValueError(f"{MANIFEST} has no fields {sorted(unknown)}")
+    manifest.update(fields)
+    write_manifest(root, manifest)
+    return manifest
+
+
+def verify_files(root: Path) -> list[str]:
+    """Problems with the files the manifest lists (missing, size or sha256 mismatch, unlisted); [] if none."""
+    root = Path(root)
+    listed = read_manifest(root)["files"]
+    problems = []
+    for relative, entry in listed.items():
+        path = root / relative
+        if not path.is_file():
+            problems.append(f"{relative}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{relative}: {path.stat().st_size} bytes, manifest {entry['bytes']}")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{relative}: sha256 differs from the manifest")
+    unlisted = set(_artifact_files(root)) - set(listed)
+    problems.extend(f"{relative}: not in the manifest" for relative in sorted(unlisted))
+    return problems
+
+
+def _artifact_files(root: Path) -> list[str]:
+    """Relative posix paths of every file under `root` but the manifest, sorted."""
+    return [
+        path.relative_to(root).as_posix()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).as_posix() != MANIFEST
+    ]

@@ -1,0 +1,194 @@
+"""Open an artifact folder (layout and manifest in `export/ARTIFACTS.md`) and check it before use.
+
+Everything the runtime reads from the manifest is parsed here, so that a missing field, an unknown
+format version, a missing file or a corrupted one (sha256 mismatch) is reported once, by name,
+before any runtime touches the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "processor/tokenizer.json"
+# The file(s) each backend loads, relative to the artifact folder.
+BACKEND_FILES = {
+    "onnx": ("onnx/vision_encoder.onnx", "onnx/embed_tokens.onnx", "onnx/prefill.onnx", "onnx/decode.onnx"),
+    "executorch": ("executorch/model.pte",),
+}
+_HASH_CHUNK = 1 << 20
+
+
+class ArtifactError(ValueError):
+    """An artifact folder the runtime cannot use: corrupted file, unknown format version, bad manifest."""
+
+
+@dataclass(frozen=True)
+class TextInfo:
+    """The language model facts the runtime needs (manifest `text`)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    image_token_id: int
+    eos_token_ids: frozenset[int]
+    bos_token_id: int | None
+    max_seq_len: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A checked artifact folder.
+
+    Attributes:
+        root: the folder.
+        manifest: manifest.json as parsed JSON, for fields the runtime does not interpret.
+        text: the language model facts.
+        num_image_tokens: N, image tokens per image.
+        keep: R, image tokens kept by the pruner (R = N: unpruned).
+        prompt_template: the conversation template with `{prompt}` and one image token.
+        backends: the backends whose files the artifact holds, in `BACKEND_FILES` order.
+    """
+
+    root: Path
+    manifest: dict[str, Any]
+    text: TextInfo
+    num_image_tokens: int
+    keep: int
+    prompt_template: str
+    backends: tuple[str, ...]
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["model"]["dtype"]
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def require_backend(self, backend: str) -> None:
+        """Raise ArtifactError when the artifact holds no export for `backend`."""
+        if backend not in BACKEND_FILES:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKEND_FILES)}")
+        if backend not in self.backends:
+            held = ", ".join(self.backends) or "none"
+            raise ArtifactError(f"{self.root} holds no {backend} export (backends in the artifact: {held})")
+
+
+def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
+    """Read and check the artifact folder `root`.
+
+    Args:
+        root: the folder holding manifest.json.
+        verify: check the size and sha256 of every file the manifest lists (reads every byte;
+            switch off only for a folder checked before in the same job).
+    Raises:
+        FileNotFoundError: no folder, no manifest.json, or a listed file is missing.
+        ArtifactError: unknown format version, malformed manifest, or a file whose size or sha256
+            differs from the manifest (the message names the file).
+    """
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise FileNotFoundError(f"artifact folder {root} does not exist; export one with `python -m export`")
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} is missing: {root} is not an artifact folder (or a partial export)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{manifest_path} is not valid JSON: {error}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path} must hold a JSON object, got {type(manifest).__name__}")
+
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path} has format_version {version!r}; this runtime reads format_version {FORMAT_VERSION}. "
+            "Re-export the model with this version of the toolchain."
+        )
+
+    files = _field(manifest, "files", dict)
+    for relative in files:
+        _check_relative(relative, manifest_path)
+    if TOKENIZER_FILE not in files:
+        raise ArtifactError(f"{manifest_path} lists no {TOKENIZER_FILE}")
+    backends = tuple(name for name, needed in BACKEND_FILES.items() if all(f in files for f in needed))
+    if not backends:
+        raise ArtifactError(f"{manifest_path} lists the files of no backend ({', '.join(BACKEND_FILES)})")
+    for relative, entry in files.items():
+        _check_file(root, relative, entry, verify=verify)
+
+    text = _field(manifest, "text", dict)
+    eos = text.get("eos_token_id")
+    eos_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    return Artifact(
+        root=root,
+        manifest=manifest,
+        text=TextInfo(
+            num_layers=_field(text, "num_layers", int, "text"),
+            num_kv_heads=_field(text, "num_kv_heads", int, "text"),
+            head_dim=_field(text, "head_dim", int, "text"),
+            hidden_size=_field(text, "hidden_size", int, "text"),
+            vocab_size=_field(text, "vocab_size", int, "text"),
+            image_token_id=_field(text, "image_token_id", int, "text"),
+            eos_token_ids=eos_ids,
+            bos_token_id=text.get("bos_token_id"),
+            max_seq_len=_field(text, "max_seq_len", int, "text"),
+        ),
+        num_image_tokens=_field(_field(manifest, "geometry", dict), "num_image_tokens", int, "geometry"),
+        keep=_field(_field(manifest, "pruning", dict), "keep", int, "pruning"),
+        prompt_template=_field(manifest, "prompt_template", str),
+        backends=backends,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_file(root: Path, relative: str, entry: Any, *, verify: bool) -> None:
+    path = root / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is listed in {MANIFEST} but missing: the artifact is incomplete, re-export it")
+    well_formed = isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
+    if not well_formed:
+        raise ArtifactError(f"{MANIFEST}: files[{relative!r}] must be {{bytes: int, sha256: str}}, got {entry!r}")
+    if not verify:
+        return
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise ArtifactError(f"{path} is corrupted: {size} bytes, the manifest says {entry['bytes']}")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise ArtifactError(f"{path} is corrupted: sha256 {digest}, the manifest says {entry['sha256']}")
+
+
+def _check_relative(relative: str, manifest_path: Path) -> None:
+    parts = PurePosixPath(relative).parts
+    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+        raise ArtifactError(f"{manifest_path}: file entry {relative!r} is not a path inside the artifact folder")
+
+
+def _field(mapping: dict[str, Any], key: str, kind: type, section: str | None = None) -> Any:
+    name = f"{section}.{key}" if section else key
+    if key not in mapping:
+        raise ArtifactError(f"{MANIFEST} misses the field {name}")
+    value = mapping[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ArtifactError(f"{MANIFEST}: {name} must be {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,31 @@
+"""Backends behind one `Session` interface. Each backend module is imported only when asked for,
+so that the ONNX Runtime path never imports torch."""
+
+from __future__ import annotations
+
+from runtime.artifact import BACKEND_FILES, Artifact
+from runtime.backends.base import GRAPHS, KVCache, Session
+
+BACKENDS = tuple(BACKEND_FILES)
+
+
+def open_session(artifact: Artifact, backend: str, *, num_threads: int | None = None) -> Session:
+    """Load the artifact's graphs on `backend` ("onnx" or "executorch").
+
+    Args:
+        num_threads: intra-op threads (ONNX Runtime); None lets the runtime choose.
+    Raises:
+        ValueError: unknown backend. ArtifactError: the artifact holds no export for it.
+        ImportError: the backend's runtime is not installed (the message says what to install).
+    """
+    artifact.require_backend(backend)
+    if backend == "onnx":
+        from runtime.backends.onnx import OnnxSession
+
+        return OnnxSession(artifact, num_threads=num_threads)
+    from runtime.backends.executorch import ExecuTorchSession
+
+    return ExecuTorchSession(artifact)
+
+
+__all__ = ["BACKENDS", "GRAPHS", "KVCache", "Session", "open_session"]

@@ -1,0 +1,31 @@
+"""The session interface every backend implements: the four graphs of the artifact, numpy in and out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+# The KV cache flattened as in the artifact contract: key 0, value 0, key 1, value 1, ...; each
+# float32 [1, n_kv_heads, length_i, head_dim].
+KVCache = tuple[np.ndarray, ...]
+
+GRAPHS = ("vision_encoder", "embed_tokens", "prefill", "decode")
+
+
+class Session(Protocol):
+    """One loaded artifact on one runtime. Shapes: see `export/ARTIFACTS.md`."""
+
+    backend: str
+
+    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values float32 [1, 3, S, S] -> image_embeds float32 [N, d]."""
+
+    def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
+        """input_ids int64 [1, T] -> inputs_embeds float32 [1, T, d]."""
+
+    def prefill(self, inputs_embeds: np.ndarray, image_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, KVCache]:
+        """inputs_embeds [1, T, d], image_start int64 [1] -> logits [1, V], kept_indices int64 [R], cache."""
+
+    def decode(self, inputs_embeds: np.ndarray, position: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """inputs_embeds [1, 1, d], position int64 [1], cache -> logits [1, V], cache one entry longer."""

@@ -1,0 +1,108 @@
+"""Time one artifact on one backend in this process and report its peak resident memory.
+
+`runtime.bench` starts one fresh process per (artifact, backend), so that the peak RSS
+(`ru_maxrss`) of one does not include another's:
+
+    python -m runtime.measure ARTIFACT_DIR --backend onnx [--runs 5] [--warmup 1] [--max-new-tokens 32]
+
+prints one JSON object: the median of each timing over the runs (after the warm-up runs), every
+run's timings, the load time and the peak RSS. Imports torch only for the executorch backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from runtime.backends import BACKENDS
+from runtime.generate import GenerationConfig, Runner, Stats
+from runtime.samples import DEFAULT_PROMPT, sample_image
+
+
+def measure(
+    artifact_dir: str | Path,
+    backend: str,
+    *,
+    runs: int = 5,
+    warmup: int = 1,
+    max_new_tokens: int = 32,
+    num_threads: int | None = None,
+    prompt: str = DEFAULT_PROMPT,
+) -> dict[str, Any]:
+    """Load the artifact (files not re-hashed: the caller checked them), warm up, time `runs` generations.
+
+    Decoding ignores end-of-sequence, so that every run decodes `max_new_tokens` tokens.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    tick = time.perf_counter()
+    runner = Runner(artifact_dir, backend, num_threads=num_threads, verify=False)
+    load_ms = (time.perf_counter() - tick) * 1000.0
+    image = sample_image()
+    config = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
+    for _ in range(warmup):
+        runner.generate(image, prompt, config)
+    stats = [runner.generate(image, prompt, config).stats for _ in range(runs)]
+    return {
+        "artifact": str(artifact_dir),
+        "backend": backend,
+        "keep": runner.artifact.keep,
+        "load_ms": load_ms,
+        "median": median_stats(stats),
+        "runs": [{**asdict(s), "decode_tokens_per_s": s.decode_tokens_per_s} for s in stats],
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def median_stats(stats: list[Stats]) -> dict[str, float]:
+    """The median of each timing (and of decode tokens/s) over the runs."""
+    fields = [name for name in asdict(stats[0]) if name.endswith("_ms")]
+    medians = {name: statistics.median(getattr(s, name) for s in stats) for name in fields}
+    medians["decode_tokens_per_s"] = statistics.median(s.decode_tokens_per_s for s in stats)
+    medians["num_prompt_tokens"] = stats[0].num_prompt_tokens
+    medians["num_generated_tokens"] = stats[0].num_generated_tokens
+    return medians
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.measure", description=__doc__.split("\n\n")[0])
+    parser.add_argument("artifact_dir", type=Path)
+    parser.add_argument("--backend", choices=BACKENDS, required=True)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    args = parser.parse_args(argv)
+    try:
+        result = measure(
+            args.artifact_dir,
+            args.backend,
+            runs=args.runs,
+            warmup=args.warmup,
+            max_new_tokens=args.max_new_tokens,
+            num_threads=args.threads,
+            prompt=args.prompt,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Artifact vs eager parity: the exported graphs on each runtime against `models.PrunedLlava`.
+
+On the same input_ids and pixel_values (the runtime's own preprocessing of a fixed test image and
+prompt), both run greedy decoding for a fixed number of steps, end-of-sequence ignored. Checked:
+  - kept indices identical;
+  - prefill logits and each decode step's logits within the tolerance of (backend, dtype);
+  - greedy tokens identical at every step;
+  - the runtime's tokenization identical to the transformers processor's, its pixel values within
+    PREPROCESS_TOLERANCE.
+
+    python -m runtime.parity ARTIFACT_DIR [--backends onnx executorch] [--model-path DIR] [--json FILE]
+
+Exit status 1 when any check fails. `check_parity` is the same check as a function (the export
+CLI stores `ParityReport.to_dict()` in the manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tabulate import tabulate
+
+from models import PrunedLlava
+from pruning_graph import VLMPrunerConfig
+from runtime.artifact import Artifact, load_artifact
+from runtime.backends import BACKENDS
+from runtime.generate import GenerationConfig, InputProcessor, Runner
+from runtime.preprocess import load_image
+from runtime.samples import DEFAULT_PROMPT, sample_image
+
+logger = logging.getLogger(__name__)
+
+# Largest allowed max-abs difference of logits, per (backend, model dtype).
+TOLERANCES = {("onnx", "float32"): 1e-4, ("executorch", "float32"): 1e-3}
+PREPROCESS_TOLERANCE = 1e-5
+DEFAULT_STEPS = 16
+
+
+@dataclass(frozen=True)
+class BackendParity:
+    """One backend against eager.
+
+    Attributes:
+        backend: "onnx" or "executorch".
+        tolerance: the allowed max-abs logits difference.
+        kept_indices_equal: the artifact kept exactly the eager model's image tokens.
+        prefill_logits_max_abs: max |artifact - eager| of the prefill logits.
+        decode_logits_max_abs: the same for each decode step.
+        tokens, eager_tokens: the greedy tokens of the artifact and of eager.
+    """
+
+    backend: str
+    tolerance: float
+    kept_indices_equal: bool
+    prefill_logits_max_abs: float
+    decode_logits_max_abs: list[float]
+    tokens: list[int]
+    eager_tokens: list[int]
+
+    @property
+    def tokens_equal(self) -> bool:
+        return self.tokens == self.eager_tokens
+
+    @property
+    def logits_max_abs(self) -> float:
+        return max([self.prefill_logits_max_abs, *self.decode_logits_max_abs])
+
+    @property
+    def passed(self) -> bool:
+        return self.kept_indices_equal and self.tokens_equal and self.logits_max_abs <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "tokens_equal": self.tokens_equal,
+            "logits_max_abs": self.logits_max_abs,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Parity of one artifact folder on each of its backends.
+
+    Attributes:
+        artifact: the folder. model, keep, dtype: from its manifest.
+        prompt: the prompt used. steps: generated tokens compared.
+        input_ids_equal: the runtime's tokenization equals the transformers processor's.
+        pixel_values_max_abs: max |runtime - transformers| of the preprocessed image.
+        backends: one entry per backend checked.
+    """
+
+    artifact: str
+    model: str
+    keep: int
+    dtype: str
+    prompt: str
+    steps: int
+    input_ids_equal: bool
+    pixel_values_max_abs: float
+    backends: list[BackendParity]
+
+    @property
+    def preprocess_passed(self) -> bool:
+        return self.input_ids_equal and self.pixel_values_max_abs <= PREPROCESS_TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        return self.preprocess_passed and all(backend.passed for backend in self.backends)
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {key: value for key, value in asdict(self).items() if key != "backends"}
+        return {
+            **fields,
+            "preprocess_tolerance": PREPROCESS_TOLERANCE,
+            "preprocess_passed": self.preprocess_passed,
+            "backends": {backend.backend: backend.to_dict() for backend in self.backends},
+            "passed": self.passed,
+        }
+
+
+def check_parity(
+    artifact_dir: str | os.PathLike,
+    *,
+    backends: list[str] | None = None,
+    reference: PrunedLlava | None = None,
+    model_path: str | os.PathLike | None = None,
+    image: str | os.PathLike | Image.Image | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    steps: int = DEFAULT_STEPS,
+) -> ParityReport:
+    """Run the artifact on each backend and the eager pruned model on the same inputs; compare.
+
+    Args:
+        artifact_dir: the artifact folder (checked: manifest, sha256 of every file).
+        backends: default every backend the artifact holds.
+        reference: the eager model, already loaded with the artifact's keep; default loaded from
+            `model_path`, else from the checkpoint recorded in the manifest.
+        image: default `runtime.samples.sample_image()`.
+    Raises:
+        ValueError: a tolerance unknown for the artifact's dtype, a reference with another keep,
+            or no checkpoint to load the reference from.
+    """
+    config = GenerationConfig(max_new_tokens=steps, ignore_eos=True, return_logits=True)
+    artifact = load_artifact(artifact_dir)
+    backends = list(artifact.backends) if backends is None else backends
+    if not backends:
+        raise ValueError("no backend to check")
+    for backend in backends:
+        artifact.require_backend(backend)
+        if (backend, artifact.dtype) not in TOLERANCES:
+            raise ValueError(f"no parity tolerance for {backend} with {artifact.dtype} weights")
+    if reference is None:
+        reference = load_reference(artifact, model_path)
+    if reference.keep != artifact.keep:
+        raise ValueError(f"the reference keeps {reference.keep} image tokens, the artifact {artifact.keep}")
+    image = sample_image() if image is None else load_image(image)
+
+    input_ids, pixel_values = InputProcessor(artifact)(image, prompt)
+    eager_tokens, eager_logits, eager_kept = eager_greedy(reference, input_ids, pixel_values, steps)
+    results = []
+    for backend in backends:
+        result = Runner(artifact, backend).generate_ids(input_ids, pixel_values, config)
+        diffs = [float(np.abs(ours - theirs).max()) for ours, theirs in zip(result.logits, eager_logits)]
+        results.append(
+            BackendParity(
+                backend=backend,
+                tolerance=TOLERANCES[backend, artifact.dtype],
+                kept_indices_equal=result.kept_indices == eager_kept,
+                prefill_logits_max_abs=diffs[0],
+                decode_logits_max_abs=diffs[1:],
+                tokens=result.token_ids,
+                eager_tokens=eager_tokens,
+            )
+        )
+        logger.info("%s: max |logits diff| %.3g", backend, results[-1].logits_max_abs)
+
+    hf_ids, hf_pixels = reference.prepare_inputs(image, prompt)
+    return ParityReport(
+        artifact=str(artifact.root),
+        model=artifact.model_name,
+        keep=artifact.keep,
+        dtype=artifact.dtype,
+        prompt=prompt,
+        steps=steps,
+        input_ids_equal=bool(np.array_equal(hf_ids.numpy(), input_ids)),
+        pixel_values_max_abs=_max_abs(hf_pixels.float().numpy(), pixel_values),
+        backends=results,
+    )
+
+
+def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = None) -> PrunedLlava:
+    """The eager pruned model of the artifact: same checkpoint (or `model_path`), keep, pruner config, dtype."""
+    model = artifact.manifest["model"]
+    if model_path is None:
+        if model.get("source") != "checkpoint" or not model.get("checkpoint"):
+            raise ValueError(
+                f"{artifact.root} was exported from {model.get('source')} weights, not a checkpoint: "
+                "pass the checkpoint the export used (--model-path)"
+            )
+        model_path = model["checkpoint"]
+    pruning = artifact.manifest["pruning"]
+    return PrunedLlava.from_registry(
+        model["name"],
+        keep=artifact.keep,
+        model_path=model_path,
+        dtype=getattr(torch, artifact.dtype),
+        pruner_config=VLMPrunerConfig(**pruning.get("config", {})),
+    )
+
+
+@torch.no_grad()
+def eager_greedy(
+    reference: PrunedLlava, input_ids: np.ndarray, pixel_values: np.ndarray, steps: int
+) -> tuple[list[int], list[np.ndarray], list[int]]:
+    """`steps` greedy tokens of the eager model, end-of-sequence ignored.
+
+    Returns:
+        the tokens, the logits float32 [V] that chose each one, the kept indices.
+    """
+    embeds, image_start = reference.embed(torch.from_numpy(input_ids), torch.from_numpy(pixel_values))
+    position = embeds.shape[1]
+    logits, kept, cache = reference.prefill(embeds, image_start)
+    tokens, all_logits = [], []
+    while True:
+        all_logits.append(logits[0].float().numpy())
+        tokens.append(int(logits.argmax(dim=-1)))
+        if len(tokens) == steps:
+            return tokens, all_logits, kept.tolist()
+        token_embeds = reference.token_embedding(torch.tensor([[tokens[-1]]], dtype=torch.int64))
+        logits, cache = reference.decode_step(token_embeds, torch.tensor([position], dtype=torch.int64), cache)
+        position += 1
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+
+
+def format_report(report: ParityReport) -> str:
+    rows = [
+        [
+            b.backend,
+            "yes" if b.kept_indices_equal else "NO",
+            f"{b.prefill_logits_max_abs:.2e}",
+            f"{max(b.decode_logits_max_abs, default=0.0):.2e}",
+            f"{b.tolerance:.0e}",
+            f"{'yes' if b.tokens_equal else 'NO'} ({len(b.tokens)})",
+            "pass" if b.passed else "FAIL",
+        ]
+        for b in report.backends
+    ]
+    table = tabulate(
+        rows,
+        headers=["backend", "kept equal", "prefill |dlogits|", "decode |dlogits|", "tol", "tokens equal", ""],
+        disable_numparse=True,
+    )
+    preprocess = (
+        f"preprocessing vs transformers: input_ids {'equal' if report.input_ids_equal else 'DIFFERENT'}, "
+        f"pixel max |diff| {report.pixel_values_max_abs:.2e} (tol {PREPROCESS_TOLERANCE:.0e})"
+    )
+    header = f"{report.model} keep {report.keep} ({report.dtype}), {report.artifact}"
+    return "\n".join([header, table, preprocess, "PASSED" if report.passed else "FAILED"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("artifact_dir", type=Path)
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: every backend in the artifact")
+    parser.add_argument("--model-path", type=Path, help="checkpoint of the eager reference (default: the manifest's)")
+    parser.add_argument("--image", type=Path, help="default: a fixed random 400 x 300 image")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="greedy tokens compared")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        report = check_parity(
+            args.artifact_dir,
+            backends=args.backends,
+            model_path=args.model_path,
+            image=args.image,
+            prompt=args.prompt,
+            steps=args.steps,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

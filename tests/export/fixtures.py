@@ -1,0 +1,79 @@
+"""Session fixtures of exported tiny-llava artifacts, shared by every test package.
+
+Registered for all of tests/ by `tests/conftest.py` (`pytest_plugins`). Each keep count is
+exported at most once per session, to both backends, into a temporary folder, and only when a
+test asks for it:
+
+    def test_something(exported_artifact):
+        folder = exported_artifact(64)          # artifacts/<tmp>/tiny-llava/keep64/
+
+    def test_other(artifact_dirs):
+        folder = artifact_dirs[576]             # the same, as a lazy {keep: folder} mapping
+
+The artifacts are exported without the parity check (their manifest's `parity` is null).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.config import ExportConfig
+from export.pipeline import ExportPipeline
+from models import LoadedModel, build_tiny_llava, load_model
+
+# The keep counts the tests cover: 88.9 % and 66.7 % pruning, and the unpruned baseline.
+TEST_KEEPS = (64, 192, 576)
+
+
+class LazyArtifacts(Mapping[int, Path]):
+    """{keep: artifact folder} for `TEST_KEEPS`; a folder is exported on first access."""
+
+    def __init__(self, export: Callable[[int], Path]):
+        self._export = export
+
+    def __getitem__(self, keep: int) -> Path:
+        if keep not in TEST_KEEPS:
+            raise KeyError(keep)
+        return self._export(keep)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(TEST_KEEPS)
+
+    def __len__(self) -> int:
+        return len(TEST_KEEPS)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny-llava checkpoint, built offline into a temporary folder."""
+    return build_tiny_llava(tmp_path_factory.mktemp("checkpoints") / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir) -> LoadedModel:
+    return load_model("tiny-llava", tiny_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def exported_artifact(tiny_dir, tmp_path_factory) -> Callable[[int], Path]:
+    """keep -> the artifact folder of tiny-llava at that keep (ONNX and ExecuTorch), exported once."""
+    root = tmp_path_factory.mktemp("artifacts")
+    folders: dict[int, Path] = {}
+
+    def export(keep: int) -> Path:
+        if keep not in folders:
+            config = ExportConfig(model="tiny-llava", keep=keep, model_path=tiny_dir, output_dir=root)
+            folders[keep] = ExportPipeline(config).run()
+        return folders[keep]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def artifact_dirs(exported_artifact) -> Mapping[int, Path]:
+    """{64, 192, 576: artifact folder}, each exported when first looked up."""
+    return LazyArtifacts(exported_artifact)

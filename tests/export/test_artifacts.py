@@ -1,0 +1,199 @@
+"""Exported tiny-llava artifacts at keep 64, 192 and 576 (unpruned): files, interface, parity with eager.
+
+The artifacts come from the session fixtures of tests/export/fixtures.py (one export per keep,
+both backends); the graphs run directly on ONNX Runtime and the ExecuTorch runtime.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from export.graphs import cache_names
+from export.manifest import read_manifest, verify_files
+from models import PrunedLlava
+from tests.export.fixtures import TEST_KEEPS
+from tests.export.runners import open_graphs
+
+N = 576
+NUM_LAYERS = 4
+PRUNE_LAYER = 2
+# Largest max-abs logits difference to eager float32.
+TOLERANCE = {"onnx": 1e-4, "executorch": 1e-3}
+DECODE_STEPS = 4
+PROMPTS = (
+    "What is in the image?",
+    # A longer conversation: another prompt length T and the image block further in.
+    "A chat between a curious user and an artificial intelligence assistant. USER: <image>\nWhy? ASSISTANT:",
+)
+BACKENDS = ("onnx", "executorch")
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def eager(tiny):
+    models = {}
+
+    def build(keep: int) -> PrunedLlava:
+        if keep not in models:
+            models[keep] = PrunedLlava(tiny.model, tiny.processor, tiny.spec, keep=keep)
+        return models[keep]
+
+    return build
+
+
+def prompt_inputs(model: PrunedLlava, image: Image.Image, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids [1, T] and pixel_values [1, 3, 336, 336]; a prompt holding <image> is used as is."""
+    if "<image>" not in prompt:
+        return model.prepare_inputs(image, prompt)
+    processed = model.processor(images=image, text=prompt, return_tensors="pt")
+    return processed["input_ids"], processed["pixel_values"]
+
+
+@pytest.mark.parametrize("keep", TEST_KEEPS)
+def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, tiny_dir, keep):
+    folder = exported_artifact(keep)
+    manifest = read_manifest(folder)
+    assert verify_files(folder) == []
+    assert set(manifest["files"]) == {
+        *(f"onnx/{name}.onnx" for name in ("vision_encoder", "embed_tokens", "prefill", "decode")),
+        "executorch/model.pte",
+        "processor/tokenizer.json",
+        "processor/tokenizer_config.json",
+        "processor/processor_config.json",
+        "processor/chat_template.jinja",
+    }
+    assert manifest["format_version"] == 1
+    assert manifest["model"] == {
+        "name": "tiny-llava",
+        "source": "checkpoint",
+        "checkpoint": str(tiny_dir.resolve()),
+        "dtype": "float32",
+    }
+    assert manifest["pruning"]["keep"] == keep
+    assert manifest["pruning"]["prune_layer"] == PRUNE_LAYER
+    assert manifest["pruning"]["rate"] == pytest.approx(1 - keep / N, abs=1e-6)
+    assert manifest["pruning"]["config"]["kappa"] == 4
+    assert manifest["geometry"] == {"num_image_tokens": N, "grid": [24, 24], "image_size": 336}
+    assert manifest["text"]["num_layers"] == NUM_LAYERS and manifest["text"]["max_seq_len"] == 2048
+    assert manifest["preprocess"]["resample"] == "bicubic"
+    assert set(manifest["versions"]) >= {"torch", "transformers", "onnx", "onnxruntime", "executorch"}
+    assert all(manifest["versions"][name] for name in ("torch", "onnx", "onnxruntime", "executorch"))
+    stages = manifest["export_seconds"]
+    assert {"load", "torch_export.prefill", "onnx.prefill", "executorch", "check", "hash"} <= set(stages)
+    assert all(seconds >= 0 for seconds in stages.values())
+    assert manifest["parity"] is None  # the fixtures skip it; the CLI test covers it
+
+
+def test_corrupted_file_is_reported(exported_artifact, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(exported_artifact(64), folder)
+    tokenizer = folder / "processor" / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:-1] + b" ")
+    (folder / "stray.txt").write_text("x")
+    assert verify_files(folder) == [
+        "processor/tokenizer.json: sha256 differs from the manifest",
+        "stray.txt: not in the manifest",
+    ]
+
+
+@pytest.mark.parametrize("keep", TEST_KEEPS)
+def test_onnx_graphs_follow_the_contract(exported_artifact, keep):
+    folder = exported_artifact(keep) / "onnx"
+    expected = {
+        "vision_encoder": (["pixel_values"], ["image_embeds"]),
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "prefill": (["inputs_embeds", "image_start"], ["logits", "kept_indices", *cache_names("present", NUM_LAYERS)]),
+        "decode": (
+            ["inputs_embeds", "position", *cache_names("past", NUM_LAYERS)],
+            ["logits", *cache_names("present", NUM_LAYERS)],
+        ),
+    }
+    for name, (inputs, outputs) in expected.items():
+        model = onnx.load(str(folder / f"{name}.onnx"))
+        assert [value.name for value in model.graph.input] == inputs
+        assert [value.name for value in model.graph.output] == outputs
+
+    prefill = onnx.load(str(folder / "prefill.onnx"))
+    shapes = {value.name: _dims(value) for value in prefill.graph.output}
+    assert shapes["kept_indices"] == [keep]
+    assert shapes["logits"] == [1, 320]
+    assert shapes["present.0.key"] == [1, 2, "sequence_length", 16]
+    pruned_length = "sequence_length" if keep == N else f"sequence_length - {N - keep}"
+    assert shapes[f"present.{NUM_LAYERS - 1}.value"] == [1, 2, pruned_length, 16]
+    scans = sum(node.op_type == "Scan" for node in prefill.graph.node)
+    assert scans > 0 if keep < N else scans == 0
+
+    decode = onnx.load(str(folder / "decode.onnx"))
+    inputs = {value.name: _dims(value) for value in decode.graph.input}
+    assert inputs["past.0.key"] == [1, 2, "past_length", 16]
+    assert inputs[f"past.{NUM_LAYERS - 1}.key"] == [1, 2, "past_length" if keep == N else "pruned_past_length", 16]
+
+
+@pytest.mark.parametrize("keep", TEST_KEEPS)
+def test_pte_has_the_four_methods(exported_artifact, keep):
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(exported_artifact(keep) / "executorch" / "model.pte")
+    assert set(program.method_names) == {"vision_encoder", "embed_tokens", "prefill", "decode"}
+    prefill = program.metadata("prefill")
+    assert (prefill.num_inputs(), prefill.num_outputs()) == (2, 2 + 2 * NUM_LAYERS)
+    assert tuple(prefill.output_tensor_meta(1).sizes()) == (keep,)
+    decode = program.metadata("decode")
+    assert (decode.num_inputs(), decode.num_outputs()) == (2 + 2 * NUM_LAYERS, 1 + 2 * NUM_LAYERS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("keep", TEST_KEEPS)
+def test_exported_graphs_match_eager(exported_artifact, eager, image, keep, backend):
+    graphs = open_graphs(exported_artifact(keep), backend)
+    model = eager(keep)
+    tolerance = TOLERANCE[backend]
+    for prompt in PROMPTS:
+        input_ids, pixel_values = prompt_inputs(model, image, prompt)
+        with torch.no_grad():
+            expected_image = model.vision_encoder(pixel_values)
+            expected_text = model.token_embedding(input_ids)
+            inputs_embeds, image_start = model.embed(input_ids, pixel_values)
+            expected_logits, expected_kept, expected_cache = model.prefill(inputs_embeds, image_start)
+
+        (image_embeds,) = graphs.run("vision_encoder", pixel_values.numpy())
+        np.testing.assert_allclose(image_embeds, expected_image.numpy(), atol=tolerance, rtol=0)
+        (text_embeds,) = graphs.run("embed_tokens", input_ids.numpy())
+        np.testing.assert_allclose(text_embeds, expected_text.numpy(), atol=tolerance, rtol=0)
+
+        logits, kept, *cache = graphs.run("prefill", inputs_embeds.numpy(), image_start.numpy())
+        np.testing.assert_array_equal(kept, expected_kept.numpy())
+        np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
+        seq_len = inputs_embeds.shape[1]
+        lengths = [seq_len] * PRUNE_LAYER + [seq_len - N + keep] * (NUM_LAYERS - PRUNE_LAYER)
+        assert [entry.shape[2] for entry in cache] == [length for length in lengths for _ in range(2)]
+        flat_expected = [entry for pair in expected_cache for entry in pair]
+        for got, want in zip(cache, flat_expected):
+            np.testing.assert_allclose(got, want.numpy(), atol=tolerance, rtol=0)
+
+        # Greedy decode steps, fed the eager model's tokens so that both see the same inputs.
+        eager_cache = expected_cache
+        for step in range(DECODE_STEPS):
+            token = expected_logits.argmax(dim=-1, keepdim=True)  # [1, 1]
+            position = torch.tensor([seq_len + step])
+            with torch.no_grad():
+                token_embeds = model.token_embedding(token)
+                expected_logits, eager_cache = model.decode_step(token_embeds, position, eager_cache)
+            logits, *cache = graphs.run("decode", token_embeds.numpy(), position.numpy(), *cache)
+            np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
+            assert [entry.shape[2] for entry in cache] == [length + step + 1 for length in lengths for _ in range(2)]
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in value.type.tensor_type.shape.dim]

@@ -1,0 +1,58 @@
+"""ExportConfig: validation of user input, resolution of keep, rate and sequence length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from export.config import DEFAULT_MAX_SEQ_LEN, Backend, ExportConfig
+
+
+def test_defaults():
+    config = ExportConfig()
+    assert config.model == "tiny-llava"
+    assert config.keep_count == 64  # the default rate 0.889 of 576 tokens
+    assert config.backends == (Backend.ONNX, Backend.EXECUTORCH)
+    assert config.seq_len_limit == DEFAULT_MAX_SEQ_LEN
+    assert config.artifact_dir == Path("artifacts/tiny-llava/keep64")
+
+
+@pytest.mark.parametrize(("rate", "keep"), [(0.0, 576), (0.667, 192), (0.778, 128), (0.889, 64)])
+def test_rate_gives_the_papers_keep_counts(rate, keep):
+    assert ExportConfig(rate=rate).keep_count == keep
+
+
+def test_keep_given_directly():
+    config = ExportConfig(keep=576, output_dir="out")
+    assert config.keep_count == 576 and config.pruning_rate == 0.0
+    assert config.artifact_dir == Path("out/tiny-llava/keep576")
+
+
+def test_backends_from_strings():
+    assert ExportConfig(backends=("executorch",)).backends == (Backend.EXECUTORCH,)
+    assert ExportConfig(backends="onnx").backends == (Backend.ONNX,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model": "llava-9b"}, "unknown model 'llava-9b'; registered models: llava-1.5-13b, llava-1.5-7b, tiny-llava"),
+        ({"keep": 64, "rate": 0.5}, r"give keep or rate, not both \(keep=64, rate=0.5\)"),
+        ({"keep": 0}, r"keep must be an integer in \[1, N\] = \[1, 576\]"),
+        ({"keep": 577}, r"keep must be an integer in \[1, N\] = \[1, 576\]"),
+        ({"keep": 64.0}, "keep must be an integer"),
+        ({"keep": True}, "keep must be an integer"),
+        ({"rate": 1.0}, r"rate must be a number in \[0, 1\)"),
+        ({"rate": -0.1}, r"rate must be a number in \[0, 1\)"),
+        ({"rate": float("nan")}, r"rate must be a number in \[0, 1\)"),
+        ({"backends": ()}, "at least one backend"),
+        ({"backends": ("onnx", "tflite")}, "unknown backend .* choose from onnx, executorch"),
+        ({"backends": ("onnx", "onnx")}, "backends repeated"),
+        ({"max_seq_len": 600}, r"max_seq_len must be in \[640, 4096\]"),
+        ({"max_seq_len": 8192}, r"max_seq_len must be in \[640, 4096\]"),
+    ],
+)
+def test_invalid_configs_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExportConfig(**kwargs)

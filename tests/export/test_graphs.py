@@ -1,0 +1,54 @@
+"""The graph specs: contract names, dynamic dimensions and bounds, argument checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from export.graphs import GRAPH_NAMES, build_graphs, cache_names, find_graph
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny):
+    return build_graphs(tiny.model, tiny.spec, keep=64, max_seq_len=1024)
+
+
+def test_graph_names_and_interface(graphs):
+    assert tuple(graph.name for graph in graphs) == GRAPH_NAMES
+    assert find_graph(graphs, "prefill").output_names[:3] == ("logits", "kept_indices", "present.0.key")
+    assert find_graph(graphs, "decode").input_names[2:] == cache_names("past", 4)
+    assert cache_names("present", 2) == ("present.0.key", "present.0.value", "present.1.key", "present.1.value")
+
+
+def test_dynamic_dimensions(graphs):
+    assert find_graph(graphs, "vision_encoder").dim_names() == {}
+    assert find_graph(graphs, "embed_tokens").dim_names() == {"input_ids": {1: "sequence_length"}}
+    assert find_graph(graphs, "prefill").dim_names() == {"inputs_embeds": {1: "sequence_length"}}
+    decode = find_graph(graphs, "decode").dim_names()
+    assert decode["past.1.value"] == {2: "past_length"}
+    assert decode["past.2.key"] == {2: "pruned_past_length"}
+    assert "inputs_embeds" not in decode and "position" not in decode
+
+
+def test_bounds_follow_max_seq_len(graphs):
+    (seq,) = find_graph(graphs, "prefill").dynamic_shapes[0].values()
+    assert (seq.min, seq.max) == (577, 1024)
+    cache_dims = find_graph(graphs, "decode").dynamic_shapes[2]
+    past, pruned = cache_dims[0][0][2], cache_dims[3][1][2]
+    assert (past.min, past.max) == (577, 1023)
+    assert (pruned.min, pruned.max) == (65, 1023 - 512)
+
+
+def test_unpruned_decode_has_one_cache_length(tiny):
+    decode = find_graph(build_graphs(tiny.model, tiny.spec, keep=576, max_seq_len=1024), "decode")
+    assert set(name for dims in decode.dim_names().values() for name in dims.values()) == {"past_length"}
+
+
+@pytest.mark.parametrize(("keep", "max_seq_len", "message"), [(0, 1024, "keep must be in"), (64, 600, "too short")])
+def test_invalid_arguments(tiny, keep, max_seq_len, message):
+    with pytest.raises(ValueError, match=message):
+        build_graphs(tiny.model, tiny.spec, keep=keep, max_seq_len=max_seq_len)
+
+
+def test_find_graph_names_the_missing_graph(graphs):
+    with pytest.raises(KeyError, match="no graph 'text_decoder'"):
+        find_graph(graphs, "text_decoder")

@@ -1,0 +1,38 @@
+"""ExportPipeline stages: order is enforced, failures leave nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from export.config import ExportConfig
+from export.pipeline import ExportPipeline
+
+
+@pytest.mark.parametrize(
+    ("stage", "needs"),
+    [
+        ("load", "prepare"),
+        ("wrap", "load"),
+        ("trace", "wrap"),
+        ("to_onnx", "trace"),
+        ("to_executorch", "trace"),
+        ("check", "to_onnx or to_executorch"),
+        ("save_processor", "load"),
+        ("finalize", "to_onnx or to_executorch"),
+    ],
+)
+def test_stages_refuse_to_run_out_of_order(tmp_path, stage, needs):
+    pipeline = ExportPipeline(ExportConfig(output_dir=tmp_path))
+    with pytest.raises(RuntimeError, match=f"run the {needs} stage first"):
+        getattr(pipeline, stage)()
+
+
+def test_failed_run_removes_its_staging_folder(tmp_path):
+    config = ExportConfig(model="llava-1.5-7b", model_path=tmp_path / "no-weights", output_dir=tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        ExportPipeline(config).run()
+    assert list((tmp_path / "out" / "llava-1.5-7b").iterdir()) == []
+
+
+def test_artifact_folder_is_named_after_model_and_keep(tmp_path):
+    assert ExportPipeline(ExportConfig(rate=0.667, output_dir=tmp_path)).artifact_dir == tmp_path / "tiny-llava/keep192"

@@ -1,0 +1,77 @@
+"""The exported VLMPrunerSelect, run by ONNX Runtime and by the ExecuTorch runtime, against eager.
+
+One export per shape (grid, widths, keep, config), shared by both backends; every generated image
+of that shape runs through it. Indices must be identical, fused states within 1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.executorch import save_pte
+from export.onnx import save_onnx
+from pruning_graph import VLMPrunerConfig, VLMPrunerSelect, select_tokens
+from tests.pruning_graph.cases import CONFIGS, all_cases
+
+# (grid, d, keep, config): the LLaVA-1.5 grid at every keep count of the paper and the extremes,
+# the other grids once each, and the config whose final +inf pass runs.
+SHAPES = [((24, 24), 384, keep, VLMPrunerConfig()) for keep in (1, 4, 64, 128, 192, 575, 576)] + [
+    ((12, 12), 96, 64, VLMPrunerConfig()),
+    ((16, 20), 384, 192, VLMPrunerConfig()),
+    ((7, 13), 96, 90, VLMPrunerConfig()),
+    ((24, 24), 384, 192, CONFIGS[0]),
+]
+ALL_CASES = all_cases()
+
+
+def _cases(shape):
+    grid, d, keep, config = shape
+    return [c for c in ALL_CASES if (c.grid, c.hidden.shape[1], c.keep, c.config) == (grid, d, keep, config)]
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=lambda s: f"{s[0][0]}x{s[0][1]}-d{s[1]}-keep{s[2]}-tau_step{s[3].tau_step}")
+def exported(request, tmp_path_factory):
+    grid, d, keep, config = request.param
+    cases = _cases(request.param)
+    module = VLMPrunerSelect(grid, keep, config).eval()
+    program = torch.export.export(module, (cases[0].keys, cases[0].hidden), strict=False)
+    folder = tmp_path_factory.mktemp("select")
+    return {
+        "cases": cases,
+        "onnx": save_onnx(program, folder / "select.onnx"),
+        "pte": save_pte(program, folder / "select.pte"),
+    }
+
+
+def _check(case, indices, fused):
+    expected_indices, expected_fused = select_tokens(case.keys, case.hidden, case.grid, case.keep, case.config)
+    assert torch.equal(torch.as_tensor(indices), expected_indices), case.name
+    torch.testing.assert_close(torch.as_tensor(fused), expected_fused, atol=1e-5, rtol=0, msg=case.name)
+
+
+def test_onnx_runtime_matches_eager(exported):
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for case in exported["cases"]:
+        indices, fused = session.run(None, dict(zip(names, (case.keys.numpy(), case.hidden.numpy()))))
+        assert indices.dtype == np.int64 and indices.shape == (case.keep,)
+        _check(case, indices, fused)
+
+
+def test_executorch_matches_eager(exported):
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(exported["pte"]).load_method("forward")
+    for case in exported["cases"]:
+        indices, fused = method.execute([case.keys, case.hidden])
+        _check(case, indices, fused)
+
+
+def test_graph_is_static(exported):
+    """Nothing in the exported graph depends on data for its shape: R is a constant."""
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    keep = exported["cases"][0].keep
+    assert session.get_outputs()[0].shape == [keep]

@@ -1,0 +1,112 @@
+"""Loading an artifact folder: every way it can be broken gives an error that names the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from runtime.artifact import FORMAT_VERSION, ArtifactError, load_artifact
+from runtime.generate import Runner
+
+
+@pytest.fixture
+def copy(artifact_dirs, tmp_path):
+    """A private copy of the keep-64 artifact, free to break."""
+    return shutil.copytree(artifact_dirs[64], tmp_path / "keep64")
+
+
+def _edit_manifest(folder, edit):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_good_artifact_loads(artifact_dirs):
+    artifact = load_artifact(artifact_dirs[64])
+    assert artifact.keep == 64 and artifact.num_image_tokens == 576
+    assert set(artifact.backends) == {"onnx", "executorch"}
+    assert artifact.text.eos_token_ids == frozenset([2])
+
+
+@pytest.mark.parametrize("relative", ["onnx/prefill.onnx", "executorch/model.pte", "processor/tokenizer.json"])
+def test_corrupted_file(copy, relative):
+    path = copy / relative
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{relative} is corrupted: sha256"):
+        load_artifact(copy)
+
+
+def test_truncated_file(copy):
+    path = copy / "onnx/decode.onnx"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="decode.onnx is corrupted: 100 bytes"):
+        load_artifact(copy)
+
+
+def test_corrupted_file_stops_the_runner(copy):
+    (copy / "onnx/vision_encoder.onnx").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="vision_encoder.onnx is corrupted"):
+        Runner(copy, "onnx")
+
+
+def test_missing_file(copy):
+    (copy / "executorch/model.pte").unlink()
+    with pytest.raises(FileNotFoundError, match="model.pte is listed in manifest.json but missing"):
+        load_artifact(copy)
+
+
+def test_missing_manifest(copy):
+    (copy / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+        load_artifact(copy)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_artifact(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, "1", None])
+def test_other_format_version(copy, version):
+    _edit_manifest(copy, lambda m: m.update(format_version=version))
+    with pytest.raises(ArtifactError, match=f"format_version {version!r}; this runtime reads format_version 1"):
+        load_artifact(copy)
+
+
+def test_manifest_not_json(copy):
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_artifact(copy)
+
+
+def test_manifest_missing_a_field(copy):
+    _edit_manifest(copy, lambda m: m["text"].pop("max_seq_len"))
+    with pytest.raises(ArtifactError, match="misses the field text.max_seq_len"):
+        load_artifact(copy)
+
+
+def test_file_entry_outside_the_folder(copy):
+    _edit_manifest(copy, lambda m: m["files"].update({"../secret": {"bytes": 1, "sha256": "0"}}))
+    with pytest.raises(ArtifactError, match="not a path inside the artifact folder"):
+        load_artifact(copy)
+
+
+def test_backend_the_artifact_lacks(copy):
+    def drop_pte(manifest):
+        del manifest["files"]["executorch/model.pte"]
+
+    _edit_manifest(copy, drop_pte)
+    artifact = load_artifact(copy)
+    assert artifact.backends == ("onnx",)
+    with pytest.raises(ArtifactError, match="holds no executorch export"):
+        Runner(artifact, "executorch")
+
+
+def test_unknown_backend(artifact_dirs):
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        Runner(artifact_dirs[64], "tensorrt")

@@ -1,0 +1,45 @@
+"""The prefill FLOP count."""
+
+from __future__ import annotations
+
+from runtime.flops import ModelDims, decoder_layer_flops, lm_prefill_flops, vision_flops
+
+DIMS = ModelDims(
+    hidden_size=64,
+    num_layers=4,
+    num_attention_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    vocab_size=320,
+    prune_layer=2,
+    num_image_tokens=576,
+    vision_hidden_size=32,
+    vision_intermediate_size=64,
+    vision_num_layers=1,
+    patch_size=14,
+)
+
+
+def test_decoder_layer_by_hand():
+    n = 10
+    q, o, k, v = 2 * n * 64 * 64, 2 * n * 64 * 64, 2 * n * 64 * 32, 2 * n * 64 * 32
+    scores, weighted = 2 * n * n * 64, 2 * n * n * 64
+    mlp = 3 * 2 * n * 64 * 128
+    assert decoder_layer_flops(DIMS, n) == q + o + k + v + scores + weighted + mlp
+
+
+def test_prefill_splits_at_the_pruning_layer():
+    t = 600
+    full = lm_prefill_flops(DIMS, prompt_tokens=t, keep=576)
+    assert full == 4 * decoder_layer_flops(DIMS, t) + 2 * 64 * 320
+    pruned = lm_prefill_flops(DIMS, prompt_tokens=t, keep=64)
+    assert pruned == 2 * decoder_layer_flops(DIMS, t) + 2 * decoder_layer_flops(DIMS, t - 512) + 2 * 64 * 320
+    assert pruned < lm_prefill_flops(DIMS, prompt_tokens=t, keep=192) < full
+
+
+def test_vision_by_hand():
+    tokens = 577
+    layer = 2 * tokens * 32 * 128 + 2 * 2 * tokens * tokens * 32 + 2 * 2 * tokens * 32 * 64
+    expected = 2 * 576 * 3 * 14 * 14 * 32 + layer + 2 * 576 * 32 * 64 + 2 * 576 * 64 * 64
+    assert vision_flops(DIMS) == expected
