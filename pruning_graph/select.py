@@ -9,6 +9,7 @@ a boolean mask over the N image tokens; once R are selected, later blocks accept
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -132,32 +133,48 @@ def _redundancy(rows: Tensor, similarity: Tensor, distance: Tensor, selected: Te
 def _greedy_fill(
     selected: Tensor, similarity: Tensor, distance: Tensor, keep: int, config: VLMPrunerConfig
 ) -> Tensor:
-    """Stage 2: T passes, each a `scan` over ceil(N / B) blocks. Returns bool [N] with R True."""
+    """Stage 2: T passes with rising thresholds, each a `scan` over its ceil(N / B) blocks.
+
+    Returns bool [N] with R True. Once R are selected, later blocks accept nothing. (Skipping the
+    passes that start with a full budget under a `cond` made ONNX Runtime 3.5x faster, but
+    ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and cannot emit a `while_loop`.)
+    """
     n = similarity.shape[0]
     blocks = -(-n // config.block)
     everyone = torch.arange(n, device=similarity.device)
     room = keep - selected.sum()
     lam = constant(config.lam, similarity)
-
-    def step(carry: tuple[Tensor, Tensor, Tensor], block: Tensor):
-        selected, room, threshold = carry
-        m = _redundancy(block, similarity, distance, selected, lam)
-        was_selected = selected.index_select(0, block)
-        accepted = (m < threshold) & ~was_selected
-        # Over budget: the accepted with the smallest m, ties by block order.
-        accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
-        selected = selected.index_put((block,), accepted | was_selected)
-        return (selected, room - accepted.sum(), threshold.clone()), accepted
-
     for tau in config.thresholds():
+        threshold = constant(tau, similarity)
         # Pass order: candidates ascending by m_i(S) at the pass start, selected tokens last.
         start = _redundancy(everyone, similarity, distance, selected, lam)
         order = order_ascending(torch.where(selected, math.inf, start))
         # Pad to whole blocks with the last token of the order, always an already selected one.
-        padded = torch.cat([order, order[-1:].expand(blocks * config.block - n)])
-        threshold = torch.tensor(tau, dtype=similarity.dtype)
-        (selected, room, _), _ = scan(step, (selected, room, threshold), padded.reshape(blocks, config.block))
+        order = torch.cat([order, order[-1:].expand(blocks * config.block - n)]).reshape(blocks, config.block)
+
+        def step(carry: tuple[Tensor, Tensor], block: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+            selected, room = carry
+            m = _redundancy(block, similarity, distance, selected, lam)
+            was_selected = selected.index_select(0, block)
+            accepted = (m < threshold) & ~was_selected
+            # Over budget: the accepted with the smallest m, ties by block order.
+            accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
+            return (selected.index_put((block,), accepted | was_selected), room - accepted.sum()), accepted
+
+        (selected, room), _ = _scan(step, (selected, room), order)
     return selected
+
+
+def _scan(step: Callable, carry: tuple[Tensor, ...], xs: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+    """`scan` when tracing for export; in eager, the Python loop it is documented to mean (the
+    eager operator compiles its closure first: 1.9 s on the first call, 2-3x slower after)."""
+    if torch.compiler.is_compiling():
+        return scan(step, carry, xs)
+    ys = []
+    for x in xs:
+        carry, y = step(carry, x)
+        ys.append(y)
+    return carry, torch.stack(ys)
 
 
 def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor, beta: float) -> Tensor:

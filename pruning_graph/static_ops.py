@@ -69,13 +69,11 @@ def rank_ascending(values: Tensor) -> Tensor:
     before = (values[None, :] < values[:, None]) | (
         (values[None, :] == values[:, None]) & (index[None, :] < index[:, None])
     )
-    return before.to(torch.int64).sum(dim=1)
+    return before.sum(dim=1)
 
 
 def order_ascending(values: Tensor) -> Tensor:
     """Indices that sort `values` ascending, ties by lower index (a stable argsort): [N] -> int64 [N]."""
-    n = values.shape[0]
     rank = rank_ascending(values)
-    index = torch.arange(n, device=values.device)
-    one_hot = rank[None, :] == index[:, None]
-    return (one_hot.to(torch.int64) * index[None, :]).sum(dim=1)
+    # rank is a permutation: scattering each index to its rank inverts it.
+    return torch.zeros_like(rank).scatter(0, rank, torch.arange(rank.shape[0], device=rank.device))
