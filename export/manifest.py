@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
@@ -13,12 +12,12 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from models import ModelSpec
 from pruning_graph import VLMPrunerConfig
+from runtime.artifact import sha256_file  # the reader's own check, so writer and reader hash alike
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # Distributions whose versions are recorded; None when one is not installed.
 _VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "executorch")
-_HASH_CHUNK = 1 << 20
 
 
 def build_manifest(
@@ -116,14 +115,6 @@ def file_entries(root: Path) -> dict[str, dict[str, int | str]]:
         relative: {"bytes": (root / relative).stat().st_size, "sha256": sha256_file(root / relative)}
         for relative in _artifact_files(root)
     }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

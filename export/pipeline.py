@@ -52,6 +52,7 @@ class ExportPipeline:
         config: what to export.
         artifact_dir: where the artifact ends up, `output_dir/<model>/keep<R>`.
         export_seconds: {stage: seconds} of the stages run so far.
+        checkpoint: the folder the weights come from, after `load`.
         loaded: the model and processor, after `load`.
         graphs: the four graphs, after `wrap`.
         programs: {graph name: ExportedProgram}, after `trace`.

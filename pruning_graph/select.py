@@ -145,6 +145,8 @@ def _greedy_fill(
     room = keep - selected.sum()
     lam = constant(config.lam, similarity)
     for tau in config.thresholds():
+        if not torch.compiler.is_compiling() and not room:
+            break  # eager only: a pass that starts with a full budget accepts nothing
         threshold = constant(tau, similarity)
         # Pass order: candidates ascending by m_i(S) at the pass start, selected tokens last.
         start = _redundancy(everyone, similarity, distance, selected, lam)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny-llava checkpoint per session, built offline into a temporary folder."""
+"""Fixtures of the model tests. `tiny_dir` and `tiny` (the tiny-llava checkpoint, built once per
+session) come from tests/export/fixtures.py, registered in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,17 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import LoadedModel, PrunedLlava, build_tiny_llava, load_model
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_llava(tmp_path_factory.mktemp("checkpoints") / "tiny-llava")
-
-
-@pytest.fixture(scope="session")
-def tiny(tiny_dir) -> LoadedModel:
-    return load_model("tiny-llava", tiny_dir, dtype=torch.float32)
+from models import PrunedLlava
 
 
 @pytest.fixture(scope="session")
