@@ -9,7 +9,7 @@ KEEP     ?=
 RATE     ?=
 BACKENDS ?= onnx,executorch
 
-.PHONY: setup test test-all bench-select clean
+.PHONY: setup test export bench bench-select clean
 
 setup: $(VENV)/.installed
 
@@ -34,7 +34,6 @@ bench-select: setup
 # under artifacts/; a missing one is exported first. Writes bench/results/runtime-*.json.
 BENCH_KEEP     ?= 64
 BENCH_BASELINE ?= 576
-.PHONY: bench
 bench: setup
 	@for keep in $(BENCH_KEEP) $(BENCH_BASELINE); do \
 	  if [ ! -f artifacts/$(MODEL)/keep$$keep/manifest.json ]; then \
@@ -47,7 +46,6 @@ bench: setup
 
 # make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch]
 # -> artifacts/<MODEL>/keep<R>/ (export/ARTIFACTS.md), parity-checked against the eager model.
-.PHONY: export
 export: setup
 	$(PY) -m export --model $(MODEL) $(if $(KEEP),--keep $(KEEP)) $(if $(RATE),--rate $(RATE)) --backends $(BACKENDS)
 
