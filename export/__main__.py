@@ -155,6 +155,8 @@ def _configure_logging() -> None:
         package_logger = logging.getLogger(name)
         package_logger.setLevel(logging.INFO)
         package_logger.addHandler(handler)
+        # Imported libraries configure the root logger (ExecuTorch at import): do not print twice.
+        package_logger.propagate = False
 
 
 if __name__ == "__main__":
