@@ -95,7 +95,7 @@ def _greedy_fill(
     for passes, tau in enumerate(config.thresholds()):
         if len(selected) == keep:
             return passes
-        threshold = torch.tensor(tau, dtype=DECISION_DTYPE)
+        threshold = constant(tau, similarity)
         frozen = list(selected)
         candidates = [i for i in range(n) if i not in frozen]
         start = {i: float(_redundancy(i, frozen, similarity, distance, config.lam)) for i in candidates}

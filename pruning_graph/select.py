@@ -54,7 +54,7 @@ def select_tokens(
         indices: int64 [R], the kept tokens, ascending.
         fused: [R, d] in hidden's dtype, the kept tokens' states after fusion.
     """
-    n = check_features(keys, hidden, check_values=not torch.compiler.is_compiling())
+    n = check_features(keys, hidden)
     check_grid_and_keep(grid, keep, n)
     return _select(keys, hidden, tuple(grid), keep, config)
 
@@ -73,7 +73,7 @@ class VLMPrunerSelect(nn.Module):
         self.config = config
 
     def forward(self, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        n = check_features(keys, hidden, check_values=not torch.compiler.is_compiling())
+        n = check_features(keys, hidden)
         if n != self.num_tokens:
             raise ValueError(f"this selector was built for grid {self.grid} ({self.num_tokens} tokens), got {n} tokens")
         return _select(keys, hidden, self.grid, self.keep, self.config)

@@ -22,10 +22,10 @@ def check_grid_and_keep(grid: tuple[int, int], keep: int, num_tokens: int | None
     return n
 
 
-def check_features(keys: Tensor, hidden: Tensor, *, check_values: bool = True) -> int:
+def check_features(keys: Tensor, hidden: Tensor) -> int:
     """Validate the selection inputs keys [N, dk] and hidden [N, d]; returns N.
 
-    The value check (finiteness) reads data, so the exported module skips it.
+    The value check (finiteness) reads data, so it is skipped while tracing for export.
     """
     for name, x in (("keys", keys), ("hidden", hidden)):
         if not isinstance(x, Tensor):
@@ -36,7 +36,7 @@ def check_features(keys: Tensor, hidden: Tensor, *, check_values: bool = True) -
             raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if keys.shape[0] != hidden.shape[0]:
         raise ValueError(f"keys has {keys.shape[0]} tokens but hidden has {hidden.shape[0]}")
-    if check_values:
+    if not torch.compiler.is_compiling():
         for name, x in (("keys", keys), ("hidden", hidden)):
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"{name} contains NaN or infinite values")
