@@ -7,7 +7,14 @@ PIP    := $(VENV)/bin/pip
 MODEL    ?= tiny-llava
 KEEP     ?=
 RATE     ?=
-BACKENDS ?= onnx,executorch
+# BACKENDS=onnx,executorch: default every backend whose export fits this machine's memory.
+BACKENDS ?=
+# RANDOM_WEIGHTS=1: the architecture with random weights (no checkpoint needed).
+RANDOM_WEIGHTS ?=
+# QUANTIZE=none|int4|int8: weights of the language model's linears (default: the model's own).
+QUANTIZE ?=
+EXPORT_FLAGS = --model $(MODEL) $(if $(BACKENDS),--backends $(BACKENDS)) $(if $(filter 1,$(RANDOM_WEIGHTS)),--random-weights) \
+               $(if $(QUANTIZE),--quantize $(QUANTIZE))
 
 .PHONY: setup test export bench bench-select clean
 
@@ -30,24 +37,29 @@ test: setup
 bench-select: setup
 	$(PY) -m bench.select_speed
 
-# Pruned (keep BENCH_KEEP) next to unpruned (keep BENCH_BASELINE = N) on every backend, artifacts
-# under artifacts/; a missing one is exported first. Writes bench/results/runtime-*.json.
-BENCH_KEEP     ?= 64
+# Pruned (each keep of BENCH_KEEPS) next to unpruned (keep BENCH_BASELINE = N) on every backend,
+# artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS, QUANTIZE,
+# BACKENDS as for export, without the parity check: `make export` checks). BENCH_FLAGS go to
+# runtime.bench (e.g. --runs 1 --max-new-tokens 8 at 7B). Writes bench/results/runtime-*.json.
+BENCH_KEEPS    ?= 64 128 192
 BENCH_BASELINE ?= 576
+BENCH_FLAGS    ?=
 bench: setup
-	@for keep in $(BENCH_KEEP) $(BENCH_BASELINE); do \
+	@for keep in $(BENCH_KEEPS) $(BENCH_BASELINE); do \
 	  if [ ! -f artifacts/$(MODEL)/keep$$keep/manifest.json ]; then \
-	    echo "artifacts/$(MODEL)/keep$$keep is missing; exporting it: $(PY) -m export --model $(MODEL) --keep $$keep -o artifacts"; \
-	    $(PY) -m export --model $(MODEL) --keep $$keep -o artifacts || { \
+	    echo "artifacts/$(MODEL)/keep$$keep is missing; exporting it: $(PY) -m export $(EXPORT_FLAGS) --keep $$keep --skip-parity"; \
+	    $(PY) -m export $(EXPORT_FLAGS) --keep $$keep --skip-parity || { \
 	      echo "export failed; fix it, or run the command above by hand, then make bench"; exit 1; }; \
 	  fi; \
 	done
-	$(PY) -m runtime.bench artifacts/$(MODEL)/keep$(BENCH_KEEP) --baseline artifacts/$(MODEL)/keep$(BENCH_BASELINE)
+	$(PY) -m runtime.bench $(foreach keep,$(BENCH_KEEPS),artifacts/$(MODEL)/keep$(keep)) \
+	  --baseline artifacts/$(MODEL)/keep$(BENCH_BASELINE) $(BENCH_FLAGS)
 
-# make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch]
+# make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch] [RANDOM_WEIGHTS=1]
+#             [QUANTIZE=int4]
 # -> artifacts/<MODEL>/keep<R>/ (export/ARTIFACTS.md), parity-checked against the eager model.
 export: setup
-	$(PY) -m export --model $(MODEL) $(if $(KEEP),--keep $(KEEP)) $(if $(RATE),--rate $(RATE)) --backends $(BACKENDS)
+	$(PY) -m export $(EXPORT_FLAGS) $(if $(KEEP),--keep $(KEEP)) $(if $(RATE),--rate $(RATE))
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info

@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 
 from models import ModelSpec, get_spec
+from models.quantize import Quantization
 from pruning_graph import VLMPrunerConfig
 
 DEFAULT_MODEL = "tiny-llava"
@@ -35,13 +36,18 @@ class ExportConfig:
             With neither, `DEFAULT_RATE`.
         backends: one or more of `Backend` (strings are accepted and converted).
         model_path: checkpoint folder; default as `models.resolve_checkpoint` looks it up.
-        output_dir: the artifact goes to `output_dir/<model>/keep<R>/`.
+        output_dir: the artifact goes to `output_dir/<model>/keep<R>/` (see `artifact_dir`).
         max_seq_len: M, the longest sequence (prompt + generated tokens) the graphs accept;
             default min(`DEFAULT_MAX_SEQ_LEN`, the model's position limit).
         pruner: VLM-Pruner hyperparameters.
+        quantization: weight format of the language model's linears (`models.quantize.Quantization`
+            or its value); default the model's (`ModelSpec.quantization`).
+        random_weights: export the architecture with random weights (drawn from `seed`) instead
+            of a checkpoint, for speed and memory work where the weights are not at hand.
+        seed: seed of the random weights.
     Raises:
         ValueError: unknown model, keep and rate both given, either out of range, no or unknown
-            or repeated backends, max_seq_len out of range.
+            or repeated backends, max_seq_len out of range, unknown quantization.
     """
 
     model: str = DEFAULT_MODEL
@@ -52,9 +58,20 @@ class ExportConfig:
     output_dir: Path = Path("artifacts")
     max_seq_len: int | None = None
     pruner: VLMPrunerConfig = field(default_factory=VLMPrunerConfig)
+    quantization: Quantization | str | None = None
+    random_weights: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         spec = get_spec(self.model)
+        try:
+            quantization = Quantization(spec.quantization if self.quantization is None else self.quantization)
+        except ValueError:
+            choices = ", ".join(q.value for q in Quantization)
+            raise ValueError(f"unknown quantization {self.quantization!r}; choose from {choices}") from None
+        object.__setattr__(self, "quantization", quantization)
+        if self.random_weights and self.model_path is not None:
+            raise ValueError("give a checkpoint (model_path) or random weights, not both")
         n = spec.num_image_tokens
         if self.keep is not None and self.rate is not None:
             raise ValueError(f"give keep or rate, not both (keep={self.keep}, rate={self.rate})")
@@ -121,7 +138,9 @@ class ExportConfig:
 
     @property
     def artifact_dir(self) -> Path:
-        return self.output_dir / self.model / f"keep{self.keep_count}"
+        """`output_dir/<model>/keep<R>`, with `-<quantization>` appended when not the model's default."""
+        suffix = "" if self.quantization.value == self.spec.quantization else f"-{self.quantization.value}"
+        return self.output_dir / self.model / f"keep{self.keep_count}{suffix}"
 
     def wants(self, backend: Backend) -> bool:
         return backend in self.backends

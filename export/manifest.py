@@ -11,10 +11,10 @@ from PIL import Image
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from models import ModelSpec
+from models.quantize import Quantization
 from pruning_graph import VLMPrunerConfig
-from runtime.artifact import sha256_file  # the reader's own check, so writer and reader hash alike
+from runtime.artifact import FORMAT_VERSION, sha256_file  # the reader's own, so writer and reader agree
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # Distributions whose versions are recorded; None when one is not installed.
 _VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "executorch")
@@ -25,20 +25,25 @@ def build_manifest(
     spec: ModelSpec,
     model: LlavaForConditionalGeneration,
     processor: LlavaProcessor,
-    checkpoint: Path,
+    checkpoint: Path | None,
+    seed: int | None,
+    quantization: Quantization,
     keep: int,
     pruner_config: VLMPrunerConfig,
     max_seq_len: int,
     vision_layers: int,
     files: dict[str, dict[str, int | str]],
     export_seconds: dict[str, float],
+    peak_rss_mib: dict[str, float],
 ) -> dict[str, Any]:
     """Every manifest field but `parity` (added after the parity check, see `update_manifest`).
 
     Args:
-        checkpoint: the folder the weights were loaded from.
+        checkpoint: the folder the weights were loaded from; None for random weights (drawn from `seed`).
+        quantization: the weight format of the language model's linears.
         vision_layers: CLIP layers in the exported vision encoder (up to the feature layer).
         files: `file_entries` of the complete artifact folder.
+        peak_rss_mib: {stage: peak resident memory of the exporting process after the stage, MiB}.
     """
     text = model.config.text_config
     vision = model.config.vision_config
@@ -51,9 +56,11 @@ def build_manifest(
         "format_version": FORMAT_VERSION,
         "model": {
             "name": spec.name,
-            "source": "checkpoint",
-            "checkpoint": str(Path(checkpoint).resolve()),
-            "dtype": str(model.dtype).removeprefix("torch."),
+            "source": "random" if checkpoint is None else "checkpoint",
+            "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+            "seed": seed,
+            "dtype": "float32",
+            "quantization": quantization.value,
         },
         "geometry": {"num_image_tokens": n, "grid": list(spec.grid), "image_size": spec.vision.image_size},
         "pruning": {
@@ -93,6 +100,7 @@ def build_manifest(
         "versions": {**versions(), "format_version": FORMAT_VERSION},
         "files": files,
         "export_seconds": {stage: round(seconds, 3) for stage, seconds in export_seconds.items()},
+        "peak_rss_mib": {stage: round(mib, 1) for stage, mib in peak_rss_mib.items()},
         "parity": None,
     }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ def save_onnx(
     program: ExportedProgram,
     path: Path,
     *,
-    external_data: bool = False,
+    weights: Callable[[object], None] | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dim_names: Mapping[str, Mapping[int, str]] | None = None,
@@ -27,8 +27,8 @@ def save_onnx(
     and ONNX Runtime optimizes the graph at session creation anyway.
 
     Args:
-        external_data: store the weights in `<path>.data` next to the graph (needed above protobuf's
-            2 GiB limit).
+        weights: gives the onnx_ir model its weights before it is written (see
+            `export.onnx_weights.attach_weights`); default: the program's own, inside the .onnx file.
         input_names, output_names: names of the flattened inputs and outputs; default torch's.
         dim_names: {input name: {axis: name}} for the dynamic axes. The exporter names them after
             its symbols (`s29`); they are renamed in every shape of the graph, so that an output
@@ -48,7 +48,13 @@ def save_onnx(
     )
     if dim_names:
         _rename_dims(onnx_program.model, dim_names)
-    onnx_program.save(str(path), external_data=external_data)
+    if weights is None:
+        onnx_program.save(str(path))
+    else:
+        import onnx_ir as ir
+
+        weights(onnx_program.model)
+        ir.save(onnx_program.model, path)
     return path
 
 

@@ -1,6 +1,6 @@
 """Vision-language models with VLM-Pruner inside the language model, as exportable modules."""
 
-from models.checkpoints import LoadedModel, load_model, resolve_checkpoint
+from models.checkpoints import LoadedModel, load_for_export, load_model, resolve_checkpoint
 from models.generation import Generation, PrunedLlava, find_image_block
 from models.llava import DecodeStep, Prefill, TokenEmbedding, VisionEncoder
 from models.random_weights import build_random_model
@@ -21,6 +21,7 @@ __all__ = [
     "build_tiny_llava",
     "find_image_block",
     "get_spec",
+    "load_for_export",
     "load_model",
     "resolve_checkpoint",
 ]

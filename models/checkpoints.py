@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+from models.materialize import fill_random, keep_loaded, materialize
+from models.quantize import Quantization, quantize_block
 from models.registry import ModelSpec, get_spec
+from models.synthetic_processor import build_processor, generation_config
+from models.tiny_llava import NAME as TINY_LLAVA
 from models.tiny_llava import build_tiny_llava
 
 MODEL_PATH_ENV = "MODEL_PATH"
@@ -18,11 +23,13 @@ MODEL_PATH_ENV = "MODEL_PATH"
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint ready to run: the spec, the transformers model (eval mode) and its processor."""
+    """A model ready to run: the spec, the transformers model (eval mode), its processor, and the
+    checkpoint folder it was loaded from (None for random weights)."""
 
     spec: ModelSpec
     model: LlavaForConditionalGeneration
     processor: LlavaProcessor
+    checkpoint: Path | None = None
 
 
 def resolve_checkpoint(
@@ -39,8 +46,10 @@ def resolve_checkpoint(
         FileNotFoundError: no checkpoint where it looked; the message says how to get one.
     """
     spec = get_spec(name)
-    if spec.hf_repo is None:
+    if name == TINY_LLAVA:
         return build_tiny_llava(model_path)
+    if spec.hf_repo is None:
+        raise FileNotFoundError(f"{name} has no checkpoint anywhere: it exists with random weights only")
 
     explicit = model_path if model_path is not None else os.environ.get(MODEL_PATH_ENV)
     if explicit:
@@ -87,7 +96,37 @@ def load_model(
     model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype, local_files_only=True)
     check_config(spec, model.config)
     processor = LlavaProcessor.from_pretrained(directory, local_files_only=True)
-    return LoadedModel(spec=spec, model=model.eval(), processor=processor)
+    return LoadedModel(spec=spec, model=model.eval(), processor=processor, checkpoint=directory)
+
+
+def load_for_export(
+    name: str,
+    *,
+    quantization: Quantization = Quantization.NONE,
+    seed: int | None = None,
+    model_path: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Model `name` in float32 with its language model's linears quantized, built block by block.
+
+    Args:
+        quantization: weight format of the language model's linears (`models.quantize`).
+        seed: draw random weights from this seed (synthetic processor, no checkpoint needed);
+            None loads the checkpoint (see `resolve_checkpoint`).
+    Peak memory: the result plus one float32 block; a checkpoint to be quantized is first loaded
+    in float16 (what LLaVA checkpoints hold), so a 7B one needs 13.2 GiB on the way.
+    """
+    spec = get_spec(name)
+    quantize = partial(quantize_block, quantization=quantization)
+    if seed is not None:
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration(spec.llava_config())
+        model.generation_config = generation_config(spec)
+        model = materialize(model, fill_random(seed), transform=quantize)
+        return LoadedModel(spec=spec, model=model, processor=build_processor(spec))
+    dtype = torch.float32 if quantization is Quantization.NONE else torch.float16
+    loaded = load_model(name, model_path, dtype=dtype)
+    materialize(loaded.model, keep_loaded, transform=quantize)
+    return loaded
 
 
 def check_config(spec: ModelSpec, config: LlavaConfig) -> None:

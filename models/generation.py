@@ -57,6 +57,7 @@ class PrunedLlava:
         pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
     ):
         self.spec = spec
+        self.model = model
         self.processor = processor
         self.keep = spec.num_image_tokens if keep is None else keep
         self.vision_encoder = VisionEncoder(model).eval()

@@ -8,7 +8,7 @@ conversation template.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
@@ -103,6 +103,9 @@ class ModelSpec:
         prune_layer: K, the decoder layer at whose input the image tokens are pruned.
         prompt_template: the conversation template, with `{prompt}` for the user's question.
         chat_template: the same template in the processor's Jinja form.
+        quantization: the export's default weight format of the language model's linears
+            ("none", "int4", "int8"; see `models.quantize`): int4 where float32 would not fit a
+            24 GiB machine.
     """
 
     name: str
@@ -117,6 +120,7 @@ class ModelSpec:
     prune_layer: int = 2
     prompt_template: str = LLAVA_15_PROMPT
     chat_template: str = LLAVA_15_CHAT_TEMPLATE
+    quantization: str = "none"
 
     def __post_init__(self) -> None:
         if self.vision.image_size % self.vision.patch_size:
@@ -174,6 +178,14 @@ class ModelSpec:
 _CLIP_VIT_L_336 = VisionTowerSpec(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
 )
+_LLAMA_7B = TextModelSpec(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    intermediate_size=11008,
+    vocab_size=32064,
+)
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -182,14 +194,17 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             name="llava-1.5-7b",
             hf_repo="llava-hf/llava-1.5-7b-hf",
             vision=_CLIP_VIT_L_336,
-            text=TextModelSpec(
-                hidden_size=4096,
-                num_hidden_layers=32,
-                num_attention_heads=32,
-                num_key_value_heads=32,
-                intermediate_size=11008,
-                vocab_size=32064,
-            ),
+            text=_LLAMA_7B,
+            quantization="int4",
+        ),
+        # LLaVA-1.5-7B at its full width with 3 of its 32 decoder layers (the pruning layer is the
+        # third) and 2 of its 24 CLIP layers: 0.9 B parameters, small enough for float32 parity
+        # tests of the real widths. No checkpoint: random weights only.
+        ModelSpec(
+            name="llava-1.5-7b-3layers",
+            hf_repo=None,
+            vision=replace(_CLIP_VIT_L_336, num_hidden_layers=2),
+            text=replace(_LLAMA_7B, num_hidden_layers=3),
         ),
         ModelSpec(
             name="llava-1.5-13b",
@@ -203,6 +218,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                 intermediate_size=13824,
                 vocab_size=32064,
             ),
+            quantization="int4",
         ),
         # LLaVA-1.5 at toy widths and depth, with the real 336 px image and 24 x 24 token grid.
         # Two KV heads for four query heads, so that grouped-query attention is exercised too. A wider

@@ -16,40 +16,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
-from tokenizers.models import BPE
-from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers import LlavaForConditionalGeneration
 
 from models.random_weights import build_random_model
 from models.registry import ModelSpec, get_spec
+from models.synthetic_processor import CORPUS, SPECIAL_TOKENS, build_processor, generation_config
 
 NAME = "tiny-llava"
 SEED = 2  # with this seed, greedy decoding of the random weights does not repeat one token
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "build" / "models" / NAME
 STAMP_FILE = "tiny_llava_recipe.json"
-
-# Ids follow this order: <unk> 0, <s> 1, </s> 2, <image> 3, <pad> 4 (the spec's image and pad ids).
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<image>", "<pad>")
-
-_CORPUS = (
-    "USER: What is shown in this image? ASSISTANT: The image shows a red car parked on a street.",
-    "USER: Describe the picture in detail. ASSISTANT: A small dog sits on green grass next to a blue ball.",
-    "USER: How many people are there? ASSISTANT: There are three people standing near the door.",
-    "USER: What color is the sky? ASSISTANT: The sky is bright blue with a few white clouds.",
-    "USER: Is there a cat in the photo? ASSISTANT: Yes, a black cat is sleeping on the sofa.",
-    "USER: What is the man holding? ASSISTANT: The man is holding an umbrella and a cup of coffee.",
-    "USER: Where was this picture taken? ASSISTANT: It looks like a busy market in the city center.",
-    "USER: What does the sign say? ASSISTANT: The sign says stop, written in white letters on red.",
-    "A train crosses a bridge over the river at sunset.",
-    "Two children are playing football in the park while their parents watch.",
-    "The kitchen table holds a bowl of fruit, a loaf of bread and a glass of milk.",
-    "A tall building with many windows stands behind a row of trees.",
-    "An airplane flies above the mountains covered with snow.",
-    "The woman in the yellow dress is reading a book on a bench.",
-    "Boats float in the harbor, and birds sit on the wooden pier.",
-    "A plate of pasta with tomato sauce is served on a white table.",
-)
 
 
 def build_tiny_llava(directory: str | os.PathLike | None = None) -> Path:
@@ -91,66 +67,12 @@ def build_tiny_llava(directory: str | os.PathLike | None = None) -> Path:
 def build_model(spec: ModelSpec) -> LlavaForConditionalGeneration:
     """The tiny model with float32 random weights drawn from `SEED`."""
     model = build_random_model(spec.name, materialize=True, seed=SEED)
-    model.generation_config = GenerationConfig(
-        bos_token_id=SPECIAL_TOKENS.index("<s>"),
-        eos_token_id=SPECIAL_TOKENS.index("</s>"),
-        pad_token_id=spec.pad_token_id,
-    )
+    model.generation_config = generation_config(spec)
     return model.eval()
 
 
-def build_processor(spec: ModelSpec) -> LlavaProcessor:
-    """CLIP image processor + the trained tokenizer + the LLaVA-1.5 chat template."""
-    side = spec.vision.image_size
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=build_tokenizer(spec),
-        patch_size=spec.vision.patch_size,
-        vision_feature_select_strategy=spec.vision_feature_select_strategy,
-        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
-        chat_template=spec.chat_template,
-    )
-
-
-def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerFast:
-    """A byte-level BPE of exactly `spec.text.vocab_size` tokens that prepends <s> like Llama's."""
-    tokenizer = Tokenizer(BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec.text.vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer)
-    bos_id = tokenizer.token_to_id("<s>")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-    )
-    if tokenizer.get_vocab_size() != spec.text.vocab_size:
-        raise ValueError(
-            f"the tiny tokenizer has {tokenizer.get_vocab_size()} tokens, the spec wants {spec.text.vocab_size}"
-        )
-    for token, expected in (("<image>", spec.image_token_id), ("<pad>", spec.pad_token_id)):
-        if tokenizer.token_to_id(token) != expected:
-            raise ValueError(f"{token} got id {tokenizer.token_to_id(token)}, the spec wants {expected}")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-        model_max_length=spec.text.max_position_embeddings,
-    )
-
-
 def _recipe_stamp(spec: ModelSpec) -> dict[str, str | int]:
-    recipe = repr((spec, SEED, SPECIAL_TOKENS, _CORPUS)).encode()
+    recipe = repr((spec, SEED, SPECIAL_TOKENS, CORPUS)).encode()
     return {"name": NAME, "seed": SEED, "recipe_sha256": hashlib.sha256(recipe).hexdigest()}
 
 

@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "processor/tokenizer.json"
 # The file(s) each backend loads, relative to the artifact folder.
 BACKEND_FILES = {
-    "onnx": ("onnx/vision_encoder.onnx", "onnx/embed_tokens.onnx", "onnx/prefill.onnx", "onnx/decode.onnx"),
+    "onnx": (
+        "onnx/vision_encoder.onnx",
+        "onnx/embed_tokens.onnx",
+        "onnx/prefill.onnx",
+        "onnx/decode.onnx",
+        "onnx/weights.data",
+    ),
     "executorch": ("executorch/model.pte",),
 }
 _HASH_CHUNK = 1 << 20
@@ -73,6 +79,11 @@ class Artifact:
     @property
     def dtype(self) -> str:
         return self.manifest["model"]["dtype"]
+
+    @property
+    def quantization(self) -> str:
+        """Weight format of the language model's linears: "none", "int4" or "int8"."""
+        return self.manifest["model"]["quantization"]
 
     def path(self, relative: str) -> Path:
         return self.root / relative

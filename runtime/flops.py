@@ -1,4 +1,4 @@
-"""Matmul FLOP counts of the prefill, to set a measured speed-up beside the one pruning allows.
+"""Matmul FLOP counts of the prefill, to set a measured speed-up beside the one pruning allows; KV cache size.
 
 One multiply-add is 2 FLOPs. Counted: every linear layer and the two attention matmuls
 (Q K^T and A V, the full n x n product, as dense attention kernels compute it). Not counted:
@@ -83,3 +83,14 @@ def vision_flops(dims: ModelDims) -> int:
     layer = projections + attention + mlp
     projector = 2 * n * dv * d + 2 * n * d * d
     return patch_embedding + dims.vision_num_layers * layer + projector
+
+
+def kv_cache_bytes(dims: ModelDims, *, prompt_tokens: int, keep: int, new_tokens: int, dtype_bytes: int = 4) -> int:
+    """The KV cache after prefill and `new_tokens` decode steps: layers < K hold T + new entries,
+    layers >= K hold T - N + R + new."""
+    entry = 2 * dims.num_kv_heads * dims.head_dim * dtype_bytes  # one key and one value
+    short = prompt_tokens - dims.num_image_tokens + keep
+    entries = dims.prune_layer * (prompt_tokens + new_tokens) + (dims.num_layers - dims.prune_layer) * (
+        short + new_tokens
+    )
+    return entries * entry

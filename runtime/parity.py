@@ -3,8 +3,11 @@
 On the same input_ids and pixel_values (the runtime's own preprocessing of a fixed test image and
 prompt), both run greedy decoding for a fixed number of steps, end-of-sequence ignored. Checked:
   - kept indices identical;
-  - prefill logits and each decode step's logits within the tolerance of (backend, dtype);
+  - prefill logits and each decode step's logits within the tolerance of (backend, quantization);
   - greedy tokens identical at every step;
+  (ExecuTorch with quantized weights, whose activations are quantized on the fly: most kept
+  indices shared, the first token equal, prefill logits within a fraction of their range; see
+  STATISTICAL;)
   - the runtime's tokenization identical to the transformers processor's, its pixel values within
     PREPROCESS_TOLERANCE.
 
@@ -17,10 +20,12 @@ CLI stores `ParityReport.to_dict()` in the manifest).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,8 @@ import torch
 from PIL import Image
 from tabulate import tabulate
 
-from models import PrunedLlava
+from models import PrunedLlava, load_for_export
+from models.quantize import Quantization, weight_only
 from pruning_graph import VLMPrunerConfig
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
@@ -40,8 +46,27 @@ from runtime.samples import DEFAULT_PROMPT, sample_image
 
 logger = logging.getLogger(__name__)
 
-# Largest allowed max-abs difference of logits, per (backend, model dtype).
-TOLERANCES = {("onnx", "float32"): 1e-4, ("executorch", "float32"): 1e-3}
+# Exact parity: kept indices and every greedy token identical, logits within a max-abs tolerance,
+# per (backend, quantization of the artifact). ONNX Runtime's quantized linears are weight-only
+# (MatMulNBits) and match eager on the same integer weights like float32 does.
+TOLERANCES = {
+    ("onnx", "none"): 1e-4,
+    ("executorch", "none"): 1e-3,
+    ("onnx", "int4"): 1e-4,
+    ("onnx", "int8"): 1e-4,
+}
+# ExecuTorch's quantized linears (8da4w, 8da8w) quantize their activations to int8 on the fly.
+# A last-bit float difference upstream (another summation order) moves an activation across a
+# rounding step now and then, and each such step shifts the output by a whole quantum: one 8da4w
+# linear matches eager to 1e-6 relative on identical inputs, a Llama MLP only to 7e-4, and the
+# differences compound over layers. Kept indices and tokens are then not bit-stable, so these
+# artifacts are held to statistical criteria: most kept indices shared, the first token equal,
+# prefill logits within a fraction of their range.
+# Measured on LLaVA-1.5-7B's widths with 3 layers: 58 of 64 kept tokens shared, first two tokens
+# equal, prefill logits 5 % of their range apart; a wrong selection would share about R / N.
+STATISTICAL = {("executorch", "int4"), ("executorch", "int8")}
+MIN_KEPT_OVERLAP = 0.8
+MAX_PREFILL_RELATIVE = 0.1
 PREPROCESS_TOLERANCE = 1e-5
 DEFAULT_STEPS = 16
 
@@ -52,16 +77,21 @@ class BackendParity:
 
     Attributes:
         backend: "onnx" or "executorch".
-        tolerance: the allowed max-abs logits difference.
+        exact: held to exact parity (`TOLERANCES`), else to the statistical criteria (`STATISTICAL`).
+        tolerance: the allowed max-abs logits difference (statistical: of the prefill logits only,
+            `MAX_PREFILL_RELATIVE` times their largest magnitude).
         kept_indices_equal: the artifact kept exactly the eager model's image tokens.
+        kept_overlap: the fraction of eager's kept tokens the artifact kept too.
         prefill_logits_max_abs: max |artifact - eager| of the prefill logits.
         decode_logits_max_abs: the same for each decode step.
         tokens, eager_tokens: the greedy tokens of the artifact and of eager.
     """
 
     backend: str
+    exact: bool
     tolerance: float
     kept_indices_equal: bool
+    kept_overlap: float
     prefill_logits_max_abs: float
     decode_logits_max_abs: list[float]
     tokens: list[int]
@@ -77,7 +107,13 @@ class BackendParity:
 
     @property
     def passed(self) -> bool:
-        return self.kept_indices_equal and self.tokens_equal and self.logits_max_abs <= self.tolerance
+        if self.exact:
+            return self.kept_indices_equal and self.tokens_equal and self.logits_max_abs <= self.tolerance
+        return (
+            self.kept_overlap >= MIN_KEPT_OVERLAP
+            and self.tokens[0] == self.eager_tokens[0]
+            and self.prefill_logits_max_abs <= self.tolerance
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,7 +129,7 @@ class ParityReport:
     """Parity of one artifact folder on each of its backends.
 
     Attributes:
-        artifact: the folder. model, keep, dtype: from its manifest.
+        artifact: the folder. model, keep, quantization: from its manifest.
         prompt: the prompt used. steps: generated tokens compared.
         input_ids_equal: the runtime's tokenization equals the transformers processor's.
         pixel_values_max_abs: max |runtime - transformers| of the preprocessed image.
@@ -103,7 +139,7 @@ class ParityReport:
     artifact: str
     model: str
     keep: int
-    dtype: str
+    quantization: str
     prompt: str
     steps: int
     input_ids_equal: bool
@@ -145,10 +181,12 @@ def check_parity(
         artifact_dir: the artifact folder (checked: manifest, sha256 of every file).
         backends: default every backend the artifact holds.
         reference: the eager model, already loaded with the artifact's keep; default loaded from
-            `model_path`, else from the checkpoint recorded in the manifest.
+            `model_path`, else from the checkpoint or seed recorded in the manifest. Eager runs
+            first; then, unless the caller holds it too, the reference is freed, so that a large
+            model and the artifact's runtime are never in memory together.
         image: default `runtime.samples.sample_image()`.
     Raises:
-        ValueError: a tolerance unknown for the artifact's dtype, a reference with another keep,
+        ValueError: a tolerance unknown for the artifact's quantization, a reference with another keep,
             or no checkpoint to load the reference from.
     """
     config = GenerationConfig(max_new_tokens=steps, ignore_eos=True, return_logits=True)
@@ -158,8 +196,8 @@ def check_parity(
         raise ValueError("no backend to check")
     for backend in backends:
         artifact.require_backend(backend)
-        if (backend, artifact.dtype) not in TOLERANCES:
-            raise ValueError(f"no parity tolerance for {backend} with {artifact.dtype} weights")
+        if (backend, artifact.quantization) not in TOLERANCES.keys() | STATISTICAL:
+            raise ValueError(f"no parity criteria for {backend} with {artifact.quantization} weights")
     if reference is None:
         reference = load_reference(artifact, model_path)
     if reference.keep != artifact.keep:
@@ -167,16 +205,29 @@ def check_parity(
     image = sample_image() if image is None else load_image(image)
 
     input_ids, pixel_values = InputProcessor(artifact)(image, prompt)
-    eager_tokens, eager_logits, eager_kept = eager_greedy(reference, input_ids, pixel_values, steps)
+    hf_ids, hf_pixels = reference.prepare_inputs(image, prompt)
+    eager_runs = {}
+    for twin in dict.fromkeys(_eager_twin(backend, artifact.quantization) for backend in backends):
+        with weight_only(reference.model) if twin == "weight_only" else nullcontext():
+            eager_runs[twin] = eager_greedy(reference, input_ids, pixel_values, steps)
+    # Eager is done: a reference only this call holds is freed before the backends load theirs.
+    del reference
+    gc.collect()
     results = []
     for backend in backends:
+        eager_tokens, eager_logits, eager_kept = eager_runs[_eager_twin(backend, artifact.quantization)]
         result = Runner(artifact, backend).generate_ids(input_ids, pixel_values, config)
         diffs = [float(np.abs(ours - theirs).max()) for ours, theirs in zip(result.logits, eager_logits)]
+        exact = (backend, artifact.quantization) in TOLERANCES
         results.append(
             BackendParity(
                 backend=backend,
-                tolerance=TOLERANCES[backend, artifact.dtype],
+                exact=exact,
+                tolerance=TOLERANCES[backend, artifact.quantization]
+                if exact
+                else MAX_PREFILL_RELATIVE * float(np.abs(eager_logits[0]).max()),
                 kept_indices_equal=result.kept_indices == eager_kept,
+                kept_overlap=len(set(result.kept_indices) & set(eager_kept)) / len(eager_kept),
                 prefill_logits_max_abs=diffs[0],
                 decode_logits_max_abs=diffs[1:],
                 tokens=result.token_ids,
@@ -185,12 +236,11 @@ def check_parity(
         )
         logger.info("%s: max |logits diff| %.3g", backend, results[-1].logits_max_abs)
 
-    hf_ids, hf_pixels = reference.prepare_inputs(image, prompt)
     return ParityReport(
         artifact=str(artifact.root),
         model=artifact.model_name,
         keep=artifact.keep,
-        dtype=artifact.dtype,
+        quantization=artifact.quantization,
         prompt=prompt,
         steps=steps,
         input_ids_equal=bool(np.array_equal(hf_ids.numpy(), input_ids)),
@@ -200,23 +250,34 @@ def check_parity(
 
 
 def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = None) -> PrunedLlava:
-    """The eager pruned model of the artifact: same checkpoint (or `model_path`), keep, pruner config, dtype."""
+    """The eager pruned model of the artifact: same weights (checkpoint, `model_path` or random seed),
+    quantization, keep and pruner config."""
     model = artifact.manifest["model"]
+    seed = None
     if model_path is None:
-        if model.get("source") != "checkpoint" or not model.get("checkpoint"):
-            raise ValueError(
-                f"{artifact.root} was exported from {model.get('source')} weights, not a checkpoint: "
-                "pass the checkpoint the export used (--model-path)"
-            )
-        model_path = model["checkpoint"]
+        if model.get("source") == "random":
+            seed = model["seed"]
+        elif model.get("checkpoint"):
+            model_path = model["checkpoint"]
+        else:
+            raise ValueError(f"{artifact.root} names no checkpoint: pass the one the export used (--model-path)")
+    loaded = load_for_export(
+        model["name"], quantization=Quantization(artifact.quantization), seed=seed, model_path=model_path
+    )
     pruning = artifact.manifest["pruning"]
-    return PrunedLlava.from_registry(
-        model["name"],
+    return PrunedLlava(
+        loaded.model,
+        loaded.processor,
+        loaded.spec,
         keep=artifact.keep,
-        model_path=model_path,
-        dtype=getattr(torch, artifact.dtype),
         pruner_config=VLMPrunerConfig(**pruning.get("config", {})),
     )
+
+
+def _eager_twin(backend: str, quantization: str) -> str:
+    """The eager math a backend's quantized linears follow: ONNX Runtime's MatMulNBits is weight-only
+    (`export.onnx_weights`), ExecuTorch runs torchao's 8-bit dynamic activations as traced."""
+    return "weight_only" if backend == "onnx" and quantization != "none" else "as_traced"
 
 
 @torch.no_grad()
@@ -250,25 +311,26 @@ def format_report(report: ParityReport) -> str:
     rows = [
         [
             b.backend,
-            "yes" if b.kept_indices_equal else "NO",
+            "exact" if b.exact else "statistical",
+            "yes" if b.kept_indices_equal else f"NO ({b.kept_overlap:.0%} shared)",
             f"{b.prefill_logits_max_abs:.2e}",
             f"{max(b.decode_logits_max_abs, default=0.0):.2e}",
-            f"{b.tolerance:.0e}",
-            f"{'yes' if b.tokens_equal else 'NO'} ({len(b.tokens)})",
+            f"{b.tolerance:.1e}",
+            f"{sum(x == y for x, y in zip(b.tokens, b.eager_tokens))} of {len(b.tokens)}",
             "pass" if b.passed else "FAIL",
         ]
         for b in report.backends
     ]
     table = tabulate(
         rows,
-        headers=["backend", "kept equal", "prefill |dlogits|", "decode |dlogits|", "tol", "tokens equal", ""],
+        headers=["backend", "criteria", "kept equal", "prefill |dlogits|", "decode |dlogits|", "tol", "tokens equal", ""],
         disable_numparse=True,
     )
     preprocess = (
         f"preprocessing vs transformers: input_ids {'equal' if report.input_ids_equal else 'DIFFERENT'}, "
         f"pixel max |diff| {report.pixel_values_max_abs:.2e} (tol {PREPROCESS_TOLERANCE:.0e})"
     )
-    header = f"{report.model} keep {report.keep} ({report.dtype}), {report.artifact}"
+    header = f"{report.model} keep {report.keep} ({report.quantization} weights), {report.artifact}"
     return "\n".join([header, table, preprocess, "PASSED" if report.passed else "FAILED"])
 
 

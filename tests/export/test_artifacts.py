@@ -16,6 +16,7 @@ from PIL import Image
 
 from export.graphs import cache_names
 from export.manifest import read_manifest, verify_files
+from export.onnx_weights import ALIGNMENT
 from models import PrunedLlava
 from tests.export.fixtures import TEST_KEEPS
 from tests.export.runners import open_graphs
@@ -32,6 +33,7 @@ PROMPTS = (
     "A chat between a curious user and an artificial intelligence assistant. USER: <image>\nWhy? ASSISTANT:",
 )
 BACKENDS = ("onnx", "executorch")
+GRAPHS = ("vision_encoder", "embed_tokens", "prefill", "decode")
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +68,22 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
     manifest = read_manifest(folder)
     assert verify_files(folder) == []
     assert set(manifest["files"]) == {
-        *(f"onnx/{name}.onnx" for name in ("vision_encoder", "embed_tokens", "prefill", "decode")),
+        *(f"onnx/{name}.onnx" for name in GRAPHS),
+        "onnx/weights.data",
         "executorch/model.pte",
         "processor/tokenizer.json",
         "processor/tokenizer_config.json",
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["model"] == {
         "name": "tiny-llava",
         "source": "checkpoint",
         "checkpoint": str(tiny_dir.resolve()),
+        "seed": None,
         "dtype": "float32",
+        "quantization": "none",
     }
     assert manifest["pruning"]["keep"] == keep
     assert manifest["pruning"]["prune_layer"] == PRUNE_LAYER
@@ -90,8 +95,22 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
     assert set(manifest["versions"]) >= {"torch", "transformers", "onnx", "onnxruntime", "executorch"}
     assert all(manifest["versions"][name] for name in ("torch", "onnx", "onnxruntime", "executorch"))
     stages = manifest["export_seconds"]
-    assert {"load", "torch_export.prefill", "onnx.prefill", "executorch", "check", "hash"} <= set(stages)
+    assert {
+        "load",
+        "wrap",
+        "torch_export.prefill",
+        "onnx.prefill",
+        "executorch.torch_export.prefill",
+        "executorch.lower",
+        "check",
+        "processor",
+        "hash",
+    } <= set(stages)
     assert all(seconds >= 0 for seconds in stages.values())
+    # The process's peak memory so far, after each stage: positive and never decreasing.
+    peaks = manifest["peak_rss_mib"]
+    assert list(peaks) == list(stages)
+    assert 0 < peaks["load"] and list(peaks.values()) == sorted(peaks.values())
     assert manifest["parity"] is None  # the fixtures skip it; the CLI test covers it
 
 
@@ -138,6 +157,23 @@ def test_onnx_graphs_follow_the_contract(exported_artifact, keep):
     inputs = {value.name: _dims(value) for value in decode.graph.input}
     assert inputs["past.0.key"] == [1, 2, "past_length", 16]
     assert inputs[f"past.{NUM_LAYERS - 1}.key"] == [1, 2, "past_length" if keep == N else "pruned_past_length", 16]
+
+
+def test_onnx_graphs_share_one_weights_file(exported_artifact):
+    folder = exported_artifact(64) / "onnx"
+    regions = {}
+    for name in GRAPHS:
+        model = onnx.load(str(folder / f"{name}.onnx"), load_external_data=False)
+        entries = [{e.key: e.value for e in tensor.external_data} for tensor in model.graph.initializer]
+        external = [entry for entry in entries if entry]
+        assert external and all(entry["location"] == "weights.data" for entry in external), name
+        regions[name] = {(int(entry.get("offset", 0)), int(entry["length"])) for entry in external}
+    # The language model's weights are stored once: decode reads prefill's bytes.
+    assert regions["decode"] <= regions["prefill"]
+    # The file holds these regions and their alignment padding, nothing more.
+    unique = set().union(*regions.values())
+    stored = sum(length for _, length in unique)
+    assert stored <= (folder / "weights.data").stat().st_size <= stored + ALIGNMENT * len(unique)
 
 
 @pytest.mark.parametrize("keep", TEST_KEEPS)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 
 import export.__main__ as cli
 from export.config import Backend, ExportConfig
 from export.manifest import read_manifest, verify_files
+from models.quantize import Quantization
 
 
 class FakePipeline:
@@ -24,7 +26,8 @@ class FakePipeline:
     def run(self) -> Path:
         folder = self.config.artifact_dir
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "manifest.json").write_text(json.dumps({"export_seconds": {"load": 1.0}, "parity": None}))
+        manifest = {"export_seconds": {"load": 1.0}, "peak_rss_mib": {"load": 100.0}, "parity": None}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
         return folder
 
 
@@ -44,6 +47,7 @@ def test_defaults(fake):
     assert config.model == "tiny-llava" and config.keep_count == 64
     assert config.backends == (Backend.ONNX, Backend.EXECUTORCH)
     assert config.output_dir == Path("artifacts") and config.model_path is None and config.max_seq_len is None
+    assert config.quantization is Quantization.NONE and not config.random_weights and config.seed == 0
 
 
 def test_all_flags(fake, tmp_path):
@@ -53,6 +57,13 @@ def test_all_flags(fake, tmp_path):
     assert config.keep_count == 192 and config.backends == (Backend.EXECUTORCH,)
     assert config.model_path == Path("ckpt") and config.output_dir == Path("out") and config.max_seq_len == 1024
     assert read_manifest(tmp_path / "out/tiny-llava/keep192")["parity"] is None
+
+
+def test_random_weights_and_quantization(fake, tmp_path):
+    assert cli.main(["-m", "llava-1.5-7b", "--random-weights", "--seed", "3", "--quantize", "int8"]) == 0
+    (config,) = fake
+    assert config.random_weights and config.seed == 3 and config.quantization is Quantization.INT8
+    assert config.artifact_dir == Path("artifacts/llava-1.5-7b/keep64-int8")
 
 
 def test_rate(fake):
@@ -79,6 +90,7 @@ def test_parity_results_are_stored_in_the_manifest(fake, tmp_path):
     manifest = read_manifest(tmp_path / "artifacts/tiny-llava/keep64")
     assert manifest["parity"] == {"passed": True, "backends": {}}
     assert set(manifest["export_seconds"]) == {"load", "parity"}
+    assert set(manifest["peak_rss_mib"]) == {"load", "parity"} and manifest["peak_rss_mib"]["parity"] > 0
 
 
 def test_failed_parity_exits_1(fake, monkeypatch):
@@ -96,6 +108,8 @@ def test_failed_parity_exits_1(fake, monkeypatch):
         (["--keep", "577"], "keep must be an integer in [1, N] = [1, 576]"),
         (["--keep", "many"], "argument --keep: invalid int value: 'many'"),
         (["--rate", "1"], "rate must be a number in [0, 1)"),
+        (["--quantize", "int2"], "argument --quantize: invalid choice: 'int2'"),
+        (["--random-weights", "--model-path", "ckpt"], "give a checkpoint (model_path) or random weights, not both"),
     ],
 )
 def test_usage_errors_exit_2(fake, capsys, argv, message):
@@ -131,7 +145,34 @@ def test_onnx_export_with_parity_end_to_end(tiny_dir, tmp_path, capsys):
     assert not (folder / "executorch").exists()
     parity = manifest["parity"]
     assert parity["passed"] and list(parity["backends"]) == ["onnx"]
+    assert parity["quantization"] == "none" and parity["backends"]["onnx"]["exact"]
     assert parity["backends"]["onnx"]["kept_indices_equal"]
     assert parity["backends"]["onnx"]["logits_max_abs"] <= 1e-4
-    assert manifest["export_seconds"]["parity"] > 0
+    assert manifest["export_seconds"]["parity"] > 0 and manifest["peak_rss_mib"]["parity"] > 0
+    assert "PASSED" in capsys.readouterr().out
+
+
+def test_random_weights_int4_onnx_export_with_parity_end_to_end(tmp_path, capsys):
+    argv = ["--keep", "64", "--backends", "onnx", "--random-weights", "--seed", "5", "--quantize", "int4"]
+    assert cli.main([*argv, "-o", str(tmp_path)]) == 0
+    folder = tmp_path / "tiny-llava" / "keep64-int4"
+    manifest = read_manifest(folder)
+    assert verify_files(folder) == []
+    assert manifest["model"] == {
+        "name": "tiny-llava",
+        "source": "random",
+        "checkpoint": None,
+        "seed": 5,
+        "dtype": "float32",
+        "quantization": "int4",
+    }
+    # Every linear of the decoder layers and the LM head: 4 x 7 + 1, weight-only 4-bit.
+    for graph in ("prefill", "decode"):
+        nodes = onnx.load(str(folder / "onnx" / f"{graph}.onnx"), load_external_data=False).graph.node
+        bits = [{a.name: a.i for a in node.attribute}["bits"] for node in nodes if node.op_type == "MatMulNBits"]
+        assert bits == [4] * 29, graph
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["quantization"] == "int4"
+    onnx_parity = parity["backends"]["onnx"]
+    assert onnx_parity["exact"] and onnx_parity["tokens_equal"] and onnx_parity["logits_max_abs"] <= 1e-4
     assert "PASSED" in capsys.readouterr().out

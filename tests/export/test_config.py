@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from export.config import DEFAULT_MAX_SEQ_LEN, Backend, ExportConfig
+from models.quantize import Quantization
 
 
 def test_defaults():
@@ -16,6 +17,8 @@ def test_defaults():
     assert config.backends == (Backend.ONNX, Backend.EXECUTORCH)
     assert config.seq_len_limit == DEFAULT_MAX_SEQ_LEN
     assert config.artifact_dir == Path("artifacts/tiny-llava/keep64")
+    assert config.quantization is Quantization.NONE
+    assert not config.random_weights and config.seed == 0
 
 
 @pytest.mark.parametrize(("rate", "keep"), [(0.0, 576), (0.667, 192), (0.778, 128), (0.889, 64)])
@@ -29,6 +32,41 @@ def test_keep_given_directly():
     assert config.artifact_dir == Path("out/tiny-llava/keep576")
 
 
+@pytest.mark.parametrize(
+    ("model", "quantization"),
+    [
+        ("tiny-llava", Quantization.NONE),
+        ("llava-1.5-7b-3layers", Quantization.NONE),
+        ("llava-1.5-7b", Quantization.INT4),
+    ],
+)
+def test_quantization_defaults_to_the_models(model, quantization):
+    config = ExportConfig(model=model)
+    assert config.quantization is quantization
+    assert config.artifact_dir == Path(f"artifacts/{model}/keep64")
+
+
+@pytest.mark.parametrize(
+    ("model", "quantization", "folder"),
+    [
+        ("tiny-llava", "int4", "keep64-int4"),
+        ("tiny-llava", Quantization.INT8, "keep64-int8"),
+        ("tiny-llava", "none", "keep64"),
+        ("llava-1.5-7b", "int4", "keep64"),
+        ("llava-1.5-7b", "none", "keep64-none"),
+    ],
+)
+def test_quantization_other_than_the_models_names_the_folder(model, quantization, folder):
+    config = ExportConfig(model=model, quantization=quantization, output_dir="out")
+    assert config.quantization is Quantization(quantization)
+    assert config.artifact_dir == Path("out") / model / folder
+
+
+def test_random_weights():
+    config = ExportConfig(model="llava-1.5-7b-3layers", random_weights=True, seed=3)
+    assert config.random_weights and config.seed == 3 and config.model_path is None
+
+
 def test_backends_from_strings():
     assert ExportConfig(backends=("executorch",)).backends == (Backend.EXECUTORCH,)
     assert ExportConfig(backends="onnx").backends == (Backend.ONNX,)
@@ -37,7 +75,11 @@ def test_backends_from_strings():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"model": "llava-9b"}, "unknown model 'llava-9b'; registered models: llava-1.5-13b, llava-1.5-7b, tiny-llava"),
+        (
+            {"model": "llava-9b"},
+            "unknown model 'llava-9b'; registered models: "
+            "llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, tiny-llava",
+        ),
         ({"keep": 64, "rate": 0.5}, r"give keep or rate, not both \(keep=64, rate=0.5\)"),
         ({"keep": 0}, r"keep must be an integer in \[1, N\] = \[1, 576\]"),
         ({"keep": 577}, r"keep must be an integer in \[1, N\] = \[1, 576\]"),
@@ -51,6 +93,9 @@ def test_backends_from_strings():
         ({"backends": ("onnx", "onnx")}, "backends repeated"),
         ({"max_seq_len": 600}, r"max_seq_len must be in \[640, 4096\]"),
         ({"max_seq_len": 8192}, r"max_seq_len must be in \[640, 4096\]"),
+        ({"quantization": "int2"}, "unknown quantization 'int2'; choose from none, int4, int8"),
+        ({"quantization": 4}, "unknown quantization 4; choose from none, int4, int8"),
+        ({"random_weights": True, "model_path": "ckpt"}, r"give a checkpoint \(model_path\) or random weights"),
     ],
 )
 def test_invalid_configs_are_rejected(kwargs, message):

@@ -1,6 +1,8 @@
-"""save_onnx: contract names, renamed dynamic dimensions, external weights."""
+"""save_onnx: contract names, renamed dynamic dimensions, the weights callback."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import onnx
@@ -10,6 +12,7 @@ from torch import nn
 from torch.export import Dim
 
 from export.onnx import save_onnx
+from export.onnx_weights import WEIGHTS_FILE, WeightFile, attach_weights
 
 
 class Scale(nn.Module):
@@ -46,11 +49,24 @@ def test_names_and_dimension_names(tmp_path):
     ]
 
 
-def test_external_data_is_written_beside_the_graph_and_loads(tmp_path):
-    program = _program()
-    path = save_onnx(program, tmp_path / "scale.onnx", external_data=True)
-    assert (tmp_path / "scale.onnx.data").stat().st_size >= 64 * 64 * 4
+def test_weights_callback_gets_the_model_before_it_is_written(tmp_path):
+    module = Scale().eval().requires_grad_(False)
+    program = torch.export.export(module, (torch.randn(1, 5, 64),), strict=False)
+    names = {name: name for name, _ in module.named_parameters()}
+    with WeightFile(tmp_path) as store:
+        path = save_onnx(
+            program,
+            tmp_path / "scale.onnx",
+            weights=partial(attach_weights, weights=dict(module.named_parameters()), names=names, store=store),
+        )
+    assert path.stat().st_size < 64 * 64 * 4 <= (tmp_path / WEIGHTS_FILE).stat().st_size
     session = ort.InferenceSession(str(path))
-    x = np.random.default_rng(0).standard_normal((1, 7, 64), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 5, 64), dtype=np.float32)
     (scaled, _) = session.run(None, {session.get_inputs()[0].name: x})
-    np.testing.assert_allclose(scaled, program.module()(torch.from_numpy(x))[0].detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(scaled, module(torch.from_numpy(x))[0].numpy(), atol=1e-6)
+
+
+def test_weights_stay_inside_the_graph_by_default(tmp_path):
+    path = save_onnx(_program(), tmp_path / "scale.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["scale.onnx"]
+    assert path.stat().st_size >= 64 * 64 * 4

@@ -15,7 +15,7 @@ from export.pipeline import ExportPipeline
         ("wrap", "load"),
         ("trace", "wrap"),
         ("to_onnx", "trace"),
-        ("to_executorch", "trace"),
+        ("to_executorch", "load"),
         ("check", "to_onnx or to_executorch"),
         ("save_processor", "load"),
         ("finalize", "to_onnx or to_executorch"),
@@ -34,5 +34,14 @@ def test_failed_run_removes_its_staging_folder(tmp_path):
     assert list((tmp_path / "out" / "llava-1.5-7b").iterdir()) == []
 
 
-def test_artifact_folder_is_named_after_model_and_keep(tmp_path):
+def test_model_without_checkpoint_needs_random_weights(tmp_path):
+    config = ExportConfig(model="llava-1.5-7b-3layers", output_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="random weights only"):
+        ExportPipeline(config).run()
+    assert list((tmp_path / "llava-1.5-7b-3layers").iterdir()) == []
+
+
+def test_artifact_folder_is_named_after_model_keep_and_quantization(tmp_path):
     assert ExportPipeline(ExportConfig(rate=0.667, output_dir=tmp_path)).artifact_dir == tmp_path / "tiny-llava/keep192"
+    config = ExportConfig(keep=64, quantization="int4", output_dir=tmp_path)
+    assert ExportPipeline(config).artifact_dir == tmp_path / "tiny-llava/keep64-int4"

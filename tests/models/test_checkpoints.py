@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from models import PrunedLlava, get_spec, load_model, resolve_checkpoint
+from models import PrunedLlava, get_spec, load_for_export, load_model, resolve_checkpoint
 from models.checkpoints import check_config
+from models.quantize import Quantization, model_quantization, quantized_weights
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +56,11 @@ def test_hugging_face_cache_snapshot_is_found(tmp_path):
     assert resolve_checkpoint("llava-1.5-7b", cache_dir=tmp_path) == snapshot
 
 
+def test_random_weights_only_model_has_no_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="llava-1.5-7b-3layers has no checkpoint anywhere.*random weights only"):
+        resolve_checkpoint("llava-1.5-7b-3layers", tmp_path)
+
+
 def test_checkpoint_contradicting_the_spec_is_rejected(tiny_dir):
     # tiny-llava's files are not a LLaVA-1.5-7B checkpoint.
     expected = r"does not match the llava-1.5-7b spec: image token id: checkpoint 3, spec 32000"
@@ -82,3 +88,30 @@ def test_tiny_llava_loads_like_a_checkpoint(tiny_dir):
     assert loaded.spec.name == "tiny-llava"
     assert loaded.model.dtype == torch.float32 and not loaded.model.training
     assert loaded.processor.image_token == "<image>"
+
+
+def test_load_for_export_random_weights_quantized():
+    loaded = load_for_export("tiny-llava", quantization=Quantization.INT4, seed=0)
+    assert loaded.checkpoint is None and loaded.spec.name == "tiny-llava"
+    assert model_quantization(loaded.model) is Quantization.INT4
+    assert len(list(quantized_weights(loaded.model))) == 4 * 7 + 1
+    assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
+    assert loaded.model.model.vision_tower.embeddings.patch_embedding.weight.dtype == torch.float32
+    assert len(loaded.processor.tokenizer) == 320 and loaded.processor.image_token == "<image>"
+    assert loaded.model.generation_config.eos_token_id == 2
+    again = load_for_export("tiny-llava", quantization=Quantization.INT4, seed=0)
+    first, second = loaded.model.lm_head.weight, again.model.lm_head.weight
+    assert torch.equal(first.qdata, second.qdata) and torch.equal(first.scale, second.scale)
+
+
+def test_load_for_export_from_a_checkpoint(tiny_dir, tiny):
+    loaded = load_for_export("tiny-llava", quantization=Quantization.INT8, model_path=tiny_dir)
+    assert loaded.checkpoint == tiny_dir
+    assert model_quantization(loaded.model) is Quantization.INT8
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    # Quantized on its way through float16 (what LLaVA checkpoints hold): close to the float32 weights.
+    torch.testing.assert_close(
+        loaded.model.lm_head.weight.dequantize(), tiny.model.lm_head.weight, atol=0.05, rtol=0
+    )
+    unquantized = load_for_export("tiny-llava", model_path=tiny_dir).model.state_dict()
+    assert all(torch.equal(value, unquantized[key]) for key, value in tiny.model.state_dict().items())

@@ -11,14 +11,26 @@ from models import MODEL_SPECS, build_random_model, get_spec
 
 
 def test_registered_names():
-    assert set(MODEL_SPECS) == {"llava-1.5-7b", "llava-1.5-13b", "tiny-llava"}
+    assert set(MODEL_SPECS) == {"llava-1.5-7b", "llava-1.5-7b-3layers", "llava-1.5-13b", "tiny-llava"}
     assert get_spec("llava-1.5-7b").hf_repo == "llava-hf/llava-1.5-7b-hf"
     assert get_spec("llava-1.5-13b").hf_repo == "llava-hf/llava-1.5-13b-hf"
-    assert get_spec("tiny-llava").hf_repo is None
+    assert get_spec("tiny-llava").hf_repo is None and get_spec("llava-1.5-7b-3layers").hf_repo is None
+
+
+def test_default_quantization():
+    quantizations = {name: spec.quantization for name, spec in MODEL_SPECS.items()}
+    assert quantizations == {
+        "llava-1.5-7b": "int4",
+        "llava-1.5-13b": "int4",
+        "llava-1.5-7b-3layers": "none",
+        "tiny-llava": "none",
+    }
 
 
 def test_unknown_model_name():
-    expected = r"unknown model 'llava-2-70b'; registered models: llava-1.5-13b, llava-1.5-7b, tiny-llava"
+    expected = (
+        r"unknown model 'llava-2-70b'; registered models: llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, tiny-llava"
+    )
     with pytest.raises(ValueError, match=expected):
         get_spec("llava-2-70b")
 
@@ -60,7 +72,18 @@ def test_llava_15_13b_config_without_download():
     assert (text.num_attention_heads, text.intermediate_size) == (40, 13824)
 
 
-@pytest.mark.parametrize(("name", "billions"), [("llava-1.5-7b", 7.063), ("llava-1.5-13b", 13.351)])
+def test_llava_15_7b_3layers_has_the_real_widths():
+    full, short = get_spec("llava-1.5-7b").llava_config(), get_spec("llava-1.5-7b-3layers").llava_config()
+    assert (short.text_config.num_hidden_layers, short.vision_config.num_hidden_layers) == (3, 2)
+    for config, reference in ((short.text_config, full.text_config), (short.vision_config, full.vision_config)):
+        widths = ("hidden_size", "intermediate_size", "num_attention_heads")
+        assert [getattr(config, key) for key in widths] == [getattr(reference, key) for key in widths]
+    assert short.text_config.vocab_size == 32064 and short.image_token_id == 32000
+
+
+@pytest.mark.parametrize(
+    ("name", "billions"), [("llava-1.5-7b", 7.063), ("llava-1.5-13b", 13.351), ("llava-1.5-7b-3layers", 0.917)]
+)
 def test_real_size_model_on_meta_device(name, billions):
     model = build_random_model(name, dtype=torch.float16)
     parameters = list(model.parameters())

@@ -29,9 +29,12 @@ def test_a_good_artifact_loads(artifact_dirs):
     assert artifact.keep == 64 and artifact.num_image_tokens == 576
     assert set(artifact.backends) == {"onnx", "executorch"}
     assert artifact.text.eos_token_ids == frozenset([2])
+    assert (artifact.dtype, artifact.quantization) == ("float32", "none")
 
 
-@pytest.mark.parametrize("relative", ["onnx/prefill.onnx", "executorch/model.pte", "processor/tokenizer.json"])
+@pytest.mark.parametrize(
+    "relative", ["onnx/prefill.onnx", "onnx/weights.data", "executorch/model.pte", "processor/tokenizer.json"]
+)
 def test_corrupted_file(copy, relative):
     path = copy / relative
     data = bytearray(path.read_bytes())
@@ -71,10 +74,10 @@ def test_missing_folder(tmp_path):
         load_artifact(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, "1", None])
+@pytest.mark.parametrize("version", [1, FORMAT_VERSION + 1, 0, str(FORMAT_VERSION), None])
 def test_other_format_version(copy, version):
     _edit_manifest(copy, lambda m: m.update(format_version=version))
-    with pytest.raises(ArtifactError, match=f"format_version {version!r}; this runtime reads format_version 1"):
+    with pytest.raises(ArtifactError, match=f"format_version {version!r}; this runtime reads format_version 2"):
         load_artifact(copy)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from runtime.bench import main as bench_main
+from runtime.artifact import load_artifact
+from runtime.bench import default_json_path, main as bench_main
+from runtime.flops import ModelDims, kv_cache_bytes
 from runtime.measure import measure
 
 TIMINGS = {"preprocess_ms", "vision_ms", "embed_ms", "prefill_ms", "time_to_first_token_ms", "decode_ms"}
@@ -21,24 +24,35 @@ def _check_measurement(result, *, runs, tokens):
 def test_bench_cli_writes_json(artifact_dirs, tmp_path, capsys):
     # ONNX Runtime only: each ExecuTorch measurement process spends ~10 s importing executorch.
     path = tmp_path / "bench.json"
-    argv = [str(artifact_dirs[64]), "--baseline", str(artifact_dirs[576]), "--backends", "onnx"]
-    assert bench_main(argv + ["--runs", "2", "--warmup", "1", "--max-new-tokens", "3", "--json", str(path)]) == 0
+    argv = [str(artifact_dirs[64]), str(artifact_dirs[192]), "--baseline", str(artifact_dirs[576])]
+    argv += ["--backends", "onnx", "--runs", "2", "--warmup", "1", "--max-new-tokens", "3", "--json", str(path)]
+    assert bench_main(argv) == 0
     out = capsys.readouterr().out
-    assert "speed-up, baseline / pruned" in out and str(path) in out
+    assert "speed-up over keep 576" in out and str(path) in out
 
     report = json.loads(path.read_text())
-    assert report["model"] == "tiny-llava"
-    assert report["artifacts"]["pruned"]["keep"] == 64 and report["artifacts"]["baseline"]["keep"] == 576
+    assert report["model"] == "tiny-llava" and report["quantization"] == "none"
+    assert [a["keep"] for a in report["artifacts"]["pruned"]] == [64, 192]
+    assert report["artifacts"]["baseline"]["keep"] == 576
     assert [(r["backend"], r["role"], r["keep"]) for r in report["results"]] == [
         ("onnx", "pruned", 64),
+        ("onnx", "pruned", 192),
         ("onnx", "baseline", 576),
     ]
     for result in report["results"]:
         _check_measurement(result, runs=2, tokens=3)
-    predicted = report["flops"]["predicted_speedup"]
-    assert predicted["lm_prefill"] > predicted["end_to_end"] > 1
-    assert set(report["speedups"]) == {"onnx"}
-    assert set(report["speedups"]["onnx"]) == {
+    # The KV cache after the prompt and 3 new tokens, smaller the fewer image tokens are kept.
+    dims = ModelDims.from_manifest(load_artifact(artifact_dirs[64]).manifest)
+    prompt_tokens = report["settings"]["prompt_tokens"]
+    for result in report["results"]:
+        expected = kv_cache_bytes(dims, prompt_tokens=prompt_tokens, keep=result["keep"], new_tokens=3) / 2**20
+        assert result["kv_cache_mib"] == pytest.approx(expected)
+    assert [r["kv_cache_mib"] for r in report["results"]] == sorted(r["kv_cache_mib"] for r in report["results"])
+    predicted = {keep: flops["predicted_speedup"] for keep, flops in report["flops"].items()}
+    assert set(predicted) == {"64", "192"}
+    assert predicted["64"]["lm_prefill"] > predicted["192"]["lm_prefill"] > predicted["192"]["end_to_end"] > 1
+    assert set(report["speedups"]) == {"onnx"} and set(report["speedups"]["onnx"]) == {"64", "192"}
+    assert set(report["speedups"]["onnx"]["64"]) == {
         "vision",
         "prefill",
         "vision_and_prefill",
@@ -51,9 +65,27 @@ def test_bench_without_baseline_predicts_only(artifact_dirs, tmp_path, capsys):
     path = tmp_path / "bench.json"
     argv = [str(artifact_dirs[64]), "--backends", "onnx", "--runs", "1", "--warmup", "0", "--max-new-tokens", "2"]
     assert bench_main(argv + ["--json", str(path)]) == 0
-    assert "pass --baseline to measure it" in capsys.readouterr().out
+    assert "keep 64: predicted speed-up vs keep 576" in capsys.readouterr().out
     report = json.loads(path.read_text())
-    assert report["speedups"] == {} and report["flops"]["reference_keep"] == 576
+    assert report["speedups"] == {} and report["flops"]["64"]["reference_keep"] == 576
+
+
+def test_artifacts_of_different_quantizations_are_not_compared(artifact_dirs, tmp_path, capsys):
+    other = shutil.copytree(artifact_dirs[64], tmp_path / "keep64-int4")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model"]["quantization"] = "int4"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert bench_main([str(artifact_dirs[64]), str(other), "--json", str(tmp_path / "x.json")]) == 2
+    assert "different models or quantizations" in capsys.readouterr().err
+
+
+def test_default_json_name_lists_every_keep():
+    artifacts = {"pruned": [{"keep": 64}, {"keep": 128}], "baseline": {"keep": 576}}
+    path = default_json_path({"model": "llava-1.5-7b", "artifacts": artifacts})
+    assert path.name == "runtime-llava-1.5-7b-keep64-128-vs-keep576.json"
+    assert default_json_path({"model": "tiny-llava", "artifacts": {"pruned": [{"keep": 64}]}}).name == (
+        "runtime-tiny-llava-keep64.json"
+    )
 
 
 def test_measure_executorch(artifact_dirs):

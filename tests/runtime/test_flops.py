@@ -1,8 +1,8 @@
-"""The prefill FLOP count."""
+"""The prefill FLOP count and the KV cache size."""
 
 from __future__ import annotations
 
-from runtime.flops import ModelDims, decoder_layer_flops, lm_prefill_flops, vision_flops
+from runtime.flops import ModelDims, decoder_layer_flops, kv_cache_bytes, lm_prefill_flops, vision_flops
 
 DIMS = ModelDims(
     hidden_size=64,
@@ -43,3 +43,11 @@ def test_vision_by_hand():
     layer = 2 * tokens * 32 * 128 + 2 * 2 * tokens * tokens * 32 + 2 * 2 * tokens * 32 * 64
     expected = 2 * 576 * 3 * 14 * 14 * 32 + layer + 2 * 576 * 32 * 64 + 2 * 576 * 64 * 64
     assert vision_flops(DIMS) == expected
+
+
+def test_kv_cache_by_hand():
+    # One entry: a key and a value of 2 KV heads x 16 dims, float32: 256 bytes.
+    # Layers 0, 1 (before K = 2): T + new = 610 entries; layers 2, 3: T - N + R + new = 600 - 576 + 64 + 10 = 98.
+    assert kv_cache_bytes(DIMS, prompt_tokens=600, keep=64, new_tokens=10) == (2 * 610 + 2 * 98) * 256
+    assert kv_cache_bytes(DIMS, prompt_tokens=600, keep=576, new_tokens=10) == 4 * 610 * 256
+    assert kv_cache_bytes(DIMS, prompt_tokens=600, keep=64, new_tokens=10, dtype_bytes=2) == (2 * 610 + 2 * 98) * 128

@@ -25,7 +25,7 @@ def parity(request, artifact_dirs, eager):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_parity(parity, backend):
     result = {b.backend: b for b in parity.backends}[backend]
-    assert result.kept_indices_equal
+    assert result.exact and result.kept_indices_equal and result.kept_overlap == 1.0
     assert result.tokens_equal and len(result.tokens) == 16
     assert result.tolerance == {"onnx": 1e-4, "executorch": 1e-3}[backend]
     assert result.logits_max_abs <= result.tolerance, result.to_dict()
@@ -34,9 +34,10 @@ def test_parity(parity, backend):
 
 def test_parity_report(parity):
     assert parity.input_ids_equal and parity.pixel_values_max_abs <= 1e-5
-    assert parity.passed
+    assert parity.quantization == "none" and parity.passed
     report = json.loads(json.dumps(parity.to_dict()))
     assert report["passed"] is True and set(report["backends"]) == set(BACKENDS)
+    assert report["quantization"] == "none" and all(b["exact"] for b in report["backends"].values())
     assert len(report["backends"]["onnx"]["decode_logits_max_abs"]) == 15
 
 

@@ -1,0 +1,129 @@
+"""The memory-saving export path at work: weights materialized block by block and quantized,
+ONNX graphs traced from a hollow model and given their weights afterwards in one shared file,
+ExecuTorch lowering of the quantized model; parity of every artifact against eager.
+
+Covered on tiny-llava (its checkpoint, int4) and on LLaVA-1.5-7B's real widths with 3 of its
+decoder layers (random weights, float32 and int4): the same code path as `make export
+MODEL=llava-1.5-7b`, at a size CI can run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from export.config import ExportConfig
+from export.manifest import read_manifest
+from export.onnx_weights import WEIGHTS_FILE
+from export.pipeline import ExportPipeline
+from models import PrunedLlava
+from runtime.parity import MIN_KEPT_OVERLAP, check_parity
+
+STEPS = 4  # greedy tokens compared: enough to cover prefill, the cache hand-over and decoding
+REAL_WIDTH = "llava-1.5-7b-3layers"
+
+
+def _export_and_check(config: ExportConfig):
+    """Export, then the parity check against the pipeline's own eager model (same weights)."""
+    pipeline = ExportPipeline(config)
+    folder = pipeline.run()
+    loaded = pipeline.loaded
+    reference = PrunedLlava(loaded.model, loaded.processor, loaded.spec, keep=config.keep_count)
+    return folder, check_parity(folder, reference=reference, steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def tiny_int4(tiny_dir, tmp_path_factory):
+    config = ExportConfig(
+        model="tiny-llava", keep=64, quantization="int4", model_path=tiny_dir, output_dir=tmp_path_factory.mktemp("q")
+    )
+    return _export_and_check(config)
+
+
+@pytest.fixture(scope="module")
+def real_width(tmp_path_factory):
+    """{quantization: (folder, report)} of the 3-layer real-width model, random weights."""
+    root = tmp_path_factory.mktemp("real-width")
+    return {
+        quantization: _export_and_check(
+            ExportConfig(model=REAL_WIDTH, keep=64, quantization=quantization, random_weights=True, output_dir=root)
+        )
+        for quantization in ("none", "int4")
+    }
+
+
+def _matmul_nbits(path: Path) -> list[onnx.NodeProto]:
+    model = onnx.load(str(path), load_external_data=False)
+    return [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+
+
+def test_tiny_int4_artifact_is_quantized_and_shares_its_weights(tiny_int4):
+    folder, _ = tiny_int4
+    assert folder.name == "keep64-int4"
+    manifest = read_manifest(folder)
+    assert manifest["model"]["quantization"] == "int4" and manifest["model"]["source"] == "checkpoint"
+    # 4 text layers x 7 linears + lm_head, in both graphs that run the language model.
+    for graph in ("prefill", "decode"):
+        nodes = _matmul_nbits(folder / "onnx" / f"{graph}.onnx")
+        assert len(nodes) == 4 * 7 + 1
+        assert {(a.name, a.i) for a in nodes[0].attribute} >= {("bits", 4), ("block_size", 32)}
+    assert not _matmul_nbits(folder / "onnx" / "vision_encoder.onnx")
+    data = [name for name in manifest["files"] if name.endswith(".data")]
+    assert data == [f"onnx/{WEIGHTS_FILE}"]
+
+
+def test_tiny_int4_parity(tiny_int4):
+    _, report = tiny_int4
+    onnx_result, executorch_result = report.backends
+    # ONNX Runtime: weight-only int4, exact against eager on the same integer weights.
+    assert onnx_result.exact and onnx_result.kept_indices_equal and onnx_result.tokens_equal
+    assert onnx_result.logits_max_abs <= onnx_result.tolerance
+    # ExecuTorch 8da4w: statistical criteria (activations quantized on the fly).
+    assert not executorch_result.exact and executorch_result.kept_overlap >= MIN_KEPT_OVERLAP
+    assert report.passed
+
+
+def test_real_width_float32_parity(real_width):
+    folder, report = real_width["none"]
+    assert read_manifest(folder)["model"] | {"checkpoint": None} == {
+        "name": REAL_WIDTH,
+        "source": "random",
+        "checkpoint": None,
+        "seed": 0,
+        "dtype": "float32",
+        "quantization": "none",
+    }
+    for result in report.backends:
+        assert result.exact and result.kept_indices_equal and result.tokens_equal, result
+        assert result.logits_max_abs <= result.tolerance
+    assert report.passed
+
+
+def test_real_width_int4_parity(real_width):
+    folder, report = real_width["int4"]
+    onnx_result, executorch_result = report.backends
+    assert onnx_result.exact and onnx_result.kept_indices_equal and onnx_result.tokens_equal
+    assert onnx_result.logits_max_abs <= onnx_result.tolerance
+    assert executorch_result.kept_overlap >= MIN_KEPT_OVERLAP
+    assert report.passed
+    assert len(_matmul_nbits(folder / "onnx" / "decode.onnx")) == 3 * 7 + 1
+
+
+def test_int4_weights_are_a_fraction_of_float32(real_width):
+    def size(folder: Path, name: str) -> int:
+        return read_manifest(folder)["files"][name]["bytes"]
+
+    float_folder, quantized_folder = real_width["none"][0], real_width["int4"][0]
+    for name in (f"onnx/{WEIGHTS_FILE}", "executorch/model.pte"):
+        # The text linears shrink ~7x (4-bit codes + a bfloat16 or float32 scale per 32); the
+        # embeddings and the vision tower stay float32.
+        assert size(quantized_folder, name) < 0.45 * size(float_folder, name)
+
+
+def test_peak_memory_of_each_stage_is_in_the_manifest(real_width):
+    folder, _ = real_width["int4"]
+    peaks = read_manifest(folder)["peak_rss_mib"]
+    assert {"load", "torch_export.prefill", "onnx.prefill", "executorch.lower", "check", "hash"} <= set(peaks)
+    assert list(peaks.values()) == sorted(peaks.values())  # a running maximum

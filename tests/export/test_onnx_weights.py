@@ -1,0 +1,216 @@
+"""Weights into hollow ONNX graphs: quantized linears as MatMulNBits, one shared data file, each tensor once.
+
+Each graph is traced from a hollow module (storage allocated, never written) wrapped as
+export.graphs wraps the model, and gets the weights of a materialized twin, as in
+`ExportPipeline.to_onnx`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+from torch.export import Dim
+
+from export.onnx import save_onnx
+from export.onnx_weights import ALIGNMENT, WEIGHTS_FILE, WeightFile, attach_weights
+from models.quantize import GROUP_SIZE, Quantization, quantize_block, weight_only
+
+QUANTIZED = (Quantization.INT4, Quantization.INT8)
+
+
+class TwoLinears(nn.Module):
+    """Two linears, K = 64 and 96 (multiples of the group size)."""
+
+    def __init__(self, bias: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(2 * GROUP_SIZE, 3 * GROUP_SIZE, bias=bias)
+        self.fc2 = nn.Linear(3 * GROUP_SIZE, 32, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class Graph(nn.Module):
+    """The model under another attribute name, as export.graphs' modules hold it: other initializer names."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A linear layout: 3-D input with bias (the exporter writes MatMul(x, Transpose(W))), 2-D without (Gemm)."""
+
+    name: str
+    bias: bool
+    shape: tuple[int, ...]
+    ops: list[str]
+
+    def example(self, seed: int) -> torch.Tensor:
+        return torch.randn(*self.shape, generator=torch.Generator().manual_seed(seed)) * 3
+
+    @property
+    def dynamic_shapes(self) -> tuple[dict[int, Dim], ...] | None:
+        return ({1: Dim("T", min=2, max=64)},) if len(self.shape) == 3 else None
+
+
+MATMUL = Case(
+    "matmul", bias=True, shape=(1, 5, 2 * GROUP_SIZE), ops=["Transpose", "MatMul", "Add", "Relu", "Transpose", "MatMul"]
+)
+GEMM = Case("gemm", bias=False, shape=(3, 2 * GROUP_SIZE), ops=["Gemm", "Relu", "Gemm"])
+CASES = (MATMUL, GEMM)
+
+
+def named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+
+
+def model_pair(case: Case, quantization: Quantization) -> tuple[nn.Module, nn.Module]:
+    """(materialized model, its linears quantized as the LM head's; hollow twin)."""
+    torch.manual_seed(0)
+    real = TwoLinears(case.bias).eval().requires_grad_(False)
+    quantize_block("lm_head", real, quantization)
+    with torch.device("meta"):
+        hollow = TwoLinears(case.bias)
+    return real, hollow.to_empty(device="cpu").eval().requires_grad_(False)
+
+
+def export_graph(real: nn.Module, hollow: nn.Module, case: Case, path: Path, store: WeightFile | None) -> Path:
+    """The hollow model's graph with the real model's weights in `store` (None: the exporter's own weights)."""
+    graph = Graph(hollow)
+    program = torch.export.export(graph, (case.example(0),), dynamic_shapes=case.dynamic_shapes, strict=False)
+    if store is None:
+        return save_onnx(program, path)
+    canonical = {id(tensor): name for name, tensor in named_tensors(hollow)}
+    names = {name: canonical[id(tensor)] for name, tensor in named_tensors(graph)}
+    weights = partial(attach_weights, weights=dict(named_tensors(real)), names=names, store=store)
+    return save_onnx(program, path, weights=weights)
+
+
+def run(path: Path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path))
+    (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return output
+
+
+def external_entries(path: Path) -> dict[str, dict[str, str]]:
+    """{initializer name: its external data entry} of the graph at `path`; {} for an embedded one."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        tensor.name: {entry.key: entry.value for entry in tensor.external_data}
+        for tensor in model.graph.initializer
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_exporter_writes_linears_as_matmul_or_gemm(case, tmp_path):
+    real, hollow = model_pair(case, Quantization.NONE)
+    path = export_graph(real, hollow, case, tmp_path / "plain.onnx", store=None)
+    assert [node.op_type for node in onnx.load(str(path)).graph.node] == case.ops
+
+
+@pytest.mark.parametrize("quantization", QUANTIZED)
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_quantized_linears_become_matmul_nbits(case, quantization, tmp_path):
+    real, hollow = model_pair(case, quantization)
+    with WeightFile(tmp_path) as store:
+        path = export_graph(real, hollow, case, tmp_path / "model.onnx", store)
+
+    model = onnx.load(str(path), load_external_data=False)
+    nbits = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+    assert [node.domain for node in nbits] == ["com.microsoft"] * 2
+    attributes = [{a.name: a.i for a in node.attribute} for node in nbits]
+    common = {"bits": quantization.bits, "block_size": GROUP_SIZE, "accuracy_level": 0}
+    assert attributes == [{"K": 64, "N": 96, **common}, {"K": 96, "N": 32, **common}]
+    assert not {"MatMul", "Gemm", "Transpose"} & {node.op_type for node in model.graph.node}
+    entries = external_entries(path)
+    assert not {"inner.fc1.weight", "inner.fc2.weight"} & set(entries)
+    assert all(entry["location"] == WEIGHTS_FILE for entry in entries.values())
+
+    x = case.example(1)
+    with weight_only(real):
+        expected = real(x).numpy()
+    np.testing.assert_allclose(run(path, x), expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
+
+
+@pytest.mark.parametrize("quantization", QUANTIZED)
+def test_matmul_nbits_holds_the_torchao_codes_and_scales(quantization, tmp_path):
+    real, hollow = model_pair(GEMM, quantization)
+    with WeightFile(tmp_path) as store:
+        path = export_graph(real, hollow, GEMM, tmp_path / "model.onnx", store)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor, base_dir=str(tmp_path)) for tensor in graph.initializer}
+    weight = real.fc2.weight
+    packed = initializers[f"inner.fc2.weight.q{quantization.bits}"]
+    assert packed.dtype == np.uint8 and packed.shape == (32, 3, GROUP_SIZE * quantization.bits // 8)
+    if quantization is Quantization.INT4:  # two codes a byte, low nibble first
+        packed = np.stack([packed & 0x0F, packed >> 4], axis=-1)
+    codes = packed.reshape(32, 96).astype(np.int16) - (1 << (quantization.bits - 1))
+    np.testing.assert_array_equal(codes, weight.qdata.numpy())
+    np.testing.assert_array_equal(initializers["inner.fc2.weight.scales"], weight.scale.reshape(-1).numpy())
+
+
+def test_graphs_sharing_a_weight_file_store_each_tensor_once(tmp_path):
+    real, hollow = model_pair(MATMUL, Quantization.INT4)
+    with WeightFile(tmp_path / "one") as store:
+        export_graph(real, hollow, MATMUL, tmp_path / "one" / "a.onnx", store)
+    with WeightFile(tmp_path / "two") as store:
+        first = export_graph(real, hollow, MATMUL, tmp_path / "two" / "a.onnx", store)
+        second = export_graph(real, hollow, MATMUL, tmp_path / "two" / "b.onnx", store)
+
+    assert (tmp_path / "two" / WEIGHTS_FILE).stat().st_size == (tmp_path / "one" / WEIGHTS_FILE).stat().st_size
+    assert external_entries(first) == external_entries(second)
+    x = MATMUL.example(1)
+    np.testing.assert_array_equal(run(first, x), run(second, x))
+
+
+def test_float_weights_are_external_and_exact(tmp_path):
+    real, hollow = model_pair(MATMUL, Quantization.NONE)
+    with WeightFile(tmp_path) as store:
+        path = export_graph(real, hollow, MATMUL, tmp_path / "model.onnx", store)
+
+    entries = external_entries(path)
+    assert set(entries) == {"inner.fc1.weight", "inner.fc1.bias", "inner.fc2.weight"}
+    assert all(entry["location"] == WEIGHTS_FILE for entry in entries.values())
+    assert all(int(entry.get("offset", 0)) % ALIGNMENT == 0 for entry in entries.values())
+    weight_bytes = sum(tensor.numel() * 4 for _, tensor in named_tensors(real))
+    assert path.stat().st_size < weight_bytes <= (tmp_path / WEIGHTS_FILE).stat().st_size
+    x = MATMUL.example(1)
+    np.testing.assert_allclose(run(path, x), real(x).numpy(), atol=1e-6, rtol=0)
+
+
+def test_weight_file_writes_a_key_once_at_aligned_offsets(tmp_path):
+    calls = []
+
+    def make(array: np.ndarray):
+        def produce() -> np.ndarray:
+            calls.append(array)
+            return array
+
+        return produce
+
+    a, b = np.arange(10, dtype=np.float32), np.arange(6, dtype=np.uint8).reshape(2, 3)
+    with WeightFile(tmp_path) as store:
+        first = store.tensor("a", "graph1.a", make(a))
+        again = store.tensor("a", "graph2.a", make(a))
+        other = store.tensor("b", "graph1.b", make(b))
+    assert len(calls) == 2
+    assert (first.offset, again.offset, other.offset) == (0, 0, ALIGNMENT)
+    assert (first.name, again.name) == ("graph1.a", "graph2.a")
+    assert (tmp_path / WEIGHTS_FILE).stat().st_size == ALIGNMENT + b.nbytes
+    np.testing.assert_array_equal(again.numpy(), a)
+    np.testing.assert_array_equal(other.numpy(), b)
+    assert tuple(other.shape) == (2, 3)

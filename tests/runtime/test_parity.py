@@ -1,0 +1,115 @@
+"""Parity criteria per (backend, quantization), and the eager reference rebuilt from a manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import load_for_export
+from models.quantize import Quantization, model_quantization
+from runtime.artifact import load_artifact
+from runtime.backends import BACKENDS
+from runtime.parity import (
+    MIN_KEPT_OVERLAP,
+    STATISTICAL,
+    TOLERANCES,
+    BackendParity,
+    check_parity,
+    load_reference,
+)
+
+EAGER_TOKENS = [5, 6, 7, 8]
+
+
+def backend_parity(*, exact: bool, **changes) -> BackendParity:
+    """A passing result (exact or statistical) with `changes` applied."""
+    fields = dict(
+        backend="onnx" if exact else "executorch",
+        exact=exact,
+        tolerance=1e-4 if exact else 0.5,
+        kept_indices_equal=True,
+        kept_overlap=1.0,
+        prefill_logits_max_abs=1e-5,
+        decode_logits_max_abs=[1e-5, 2e-5],
+        tokens=EAGER_TOKENS,
+        eager_tokens=EAGER_TOKENS,
+    )
+    return BackendParity(**{**fields, **changes})
+
+
+def edited_copy(folder: Path, destination: Path, **model_fields) -> Path:
+    """A copy of an artifact folder whose manifest `model` has `model_fields`."""
+    copy = shutil.copytree(folder, destination)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"].update(model_fields)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_every_backend_and_quantization_has_criteria():
+    cases = {(backend, q.value) for backend in BACKENDS for q in Quantization}
+    assert TOLERANCES.keys() | STATISTICAL == cases and not TOLERANCES.keys() & STATISTICAL
+    assert STATISTICAL == {("executorch", "int4"), ("executorch", "int8")}
+    assert TOLERANCES["onnx", "int4"] == TOLERANCES["onnx", "none"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"kept_indices_equal": False},
+        {"tokens": [5, 6, 9, 8]},
+        {"decode_logits_max_abs": [1e-5, 2e-4]},
+    ],
+)
+def test_exact_criteria(changes):
+    result = backend_parity(exact=True, **changes)
+    assert result.passed is (not changes)
+    assert result.to_dict()["passed"] is result.passed
+
+
+@pytest.mark.parametrize(
+    ("changes", "passed"),
+    [
+        ({}, True),
+        # Later tokens, the exact kept set and decode logits are not held.
+        ({"kept_indices_equal": False, "kept_overlap": MIN_KEPT_OVERLAP, "tokens": [5, 0, 0, 0]}, True),
+        ({"decode_logits_max_abs": [3.0]}, True),
+        ({"kept_overlap": MIN_KEPT_OVERLAP - 0.01}, False),
+        ({"tokens": [0, 6, 7, 8]}, False),
+        ({"prefill_logits_max_abs": 0.6}, False),
+    ],
+)
+def test_statistical_criteria(changes, passed):
+    assert backend_parity(exact=False, **changes).passed is passed
+
+
+def test_reference_of_a_random_weight_artifact_is_rebuilt_from_its_seed(artifact_dirs, tmp_path):
+    folder = edited_copy(artifact_dirs[64], tmp_path / "random", source="random", checkpoint=None, seed=5)
+    reference = load_reference(load_artifact(folder))
+    expected = load_for_export("tiny-llava", quantization=Quantization.NONE, seed=5).model.state_dict()
+    assert reference.keep == 64
+    assert all(torch.equal(value, expected[key]) for key, value in reference.model.state_dict().items())
+
+
+def test_reference_has_the_artifacts_quantization(artifact_dirs, tmp_path):
+    folder = edited_copy(
+        artifact_dirs[64], tmp_path / "int8", source="random", checkpoint=None, seed=0, quantization="int8"
+    )
+    assert model_quantization(load_reference(load_artifact(folder)).model) is Quantization.INT8
+
+
+def test_reference_needs_a_checkpoint(artifact_dirs, tmp_path):
+    folder = edited_copy(artifact_dirs[64], tmp_path / "nowhere", checkpoint=None)
+    with pytest.raises(ValueError, match="names no checkpoint"):
+        load_reference(load_artifact(folder))
+
+
+def test_unknown_quantization_has_no_criteria(artifact_dirs, tmp_path):
+    folder = edited_copy(artifact_dirs[64], tmp_path / "int2", quantization="int2")
+    with pytest.raises(ValueError, match="no parity criteria for onnx with int2 weights"):
+        check_parity(folder, backends=["onnx"])
