@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 import export.__main__ as cli
+from export import memory
 from export.config import Backend, ExportConfig
 from export.manifest import read_manifest, verify_files
 from models.quantize import Quantization
@@ -176,3 +177,19 @@ def test_random_weights_int4_onnx_export_with_parity_end_to_end(tmp_path, capsys
     onnx_parity = parity["backends"]["onnx"]
     assert onnx_parity["exact"] and onnx_parity["tokens_equal"] and onnx_parity["logits_max_abs"] <= 1e-4
     assert "PASSED" in capsys.readouterr().out
+
+
+def test_default_backends_skip_one_that_would_not_fit(fake, monkeypatch, caplog):
+    # 24 GiB: the ONNX export of LLaVA-1.5-7B int4 fits (about 11 GiB), the ExecuTorch one (about 27 GiB) not.
+    monkeypatch.setattr(memory, "physical_memory_bytes", lambda: 24 * memory.GIB)
+    assert cli.main(["-m", "llava-1.5-7b", "--random-weights"]) == 0
+    assert fake[0].backends == (Backend.ONNX,)
+    assert "skipping executorch" in caplog.text
+
+
+def test_no_backend_fitting_is_a_usage_error(fake, monkeypatch, capsys):
+    monkeypatch.setattr(memory, "physical_memory_bytes", lambda: 4 * memory.GIB)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["-m", "llava-1.5-7b", "--random-weights"])
+    assert exit_info.value.code == 2
+    assert "needs more memory than this machine has (4 GiB)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from export import memory
 from export.config import ExportConfig
 from export.pipeline import ExportPipeline
 
@@ -28,10 +29,20 @@ def test_stages_refuse_to_run_out_of_order(tmp_path, stage, needs):
 
 
 def test_failed_run_removes_its_staging_folder(tmp_path):
-    config = ExportConfig(model="llava-1.5-7b", model_path=tmp_path / "no-weights", output_dir=tmp_path / "out")
+    config = ExportConfig(
+        model="llava-1.5-7b", backends=("onnx",), model_path=tmp_path / "no-weights", output_dir=tmp_path / "out"
+    )
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         ExportPipeline(config).run()
     assert list((tmp_path / "out" / "llava-1.5-7b").iterdir()) == []
+
+
+def test_backend_that_would_not_fit_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "physical_memory_bytes", lambda: 16 * memory.GIB)
+    config = ExportConfig(model="llava-1.5-7b", random_weights=True, output_dir=tmp_path)
+    with pytest.raises(MemoryError, match=r"than this machine has \(16 GiB\): executorch about 27 GiB"):
+        ExportPipeline(config).prepare()
+    assert list((tmp_path / "llava-1.5-7b").iterdir()) == []
 
 
 def test_model_without_checkpoint_needs_random_weights(tmp_path):
