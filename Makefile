@@ -44,16 +44,19 @@ bench-select: setup
 BENCH_KEEPS    ?= 64 128 192
 BENCH_BASELINE ?= 576
 BENCH_FLAGS    ?=
+# The artifact folder of keep $(1), as the exporter names it (a suffix for a non-default QUANTIZE).
+artifact_dir = $$($(PY) -c "from export.config import ExportConfig; print(ExportConfig(model='$(MODEL)', keep=$(1), quantization=$(if $(QUANTIZE),'$(QUANTIZE)',None)).artifact_dir)")
 bench: setup
 	@for keep in $(BENCH_KEEPS) $(BENCH_BASELINE); do \
-	  if [ ! -f artifacts/$(MODEL)/keep$$keep/manifest.json ]; then \
-	    echo "artifacts/$(MODEL)/keep$$keep is missing; exporting it: $(PY) -m export $(EXPORT_FLAGS) --keep $$keep --skip-parity"; \
+	  dir=$(call artifact_dir,$$keep); \
+	  if [ ! -f $$dir/manifest.json ]; then \
+	    echo "$$dir is missing; exporting it: $(PY) -m export $(EXPORT_FLAGS) --keep $$keep --skip-parity"; \
 	    $(PY) -m export $(EXPORT_FLAGS) --keep $$keep --skip-parity || { \
 	      echo "export failed; fix it, or run the command above by hand, then make bench"; exit 1; }; \
 	  fi; \
 	done
-	$(PY) -m runtime.bench $(foreach keep,$(BENCH_KEEPS),artifacts/$(MODEL)/keep$(keep)) \
-	  --baseline artifacts/$(MODEL)/keep$(BENCH_BASELINE) $(BENCH_FLAGS)
+	$(PY) -m runtime.bench $(foreach keep,$(BENCH_KEEPS),$(call artifact_dir,$(keep))) \
+	  --baseline $(call artifact_dir,$(BENCH_BASELINE)) $(BENCH_FLAGS)
 
 # make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch] [RANDOM_WEIGHTS=1]
 #             [QUANTIZE=int4]

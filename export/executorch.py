@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import gc
 from pathlib import Path
 
 from torch.export import ExportedProgram
@@ -37,7 +35,6 @@ def save_pte(programs: ExportedProgram | dict[str, ExportedProgram], path: Path)
         programs = {"forward": programs}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _release_free_memory()
     edge = to_edge_transform_and_lower(
         programs, partitioner=[partitioner], compile_config=EdgeCompileConfig(_check_ir_validity=False)
     )
@@ -47,12 +44,3 @@ def save_pte(programs: ExportedProgram | dict[str, ExportedProgram], path: Path)
         executorch_program.write_to_file(file)
     return path
 
-
-def _release_free_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc), so that they do not
-    count twice in the peak once lowering allocates its own."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass

@@ -31,10 +31,6 @@ class Quantization(str, Enum):
     INT4 = "int4"
     INT8 = "int8"
 
-    @property
-    def bits(self) -> int | None:
-        return {Quantization.INT4: 4, Quantization.INT8: 8}.get(self)
-
 
 def quantize_block(name: str, block: nn.Module, quantization: Quantization) -> None:
     """Quantize the linears of `block` in place when it is one of `QUANTIZED_BLOCKS` (a `materialize` transform)."""
@@ -79,13 +75,6 @@ def quantized_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     for name, parameter in model.named_parameters():
         if hasattr(parameter, "qdata"):
             yield name, parameter
-
-
-def model_quantization(model: nn.Module) -> Quantization:
-    """The `Quantization` of a model's linears (NONE when none is quantized)."""
-    for _, weight in quantized_weights(model):
-        return Quantization.INT4 if weight.target_dtype == torch.int4 else Quantization.INT8
-    return Quantization.NONE
 
 
 @contextmanager

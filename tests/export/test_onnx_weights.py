@@ -23,6 +23,7 @@ from torch.export import Dim
 from export.onnx import save_onnx
 from export.onnx_weights import ALIGNMENT, WEIGHTS_FILE, WeightFile, attach_weights
 from models.quantize import GROUP_SIZE, Quantization, quantize_block, weight_only
+from tests.quantization import BITS
 
 QUANTIZED = (Quantization.INT4, Quantization.INT8)
 
@@ -133,7 +134,7 @@ def test_quantized_linears_become_matmul_nbits(case, quantization, tmp_path):
     nbits = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
     assert [node.domain for node in nbits] == ["com.microsoft"] * 2
     attributes = [{a.name: a.i for a in node.attribute} for node in nbits]
-    common = {"bits": quantization.bits, "block_size": GROUP_SIZE, "accuracy_level": 0}
+    common = {"bits": BITS[quantization], "block_size": GROUP_SIZE, "accuracy_level": 0}
     assert attributes == [{"K": 64, "N": 96, **common}, {"K": 96, "N": 32, **common}]
     assert not {"MatMul", "Gemm", "Transpose"} & {node.op_type for node in model.graph.node}
     entries = external_entries(path)
@@ -154,11 +155,11 @@ def test_matmul_nbits_holds_the_torchao_codes_and_scales(quantization, tmp_path)
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {tensor.name: numpy_helper.to_array(tensor, base_dir=str(tmp_path)) for tensor in graph.initializer}
     weight = real.fc2.weight
-    packed = initializers[f"inner.fc2.weight.q{quantization.bits}"]
-    assert packed.dtype == np.uint8 and packed.shape == (32, 3, GROUP_SIZE * quantization.bits // 8)
+    packed = initializers[f"inner.fc2.weight.q{BITS[quantization]}"]
+    assert packed.dtype == np.uint8 and packed.shape == (32, 3, GROUP_SIZE * BITS[quantization] // 8)
     if quantization is Quantization.INT4:  # two codes a byte, low nibble first
         packed = np.stack([packed & 0x0F, packed >> 4], axis=-1)
-    codes = packed.reshape(32, 96).astype(np.int16) - (1 << (quantization.bits - 1))
+    codes = packed.reshape(32, 96).astype(np.int16) - (1 << (BITS[quantization] - 1))
     np.testing.assert_array_equal(codes, weight.qdata.numpy())
     np.testing.assert_array_equal(initializers["inner.fc2.weight.scales"], weight.scale.reshape(-1).numpy())
 

@@ -9,7 +9,8 @@ import torch
 
 from models import PrunedLlava, get_spec, load_for_export, load_model, resolve_checkpoint
 from models.checkpoints import check_config
-from models.quantize import Quantization, model_quantization, quantized_weights
+from models.quantize import Quantization, quantized_weights
+from tests.quantization import model_quantization
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,12 @@ from models.materialize import fill_random, materialize
 from models.quantize import (
     GROUP_SIZE,
     Quantization,
-    model_quantization,
     quantize_block,
     quantized_weights,
     weight_only,
 )
+
+from tests.quantization import model_quantization
 
 QUANTIZED = (Quantization.INT4, Quantization.INT8)
 CODE_RANGE = {Quantization.INT4: (-8, 7), Quantization.INT8: (-128, 127)}
@@ -49,9 +50,8 @@ def quantized_head() -> nn.Linear:
     return head
 
 
-def test_bits():
-    assert (Quantization.INT4.bits, Quantization.INT8.bits, Quantization.NONE.bits) == (4, 8, None)
-    assert Quantization("int4") is Quantization.INT4
+def test_values():
+    assert [Quantization(value) for value in ("none", "int4", "int8")] == list(Quantization)
 
 
 @pytest.mark.parametrize("quantization", QUANTIZED)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models import load_for_export
-from models.quantize import Quantization, model_quantization
+from models.quantize import Quantization
+from tests.quantization import model_quantization
 from runtime.artifact import load_artifact
 from runtime.backends import BACKENDS
 from runtime.parity import (

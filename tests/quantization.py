@@ -1,0 +1,17 @@
+"""What the tests ask of quantized models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.quantize import Quantization, quantized_weights
+
+BITS = {Quantization.INT4: 4, Quantization.INT8: 8}
+
+
+def model_quantization(model: nn.Module) -> Quantization:
+    """The `Quantization` of a model's linears (NONE when none is quantized)."""
+    for _, weight in quantized_weights(model):
+        return Quantization.INT4 if weight.target_dtype == torch.int4 else Quantization.INT8
+    return Quantization.NONE
