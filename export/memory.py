@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import os
 
-import torch
-from transformers import LlavaForConditionalGeneration
-
-from models import ModelSpec
+from models import ModelSpec, build_random_model
 from models.quantize import Quantization, materialized_bytes
 
 GIB = 2**30
@@ -29,8 +26,7 @@ PEAK_FACTORS = {"onnx": 1.15, "executorch": 3.0}
 
 def estimated_peak_bytes(spec: ModelSpec, quantization: Quantization, backend: str) -> int:
     """The exporting process's peak resident memory for one backend, estimated from the spec."""
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(spec.llava_config())
+    model = build_random_model(spec.name)  # on the meta device: shapes only
     return BASE_BYTES + int(PEAK_FACTORS[backend] * materialized_bytes(model, quantization))
 
 

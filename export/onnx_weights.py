@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from models.quantize import GROUP_SIZE
+from models.quantize import GROUP_SIZE, is_quantized
 
 WEIGHTS_FILE = "weights.data"
 # Tensor offsets in the data file: page-aligned, so that a runtime can map them from disk.
@@ -88,7 +88,7 @@ def attach_weights(
         if weight is None or weight.name not in names:
             continue
         tensor = weights[names[weight.name]]
-        if hasattr(tensor, "qdata"):
+        if is_quantized(tensor):
             _to_matmul_nbits(model, node, weight, tensor, names[weight.name], store)
 
     for name, value in list(graph.initializers.items()):
@@ -97,7 +97,7 @@ def attach_weights(
         key = names[name]
         if not value.uses():
             graph.initializers.pop(name)
-        elif hasattr(weights[key], "qdata"):
+        elif is_quantized(weights[key]):
             raise ValueError(
                 f"{key} is quantized, but the graph uses it other than as MatMul(x, Transpose(W)) or "
                 "Gemm(x, W, transB=1) without bias, the linears MatMulNBits replaces"

@@ -65,7 +65,6 @@ class ExportPipeline:
         config: what to export.
         artifact_dir: where the artifact ends up, `output_dir/<model>/keep<R>`.
         export_seconds: {stage: seconds} of the stages run so far.
-        checkpoint: the folder the weights come from (None for random weights), after `load`.
         loaded: the materialized (quantized) model and the processor, after `load`.
         hollow: the same architecture with allocated but unwritten storage, after `load`.
         graphs: the four graphs of the hollow model, after `wrap`.
@@ -78,7 +77,6 @@ class ExportPipeline:
         self.artifact_dir = config.artifact_dir
         self.export_seconds: dict[str, float] = {}
         self.peak_rss_mib: dict[str, float] = {}
-        self.checkpoint: Path | None = None
         self.loaded: LoadedModel | None = None
         self.hollow: LlavaForConditionalGeneration | None = None
         self.graphs: tuple[GraphSpec, ...] | None = None
@@ -134,7 +132,6 @@ class ExportPipeline:
                 seed=config.seed if config.random_weights else None,
                 model_path=config.model_path,
             )
-            self.checkpoint = self.loaded.checkpoint
             with torch.device("meta"):
                 hollow = LlavaForConditionalGeneration(self.loaded.model.config).float()
             self.hollow = hollow.to_empty(device="cpu").eval().requires_grad_(False)
@@ -223,7 +220,7 @@ class ExportPipeline:
             spec=self.loaded.spec,
             model=self.loaded.model,
             processor=self.loaded.processor,
-            checkpoint=self.checkpoint,
+            checkpoint=self.loaded.checkpoint,
             seed=self.config.seed if self.config.random_weights else None,
             quantization=self.config.quantization,
             keep=self.config.keep_count,

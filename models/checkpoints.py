@@ -13,6 +13,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProces
 
 from models.materialize import fill_random, keep_loaded, materialize
 from models.quantize import Quantization, quantize_block
+from models.random_weights import build_random_model
 from models.registry import ModelSpec, get_spec
 from models.synthetic_processor import build_processor, generation_config
 from models.tiny_llava import NAME as TINY_LLAVA
@@ -118,8 +119,7 @@ def load_for_export(
     spec = get_spec(name)
     quantize = partial(quantize_block, quantization=quantization)
     if seed is not None:
-        with torch.device("meta"):
-            model = LlavaForConditionalGeneration(spec.llava_config())
+        model = build_random_model(name)  # on the meta device, filled below
         model.generation_config = generation_config(spec)
         model = materialize(model, fill_random(seed), transform=quantize)
         return LoadedModel(spec=spec, model=model, processor=build_processor(spec))

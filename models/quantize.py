@@ -70,10 +70,15 @@ def materialized_bytes(model: nn.Module, quantization: Quantization) -> int:
     return total
 
 
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """A weight `quantize_block` quantized (a torchao tensor holding integer codes)."""
+    return hasattr(tensor, "qdata")
+
+
 def quantized_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(parameter name, torchao weight) of every quantized linear."""
     for name, parameter in model.named_parameters():
-        if hasattr(parameter, "qdata"):
+        if is_quantized(parameter):
             yield name, parameter
 
 
