@@ -1,0 +1,135 @@
+"""What every command-line entry point shares: exit codes, one-line errors, `--debug`, interrupts.
+
+    0    success
+    1    a parity check ran and is out of tolerance
+    2    bad input, a bad artifact or a bad environment (missing file, full disk, no memory): one
+         line on stderr says which
+    3    internal error (a bug): one line; `--debug` shows the traceback
+    130  interrupted (Ctrl-C, SIGTERM, SIGHUP): cleaned up, nothing half-written left behind
+
+No traceback reaches the user unless `--debug` is given; third-party warnings and log lines stay
+hidden unless `--verbose` is given. Torch-free: the ONNX Runtime path uses it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import TextIO
+
+EXIT_OK = 0
+EXIT_PARITY_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+# The project's own loggers; every other logger is third-party.
+PROJECT_LOGGERS = ("export", "runtime", "models", "bench")
+# Errors that describe the input, the artifact or the machine, not a bug of ours.
+USER_ERRORS = (ValueError, OSError, MemoryError, ImportError)
+
+_interrupted = False
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that the same clean-up runs."""
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--verbose", action="store_true", help="show third-party warnings and log lines")
+    return parser
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int],
+    argv: list[str] | None = None,
+    *,
+    log_stream: TextIO | None = None,
+) -> int:
+    """Parse `argv` with `parser` (given `--debug` and `--verbose` here), run `body(args)`, and turn
+    every way it can fail into one line on stderr and the documented exit code.
+
+    Args:
+        log_stream: where the project's INFO log lines go (default stderr).
+    """
+    global _interrupted
+    _interrupted = False
+    args = add_common_flags(parser).parse_args(argv)
+    _configure_output(verbose=args.verbose, stream=log_stream or sys.stderr)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in _SIGNALS}
+    try:
+        return body(args)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
+    except USER_ERRORS as error:
+        return _fail(args, f"error: {describe_error(error)}", EXIT_BAD_INPUT)
+    except Exception as error:  # anything else is ours to fix: say so, trace only on request
+        message = f"error: internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback"
+        return _fail(args, message, EXIT_INTERNAL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the user: the message, and for OS errors what failed where."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = f" while writing {error.filename}" if error.filename else ""
+        return f"no space left on the disk{where}; free some space and run again"
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    if isinstance(error, MemoryError) and not str(error):
+        return "out of memory"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if an interrupt arrived, even one that library code swallowed
+    (measured: Ctrl-C during torch.export was lost once in four tries). Call between stages."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (newlines and tabs kept): model output may hold
+    terminal escape sequences that must not reach a terminal raw."""
+    return "".join(ch if ch in "\n\t" or ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signal.Signals(signum).name)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+    return code
+
+
+def _configure_output(*, verbose: bool, stream: TextIO) -> None:
+    """The project's INFO lines on `stream`; third-party warnings and logs only with --verbose."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    for name in PROJECT_LOGGERS:
+        project_logger = logging.getLogger(name)
+        project_logger.setLevel(logging.INFO)
+        project_logger.handlers[:] = [handler]
+        # Imported libraries configure the root logger (ExecuTorch at import): do not print twice.
+        project_logger.propagate = False
+    if not verbose:
+        warnings.simplefilter("ignore")
+        logging.getLogger().setLevel(logging.ERROR)
+        for name in ("torch", "onnxscript", "executorch", "transformers", "torchao"):
+            logging.getLogger(name).setLevel(logging.ERROR)
