@@ -13,10 +13,13 @@ BACKENDS ?=
 RANDOM_WEIGHTS ?=
 # QUANTIZE=none|int4|int8: weights of the language model's linears (default: the model's own).
 QUANTIZE ?=
-EXPORT_FLAGS = --model $(MODEL) $(if $(BACKENDS),--backends $(BACKENDS)) $(if $(filter 1,$(RANDOM_WEIGHTS)),--random-weights) \
-               $(if $(QUANTIZE),--quantize $(QUANTIZE))
+# The variables reach the commands through the environment and are quoted there ("$$MODEL"):
+# a value is always one argument, never code pasted into a command line.
+export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS
+COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
+               $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
-.PHONY: setup test export bench bench-select clean
+.PHONY: setup test export bench bench-select bench-soak clean
 
 setup: $(VENV)/.installed
 
@@ -37,32 +40,29 @@ test: setup
 bench-select: setup
 	$(PY) -m bench.select_speed
 
-# Pruned (each keep of BENCH_KEEPS) next to unpruned (keep BENCH_BASELINE = N) on every backend,
-# artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS, QUANTIZE,
-# BACKENDS as for export, without the parity check: `make export` checks). BENCH_FLAGS go to
-# runtime.bench (e.g. --runs 1 --max-new-tokens 8 at 7B). Writes bench/results/runtime-*.json.
+# Pruned (each keep of BENCH_KEEPS) next to unpruned (keep BENCH_BASELINE, default N) on every
+# backend, artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS,
+# QUANTIZE, BACKENDS as for export, without the parity check: `make export` checks). BENCH_FLAGS
+# go to runtime.bench (e.g. --runs 1 --max-new-tokens 8 at 7B). Writes bench/results/runtime-*.json.
 BENCH_KEEPS    ?= 64 128 192
-BENCH_BASELINE ?= 576
+BENCH_BASELINE ?=
 BENCH_FLAGS    ?=
-# The artifact folder of keep $(1), as the exporter names it (a suffix for a non-default QUANTIZE).
-artifact_dir = $$($(PY) -c "from export.config import ExportConfig; print(ExportConfig(model='$(MODEL)', keep=$(1), quantization=$(if $(QUANTIZE),'$(QUANTIZE)',None)).artifact_dir)")
 bench: setup
-	@for keep in $(BENCH_KEEPS) $(BENCH_BASELINE); do \
-	  dir=$(call artifact_dir,$$keep); \
-	  if [ ! -f $$dir/manifest.json ]; then \
-	    echo "$$dir is missing; exporting it: $(PY) -m export $(EXPORT_FLAGS) --keep $$keep --skip-parity"; \
-	    $(PY) -m export $(EXPORT_FLAGS) --keep $$keep --skip-parity || { \
-	      echo "export failed; fix it, or run the command above by hand, then make bench"; exit 1; }; \
-	  fi; \
-	done
-	$(PY) -m runtime.bench $(foreach keep,$(BENCH_KEEPS),$(call artifact_dir,$(keep))) \
-	  --baseline $(call artifact_dir,$(BENCH_BASELINE)) $(BENCH_FLAGS)
+	$(PY) -m bench.runtime_speed $(COMMON_FLAGS) --keeps $$BENCH_KEEPS $${BENCH_BASELINE:+--baseline "$$BENCH_BASELINE"} \
+	  -- $$BENCH_FLAGS
+
+# 1000 generations in one process per backend (SOAK_RUNS): resident memory must not grow, outputs
+# must not change. Writes bench/results/soak-*.json.
+SOAK_RUNS ?= 1000
+export SOAK_RUNS
+bench-soak: setup
+	$(PY) -m bench.soak $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} --runs "$$SOAK_RUNS"
 
 # make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch] [RANDOM_WEIGHTS=1]
 #             [QUANTIZE=int4]
 # -> artifacts/<MODEL>/keep<R>/ (export/ARTIFACTS.md), parity-checked against the eager model.
 export: setup
-	$(PY) -m export $(EXPORT_FLAGS) $(if $(KEEP),--keep $(KEEP)) $(if $(RATE),--rate $(RATE))
+	$(PY) -m export $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${RATE:+--rate "$$RATE"}
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info

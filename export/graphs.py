@@ -17,7 +17,7 @@ lengths in [N + 1, M - 1] for layers < K and [R + 1, M - 1 - (N - R)] for layers
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from transformers import LlavaForConditionalGeneration
 from models import DecodeStep, ModelSpec, Prefill, TokenEmbedding, VisionEncoder
 from models.llava import KVCache
 from pruning_graph import VLMPrunerConfig
+from runtime.backends.base import MAX_SEQ_LEN_KEY
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
 
@@ -51,6 +52,8 @@ class GraphSpec:
         example_inputs: positional inputs, nested as `module.forward` takes them.
         dynamic_shapes: torch.export's dynamic_shapes for `example_inputs`, None when static.
         input_names, output_names: the contract's names of the flattened inputs and outputs.
+        metadata: facts about the graph that its shapes cannot carry, stored in the ONNX file
+            (`MAX_SEQ_LEN_KEY`: the upper bound of the sequence dimensions).
     """
 
     name: str
@@ -59,6 +62,7 @@ class GraphSpec:
     dynamic_shapes: tuple[Any, ...] | None
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def dim_names(self) -> dict[str, dict[int, str]]:
         """{input name: {axis: dimension name}} of the dynamic axes."""
@@ -145,6 +149,7 @@ def build_graphs(
     image_size = spec.vision.image_size
     prompt_len = n + _EXAMPLE_TEXT_TOKENS
     dropped = n - keep
+    bounds = {MAX_SEQ_LEN_KEY: str(max_seq_len)}
 
     vision = GraphSpec(
         name="vision_encoder",
@@ -161,6 +166,7 @@ def build_graphs(
         dynamic_shapes=({1: Dim(SEQUENCE_DIM, min=1, max=max_seq_len)},),
         input_names=("input_ids",),
         output_names=("inputs_embeds",),
+        metadata=bounds,
     )
     prefill = GraphSpec(
         name="prefill",
@@ -171,6 +177,7 @@ def build_graphs(
         dynamic_shapes=({1: Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)}, None),
         input_names=("inputs_embeds", "image_start"),
         output_names=("logits", "kept_indices", *cache_names("present", num_layers)),
+        metadata=bounds,
     )
 
     # Layers before K hold the full prompt, layers from K on the pruned one: two lengths, one
@@ -190,5 +197,6 @@ def build_graphs(
         dynamic_shapes=(None, None, cache_dims),
         input_names=("inputs_embeds", "position", *cache_names("past", num_layers)),
         output_names=("logits", *cache_names("present", num_layers)),
+        metadata=bounds,
     )
     return vision, embed, prefill, decode

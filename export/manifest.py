@@ -101,7 +101,7 @@ def build_manifest(
         "files": files,
         "export_seconds": {stage: round(seconds, 3) for stage, seconds in export_seconds.items()},
         "peak_rss_mib": {stage: round(mib, 1) for stage, mib in peak_rss_mib.items()},
-        "parity": None,
+        "parity": {"status": "skipped"},
     }
 
 

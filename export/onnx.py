@@ -20,6 +20,7 @@ def save_onnx(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dim_names: Mapping[str, Mapping[int, str]] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Translate an exported program to ONNX (opset 18) and write it to `path`.
 
@@ -33,6 +34,8 @@ def save_onnx(
         dim_names: {input name: {axis: name}} for the dynamic axes. The exporter names them after
             its symbols (`s29`); they are renamed in every shape of the graph, so that an output
             reads e.g. `sequence_length - 512`.
+        metadata: the model's `metadata_props`: facts the shapes cannot carry (the bounds of the
+            dynamic dimensions), which the runtime checks the manifest against.
     """
     _require_onnxscript()
     path = Path(path)
@@ -48,6 +51,7 @@ def save_onnx(
     )
     if dim_names:
         _rename_dims(onnx_program.model, dim_names)
+    onnx_program.model.metadata_props.update(metadata or {})
     if weights is None:
         onnx_program.save(str(path))
     else:

@@ -170,6 +170,7 @@ class ExportPipeline:
                         input_names=graph.input_names,
                         output_names=graph.output_names,
                         dim_names=graph.dim_names(),
+                        metadata=graph.metadata,
                     )
         self.programs = None
         self._written.add(Backend.ONNX)

@@ -1,6 +1,8 @@
 """Answer one prompt about one image with an artifact folder.
 
     python -m runtime ARTIFACT_DIR --image PHOTO.jpg --prompt "What is in the image?" [--backend onnx]
+
+Exit status: 0 answered, 2 bad input or artifact, 3 internal error, 130 interrupted (`runtime.cli`).
 """
 
 from __future__ import annotations
@@ -10,32 +12,56 @@ import sys
 from pathlib import Path
 
 from runtime.backends import BACKENDS
+from runtime.cli import printable, run_cli
 from runtime.generate import GenerationConfig, Runner
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n\n")[0])
-    parser.add_argument("artifact_dir", type=Path)
-    parser.add_argument("--image", type=Path, required=True)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--backend", choices=BACKENDS, default="onnx")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    args = parser.parse_args(argv)
-    try:
-        runner = Runner(args.artifact_dir, args.backend)
-        result = runner.generate(args.image, args.prompt, GenerationConfig(max_new_tokens=args.max_new_tokens))
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("artifact_dir", type=Path, help="an artifact folder written by `python -m export`")
+    parser.add_argument("--image", type=Path, required=True, help="image file (any format PIL reads)")
+    parser.add_argument("--prompt", required=True, help="the question about the image")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime to run the graphs on")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="stop after this many generated tokens")
+    parser.add_argument(
+        "--allow-failed-parity", action="store_true", help="use an artifact whose export failed its parity check"
+    )
+    return parser
+
+
+def answer(args: argparse.Namespace) -> int:
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    runner = Runner(args.artifact_dir, args.backend, allow_failed_parity=args.allow_failed_parity)
+    if runner.artifact.parity != "passed":
+        print(f"note: {describe_parity(runner.artifact.parity)}", file=sys.stderr)
+    result = runner.generate(args.image, args.prompt, config, on_note=lambda note: print(f"note: {note}", file=sys.stderr))
     stats = result.stats
-    print(result.text)
+    print(printable(result.text))
     print(
-        f"[{runner.backend}, keep {runner.artifact.keep}: {len(result.token_ids)} tokens, "
-        f"vision {stats.vision_ms:.1f} ms, prefill {stats.prefill_ms:.1f} ms, "
+        f"[{runner.backend}, keep {runner.artifact.keep}, parity {runner.artifact.parity}: "
+        f"{len(result.token_ids)} tokens, vision {stats.vision_ms:.1f} ms, prefill {stats.prefill_ms:.1f} ms, "
         f"first token {stats.time_to_first_token_ms:.1f} ms, decode {stats.decode_tokens_per_s:.1f} tokens/s]",
         file=sys.stderr,
     )
     return 0
+
+
+def describe_parity(status: str) -> str:
+    """What an artifact's parity status means for its user."""
+    return {
+        "passed": "its export checked it against eager PyTorch: passed",
+        "failed": "its export checked it against eager PyTorch and it FAILED; its outputs are not trustworthy",
+        "skipped": "its export skipped the parity check (run `python -m runtime.parity` on it)",
+        "interrupted": "its export was stopped before the parity check ended (run `python -m runtime.parity` on it)",
+    }[status]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), answer, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "processor/tokenizer.json"
 # The file(s) each backend loads, relative to the artifact folder.
@@ -29,6 +29,24 @@ BACKEND_FILES = {
     "executorch": ("executorch/model.pte",),
 }
 _HASH_CHUNK = 1 << 20
+
+
+# The manifest's `parity.status` values (see export/ARTIFACTS.md); "pending" means the export was
+# stopped before its parity check ended, shown to the user as "interrupted".
+PARITY_STATES = ("passed", "failed", "skipped", "pending")
+# The manifest facts the graphs must agree with (`Artifact.check_graph_facts`).
+GRAPH_FACTS = (
+    "keep",
+    "num_image_tokens",
+    "image_size",
+    "hidden_size",
+    "vocab_size",
+    "num_layers",
+    "num_kv_heads",
+    "head_dim",
+    "prune_layer",
+    "max_seq_len",
+)
 
 
 class ArtifactError(ValueError):
@@ -62,6 +80,7 @@ class Artifact:
         keep: R, image tokens kept by the pruner (R = N: unpruned).
         prompt_template: the conversation template with `{prompt}` and one image token.
         backends: the backends whose files the artifact holds, in `BACKEND_FILES` order.
+        parity: the export's parity check: "passed", "failed", "skipped" or "interrupted".
     """
 
     root: Path
@@ -71,6 +90,7 @@ class Artifact:
     keep: int
     prompt_template: str
     backends: tuple[str, ...]
+    parity: str
 
     @property
     def model_name(self) -> str:
@@ -96,6 +116,56 @@ class Artifact:
             held = ", ".join(self.backends) or "none"
             raise ArtifactError(f"{self.root} holds no {backend} export (backends in the artifact: {held})")
 
+    def require_parity(self, *, allow_failed: bool = False) -> None:
+        """Refuse an artifact whose export failed its parity check, unless `allow_failed`."""
+        if self.parity == "failed" and not allow_failed:
+            raise ArtifactError(
+                f"{self.root} failed its parity check against eager PyTorch at export: its outputs are not "
+                "trustworthy. Re-export it, or pass --allow-failed-parity to use it anyway"
+            )
+
+    def check_graph_facts(self, facts: dict[str, int], source: str) -> None:
+        """Raise ArtifactError where the graphs (`facts`, read from `source`) contradict the manifest.
+
+        The manifest is not covered by the sha256 sums; the graphs are. A manifest edited, or copied
+        from another export, must not make the runtime misreport or overrun the graphs.
+        """
+        claimed = {
+            "keep": self.keep,
+            "num_image_tokens": self.num_image_tokens,
+            "image_size": self.image_size,
+            "hidden_size": self.text.hidden_size,
+            "vocab_size": self.text.vocab_size,
+            "num_layers": self.text.num_layers,
+            "num_kv_heads": self.text.num_kv_heads,
+            "head_dim": self.text.head_dim,
+            "prune_layer": self.prune_layer if self.keep < self.num_image_tokens else None,
+            "max_seq_len": self.text.max_seq_len,
+        }
+        wrong = [
+            f"{name}: manifest {claimed[name]}, graphs {found}"
+            for name, found in facts.items()
+            if name in claimed and found is not None and found != claimed[name]
+        ]
+        if wrong:
+            raise ArtifactError(
+                f"{self.root}: the manifest contradicts the {source} graphs ({'; '.join(wrong)}); "
+                "it was edited or belongs to another export: re-export the model"
+            )
+
+    @property
+    def image_size(self) -> int:
+        """S, the side of the square image the vision encoder takes."""
+        crop = _field(self.manifest, "preprocess", dict).get("crop_size")
+        side = crop.get("height") if isinstance(crop, dict) else crop
+        if not isinstance(side, int) or isinstance(side, bool):
+            raise ArtifactError(f"{MANIFEST}: preprocess.crop_size must give an integer height, got {crop!r}")
+        return side
+
+    @property
+    def prune_layer(self) -> int:
+        return _field(_field(self.manifest, "pruning", dict), "prune_layer", int, "pruning")
+
 
 def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
     """Read and check the artifact folder `root`.
@@ -111,8 +181,11 @@ def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
     """
     root = Path(root)
     manifest_path = root / MANIFEST
+    if root.is_file():
+        raise ArtifactError(f"{root} is a file; give the artifact folder (the one holding {MANIFEST})")
     if not root.is_dir():
         raise FileNotFoundError(f"artifact folder {root} does not exist; export one with `python -m export`")
+    _refuse_escaping_links(root)
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} is missing: {root} is not an artifact folder (or a partial export)")
     try:
@@ -161,6 +234,7 @@ def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
         keep=_field(_field(manifest, "pruning", dict), "keep", int, "pruning"),
         prompt_template=_field(manifest, "prompt_template", str),
         backends=backends,
+        parity=_parity_status(manifest),
     )
 
 
@@ -170,6 +244,26 @@ def sha256_file(path: Path) -> str:
         while chunk := stream.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _parity_status(manifest: dict[str, Any]) -> str:
+    parity = manifest.get("parity")
+    status = parity.get("status") if isinstance(parity, dict) else None
+    if status not in PARITY_STATES:
+        raise ArtifactError(f"{MANIFEST}: parity.status must be one of {', '.join(PARITY_STATES)}, got {parity!r}")
+    return "interrupted" if status == "pending" else status
+
+
+def _refuse_escaping_links(root: Path) -> None:
+    """Raise ArtifactError for a symbolic link inside `root` that leads out of it: the runtime would
+    read (and the sha256 check vouch for) a file that is not part of the artifact."""
+    inside = root.resolve()
+    for folder, subfolders, files in os.walk(root):
+        for name in (*subfolders, *files):
+            path = Path(folder, name)
+            target = Path(os.path.realpath(path))  # realpath, unlike resolve, does not raise on a loop
+            if path.is_symlink() and not target.is_relative_to(inside):
+                raise ArtifactError(f"{path} is a symbolic link to {target}, outside the artifact folder")
 
 
 def _check_file(root: Path, relative: str, entry: Any, *, verify: bool) -> None:

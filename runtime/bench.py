@@ -28,6 +28,7 @@ from tabulate import tabulate
 
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
+from runtime.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, run_cli
 from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops, vision_flops
 from runtime.samples import DEFAULT_PROMPT
 
@@ -130,8 +131,14 @@ def flop_prediction(artifact: Artifact, *, prompt_tokens: int, reference_keep: i
 def _measure_in_subprocess(root: Path, backend: str, options: list[str]) -> dict[str, Any]:
     command = [sys.executable, "-m", "runtime.measure", str(root), "--backend", backend, *options]
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
-    if done.returncode != 0:
-        raise RuntimeError(f"measuring {root} on {backend} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    if done.returncode == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt
+    if done.returncode != EXIT_OK:
+        # The child said what went wrong in its last line (`runtime.cli`); a crash says nothing.
+        lines = done.stderr.strip().splitlines()
+        said = lines[-1].removeprefix("error: ") if lines else f"no message, exit status {done.returncode}"
+        failure = f"measuring {root} on {backend} failed: {said}"
+        raise ValueError(failure) if done.returncode == EXIT_BAD_INPUT else RuntimeError(failure)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -211,8 +218,12 @@ def default_json_path(report: dict[str, Any]) -> Path:
     return RESULTS_DIR / f"{name}.json"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("artifact_dirs", type=Path, nargs="+", metavar="ARTIFACT_DIR")
     parser.add_argument("--baseline", type=Path, help="artifact folder to compare with (e.g. keep = N, unpruned)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: every backend all artifacts hold")
@@ -222,28 +233,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--json", type=Path, help="default: bench/results/runtime-<model>-keep<R...>[-vs-keep<B>].json")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        report = run_bench(
-            args.artifact_dirs,
-            baseline_dir=args.baseline,
-            backends=args.backends,
-            runs=args.runs,
-            warmup=args.warmup,
-            max_new_tokens=args.max_new_tokens,
-            num_threads=args.threads,
-            prompt=args.prompt,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_bench(
+        args.artifact_dirs,
+        baseline_dir=args.baseline,
+        backends=args.backends,
+        runs=args.runs,
+        warmup=args.warmup,
+        max_new_tokens=args.max_new_tokens,
+        num_threads=args.threads,
+        prompt=args.prompt,
+    )
     print(format_report(report))
     path = args.json or default_json_path(report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {path}")
-    return 0
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 EXIT_OK = 0
@@ -35,6 +37,7 @@ PROJECT_LOGGERS = ("export", "runtime", "models", "bench")
 USER_ERRORS = (ValueError, OSError, MemoryError, ImportError)
 
 _interrupted = False
+_quiet = False  # third-party output hidden (no --verbose), see `native_output_hidden`
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -64,20 +67,21 @@ def run_cli(
     global _interrupted
     _interrupted = False
     args = add_common_flags(parser).parse_args(argv)
-    _configure_output(verbose=args.verbose, stream=log_stream or sys.stderr)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in _SIGNALS}
-    try:
-        return body(args)
-    except KeyboardInterrupt:
-        return _fail(args, "interrupted", EXIT_INTERRUPTED)
-    except USER_ERRORS as error:
-        return _fail(args, f"error: {describe_error(error)}", EXIT_BAD_INPUT)
-    except Exception as error:  # anything else is ours to fix: say so, trace only on request
-        message = f"error: internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback"
-        return _fail(args, message, EXIT_INTERNAL)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # Restored afterwards: a CLI called in-process (tests) leaves the caller's logging as it was.
+    with warnings.catch_warnings(), _output_configured(verbose=args.verbose, stream=log_stream or sys.stderr):
+        try:
+            return body(args)
+        except KeyboardInterrupt:
+            return _fail(args, "interrupted", EXIT_INTERRUPTED)
+        except USER_ERRORS as error:
+            return _fail(args, f"error: {describe_error(error)}", EXIT_BAD_INPUT)
+        except Exception as error:  # anything else is ours to fix: say so, trace only on request
+            message = f"error: internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback"
+            return _fail(args, message, EXIT_INTERNAL)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def describe_error(error: BaseException) -> str:
@@ -118,8 +122,32 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     return code
 
 
-def _configure_output(*, verbose: bool, stream: TextIO) -> None:
-    """The project's INFO lines on `stream`; third-party warnings and logs only with --verbose."""
+@contextmanager
+def native_output_hidden() -> Iterator[None]:
+    """Silence what native code prints on stderr (ExecuTorch's cpuinfo lines at load) unless the
+    CLI runs with --verbose; the exceptions it raises still carry their messages."""
+    if not _quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextmanager
+def _output_configured(*, verbose: bool, stream: TextIO) -> Iterator[None]:
+    """The project's INFO lines on `stream`; third-party logs only with --verbose (warnings are
+    silenced by the caller, inside `warnings.catch_warnings`). Every logger is restored on exit."""
+    global _quiet
+    third_party = ("", "torch", "onnxscript", "executorch", "transformers", "torchao")
+    loggers = [logging.getLogger(name) for name in (*PROJECT_LOGGERS, *third_party)]
+    saved = [(lg, lg.level, lg.handlers[:], lg.propagate) for lg in loggers]
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
     for name in PROJECT_LOGGERS:
@@ -128,8 +156,17 @@ def _configure_output(*, verbose: bool, stream: TextIO) -> None:
         project_logger.handlers[:] = [handler]
         # Imported libraries configure the root logger (ExecuTorch at import): do not print twice.
         project_logger.propagate = False
+    _quiet = not verbose
     if not verbose:
+        os.environ.setdefault("TORCH_LOGS", "-all")  # read when torch is first imported
         warnings.simplefilter("ignore")
-        logging.getLogger().setLevel(logging.ERROR)
-        for name in ("torch", "onnxscript", "executorch", "transformers", "torchao"):
+        for name in third_party:
             logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        _quiet = False
+        for lg, level, handlers, propagate in saved:
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.propagate = propagate

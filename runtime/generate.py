@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,15 +112,20 @@ class InputProcessor:
             num_image_tokens=artifact.num_image_tokens,
         )
 
-    def __call__(self, image: str | os.PathLike | Image.Image, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image: str | os.PathLike | Image.Image, prompt: str, *, on_note: Callable[[str], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """input_ids int64 [1, T] with the N image placeholders, pixel_values float32 [1, 3, S, S].
+
+        `on_note` receives what the user should know about the input (e.g. an animated image of
+        which only the first frame is used).
 
         Raises:
             FileNotFoundError / ValueError: an image path that does not exist or cannot be read,
                 an empty prompt, or one holding the image token.
         """
         input_ids = self.tokenizer.encode(prompt)
-        pixel_values = preprocess_image(load_image(image), self.preprocess_config)
+        pixel_values = preprocess_image(load_image(image, on_note=on_note), self.preprocess_config)
         return input_ids, pixel_values
 
 
@@ -131,6 +137,10 @@ class Runner:
         backend: "onnx" (ONNX Runtime) or "executorch".
         num_threads: intra-op threads for ONNX Runtime; None lets it choose.
         verify: check the sha256 of every artifact file when `artifact` is a folder.
+        allow_failed_parity: use an artifact whose export failed its parity check (refused otherwise).
+    Raises:
+        FileNotFoundError, ArtifactError: see `load_artifact`; a failed parity check; graphs that
+            contradict the manifest.
     """
 
     def __init__(
@@ -140,8 +150,10 @@ class Runner:
         *,
         num_threads: int | None = None,
         verify: bool = True,
+        allow_failed_parity: bool = False,
     ):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, verify=verify)
+        self.artifact.require_parity(allow_failed=allow_failed_parity)
         self.session: Session = open_session(self.artifact, backend, num_threads=num_threads)
         self.inputs = InputProcessor(self.artifact)
 
@@ -150,11 +162,17 @@ class Runner:
         return self.session.backend
 
     def generate(
-        self, image: str | os.PathLike | Image.Image, prompt: str, config: GenerationConfig = GenerationConfig()
+        self,
+        image: str | os.PathLike | Image.Image,
+        prompt: str,
+        config: GenerationConfig = GenerationConfig(),
+        *,
+        on_note: Callable[[str], None] | None = None,
     ) -> GenerationResult:
-        """Answer `prompt` about `image` (a path or a PIL image) with greedy decoding."""
+        """Answer `prompt` about `image` (a path or a PIL image) with greedy decoding; `on_note` as
+        for `InputProcessor`."""
         start = time.perf_counter()
-        input_ids, pixel_values = self.inputs(image, prompt)
+        input_ids, pixel_values = self.inputs(image, prompt, on_note=on_note)
         preprocess_ms = _ms_since(start)
         return self._generate(input_ids, pixel_values, config, start=start, preprocess_ms=preprocess_ms)
 
@@ -181,11 +199,7 @@ class Runner:
         if pixel_values.shape != (1, 3, *size):
             raise ValueError(f"pixel_values must be [1, 3, {size[0]}, {size[1]}], got {list(pixel_values.shape)}")
         position = input_ids.shape[1]
-        if position + config.max_new_tokens > self.artifact.text.max_seq_len:
-            raise ValueError(
-                f"prompt ({position} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the artifact's "
-                f"{self.artifact.text.max_seq_len} positions"
-            )
+        check_sequence_fits(self.artifact, position, config.max_new_tokens)
 
         tick = time.perf_counter()
         image_embeds = self.session.vision_encoder(pixel_values)  # [N, d]
@@ -232,6 +246,15 @@ class Runner:
             kept_indices=[int(i) for i in kept],
             stats=stats,
             logits=all_logits,
+        )
+
+
+def check_sequence_fits(artifact: Artifact, prompt_tokens: int, new_tokens: int) -> None:
+    """Raise ValueError when the prompt and the generated tokens overrun the graphs' sequence bound."""
+    if prompt_tokens + new_tokens > artifact.text.max_seq_len:
+        raise ValueError(
+            f"prompt ({prompt_tokens} tokens) + {new_tokens} new tokens exceeds the artifact's "
+            f"{artifact.text.max_seq_len} positions (export with a larger --max-seq-len)"
         )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.backends import BACKENDS
+from runtime.cli import run_cli
 from runtime.generate import GenerationConfig, Runner, Stats
 from runtime.samples import DEFAULT_PROMPT, sample_image
 
@@ -77,8 +78,18 @@ def peak_rss_mib() -> float:
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.measure", description=__doc__.split("\n\n")[0])
+def current_rss_mib() -> float:
+    """Resident memory of this process now, MiB (Linux: /proc/self/statm)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.measure",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("artifact_dir", type=Path)
     parser.add_argument("--backend", choices=BACKENDS, required=True)
     parser.add_argument("--runs", type=int, default=5)
@@ -86,22 +97,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    args = parser.parse_args(argv)
-    try:
-        result = measure(
-            args.artifact_dir,
-            args.backend,
-            runs=args.runs,
-            warmup=args.warmup,
-            max_new_tokens=args.max_new_tokens,
-            num_threads=args.threads,
-            prompt=args.prompt,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    result = measure(
+        args.artifact_dir,
+        args.backend,
+        runs=args.runs,
+        warmup=args.warmup,
+        max_new_tokens=args.max_new_tokens,
+        num_threads=args.threads,
+        prompt=args.prompt,
+    )
     print(json.dumps(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -30,19 +30,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
 from tabulate import tabulate
 
-from models import PrunedLlava, load_for_export
-from models.quantize import Quantization, weight_only
-from pruning_graph import VLMPrunerConfig
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
-from runtime.generate import GenerationConfig, InputProcessor, Runner
+from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, run_cli
+from runtime.generate import GenerationConfig, InputProcessor, Runner, check_sequence_fits
 from runtime.preprocess import load_image
 from runtime.samples import DEFAULT_PROMPT, sample_image
+
+if TYPE_CHECKING:
+    from models import PrunedLlava
+
+# torch and the models are imported where the eager reference is needed, after the CLI has
+# checked its arguments and silenced third-party import noise (`runtime.cli`).
 
 logger = logging.getLogger(__name__)
 
@@ -198,13 +203,17 @@ def check_parity(
         artifact.require_backend(backend)
         if (backend, artifact.quantization) not in TOLERANCES.keys() | STATISTICAL:
             raise ValueError(f"no parity criteria for {backend} with {artifact.quantization} weights")
+    from models.quantize import weight_only
+
+    image = sample_image() if image is None else load_image(image)
+    input_ids, pixel_values = InputProcessor(artifact)(image, prompt)
+    # Checked before the eager model runs: at 7B that takes minutes.
+    check_sequence_fits(artifact, input_ids.shape[1], steps)
     if reference is None:
         reference = load_reference(artifact, model_path)
     if reference.keep != artifact.keep:
         raise ValueError(f"the reference keeps {reference.keep} image tokens, the artifact {artifact.keep}")
-    image = sample_image() if image is None else load_image(image)
 
-    input_ids, pixel_values = InputProcessor(artifact)(image, prompt)
     hf_ids, hf_pixels = reference.prepare_inputs(image, prompt)
     eager_runs = {}
     for twin in dict.fromkeys(_eager_twin(backend, artifact.quantization) for backend in backends):
@@ -216,7 +225,7 @@ def check_parity(
     results = []
     for backend in backends:
         eager_tokens, eager_logits, eager_kept = eager_runs[_eager_twin(backend, artifact.quantization)]
-        result = Runner(artifact, backend).generate_ids(input_ids, pixel_values, config)
+        result = Runner(artifact, backend, allow_failed_parity=True).generate_ids(input_ids, pixel_values, config)
         diffs = [float(np.abs(ours - theirs).max()) for ours, theirs in zip(result.logits, eager_logits)]
         exact = (backend, artifact.quantization) in TOLERANCES
         results.append(
@@ -252,13 +261,20 @@ def check_parity(
 def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = None) -> PrunedLlava:
     """The eager pruned model of the artifact: same weights (checkpoint, `model_path` or random seed),
     quantization, keep and pruner config."""
+    from models import PrunedLlava, load_for_export
+    from models.quantize import Quantization
+    from models.tiny_llava import NAME as TINY_LLAVA
+    from pruning_graph import VLMPrunerConfig
+
     model = artifact.manifest["model"]
     seed = None
     if model_path is None:
         if model.get("source") == "random":
             seed = model["seed"]
+        elif model["name"] == TINY_LLAVA:
+            pass  # built from its fixed recipe in the project's own cache: never where the manifest points
         elif model.get("checkpoint"):
-            model_path = model["checkpoint"]
+            model_path = model["checkpoint"]  # only read
         else:
             raise ValueError(f"{artifact.root} names no checkpoint: pass the one the export used (--model-path)")
     loaded = load_for_export(
@@ -280,7 +296,6 @@ def _eager_twin(backend: str, quantization: str) -> str:
     return "weight_only" if backend == "onnx" and quantization != "none" else "as_traced"
 
 
-@torch.no_grad()
 def eager_greedy(
     reference: PrunedLlava, input_ids: np.ndarray, pixel_values: np.ndarray, steps: int
 ) -> tuple[list[int], list[np.ndarray], list[int]]:
@@ -289,18 +304,21 @@ def eager_greedy(
     Returns:
         the tokens, the logits float32 [V] that chose each one, the kept indices.
     """
-    embeds, image_start = reference.embed(torch.from_numpy(input_ids), torch.from_numpy(pixel_values))
-    position = embeds.shape[1]
-    logits, kept, cache = reference.prefill(embeds, image_start)
+    import torch
+
     tokens, all_logits = [], []
-    while True:
-        all_logits.append(logits[0].float().numpy())
-        tokens.append(int(logits.argmax(dim=-1)))
-        if len(tokens) == steps:
-            return tokens, all_logits, kept.tolist()
-        token_embeds = reference.token_embedding(torch.tensor([[tokens[-1]]], dtype=torch.int64))
-        logits, cache = reference.decode_step(token_embeds, torch.tensor([position], dtype=torch.int64), cache)
-        position += 1
+    with torch.no_grad():
+        embeds, image_start = reference.embed(torch.from_numpy(input_ids), torch.from_numpy(pixel_values))
+        position = embeds.shape[1]
+        logits, kept, cache = reference.prefill(embeds, image_start)
+        while True:
+            all_logits.append(logits[0].float().numpy())
+            tokens.append(int(logits.argmax(dim=-1)))
+            if len(tokens) == steps:
+                return tokens, all_logits, kept.tolist()
+            token_embeds = reference.token_embedding(torch.tensor([[tokens[-1]]], dtype=torch.int64))
+            logits, cache = reference.decode_step(token_embeds, torch.tensor([position], dtype=torch.int64), cache)
+            position += 1
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -334,8 +352,12 @@ def format_report(report: ParityReport) -> str:
     return "\n".join([header, table, preprocess, "PASSED" if report.passed else "FAILED"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.parity",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("artifact_dir", type=Path)
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: every backend in the artifact")
     parser.add_argument("--model-path", type=Path, help="checkpoint of the eager reference (default: the manifest's)")
@@ -343,26 +365,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="greedy tokens compared")
     parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return parser
 
-    try:
-        report = check_parity(
-            args.artifact_dir,
-            backends=args.backends,
-            model_path=args.model_path,
-            image=args.image,
-            prompt=args.prompt,
-            steps=args.steps,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def run(args: argparse.Namespace) -> int:
+    report = check_parity(
+        args.artifact_dir,
+        backends=args.backends,
+        model_path=args.model_path,
+        image=args.image,
+        prompt=args.prompt,
+        steps=args.steps,
+    )
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_dict(), indent=2))
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_PARITY_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class PreprocessConfig:
         )
 
 
-def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+def load_image(source: str | os.PathLike | Image.Image, *, on_note=None) -> Image.Image:
     """A decoded PIL image from a path or an image.
 
     Raises:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+from runtime.artifact import ArtifactError
+
 
 class PromptTokenizer:
     """Encode a user prompt into input_ids with the N image placeholders; decode generated ids.
@@ -27,7 +29,10 @@ class PromptTokenizer:
     def __init__(
         self, tokenizer_file: str | os.PathLike, *, prompt_template: str, image_token_id: int, num_image_tokens: int
     ):
-        self.tokenizer = Tokenizer.from_file(os.fspath(tokenizer_file))
+        try:
+            self.tokenizer = Tokenizer.from_file(os.fspath(tokenizer_file))
+        except Exception as error:  # tokenizers raises a bare Exception for any unparsable file
+            raise ArtifactError(f"{tokenizer_file} is not a tokenizer the tokenizers library can read: {error}") from None
         image_token = self.tokenizer.id_to_token(image_token_id)
         if image_token is None:
             raise ValueError(f"the tokenizer has no token with the image token id {image_token_id}")

@@ -11,6 +11,9 @@ import numpy as np
 KVCache = tuple[np.ndarray, ...]
 
 GRAPHS = ("vision_encoder", "embed_tokens", "prefill", "decode")
+# The ONNX metadata key of the graphs' upper bound M of the sequence length (ExecuTorch keeps the
+# bounds of dynamic dimensions in its method metadata).
+MAX_SEQ_LEN_KEY = "max_seq_len"
 
 
 class Session(Protocol):

@@ -9,6 +9,7 @@ import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
 from runtime.backends.base import GRAPHS, KVCache
+from runtime.cli import native_output_hidden
 
 try:
     import torch
@@ -25,7 +26,8 @@ class ExecuTorchSession:
     def __init__(self, artifact: Artifact):
         path = artifact.path("executorch/model.pte")
         try:
-            program = Runtime.get().load_program(path)
+            with native_output_hidden():
+                program = Runtime.get().load_program(path)
         except Exception as error:  # the pybindings raise RuntimeError/ValueError for unusable files
             raise ArtifactError(f"ExecuTorch cannot load {path}: {error}") from None
         missing = [name for name in GRAPHS if name not in program.method_names]
@@ -33,10 +35,47 @@ class ExecuTorchSession:
             raise ArtifactError(
                 f"{path} lacks the methods {missing} (has {sorted(program.method_names)}); see export/ARTIFACTS.md"
             )
-        self._methods = {name: program.load_method(name) for name in GRAPHS}
+        with native_output_hidden():
+            self._methods = {name: program.load_method(name) for name in GRAPHS}
+        # Largest size of each input tensor: a dynamic dimension's upper bound.
+        self._input_sizes = {
+            name: [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+            for name, meta in ((name, program.metadata(name)) for name in GRAPHS)
+        }
+        artifact.check_graph_facts(self._graph_facts(program), "ExecuTorch")
+
+    def _graph_facts(self, program) -> dict[str, int | None]:
+        """What the methods' tensor metadata say of the model (`Artifact.check_graph_facts`)."""
+        prefill = program.metadata("prefill")
+        outputs = [tuple(prefill.output_tensor_meta(i).sizes()) for i in range(prefill.num_outputs())]
+        logits, kept, *cache = outputs
+        lengths = [key[2] for key in cache[::2]]
+        pruned = [i for i, length in enumerate(lengths) if length != lengths[0]]
+        pixel_values = self._input_sizes["vision_encoder"][0]
+        image_embeds = tuple(program.metadata("vision_encoder").output_tensor_meta(0).sizes())
+        inputs_embeds = self._input_sizes["prefill"][0]
+        return {
+            "keep": kept[0],
+            "num_image_tokens": image_embeds[0],
+            "image_size": pixel_values[2],
+            "hidden_size": inputs_embeds[2],
+            "vocab_size": logits[1],
+            "num_layers": len(cache) // 2,
+            "num_kv_heads": cache[0][1],
+            "head_dim": cache[0][3],
+            "prune_layer": pruned[0] if pruned else None,
+            "max_seq_len": inputs_embeds[1],
+        }
 
     def _run(self, method: str, *inputs: np.ndarray) -> list[np.ndarray]:
-        outputs = self._methods[method].execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
+        for i, (x, largest) in enumerate(zip(inputs, self._input_sizes[method])):
+            if x.ndim != len(largest) or any(size > bound for size, bound in zip(x.shape, largest)):
+                # ExecuTorch would answer only "set_inputs() ... error 0x10".
+                raise ValueError(f"{method}: input {i} has shape {list(x.shape)}, the method takes at most {list(largest)}")
+        try:
+            outputs = self._methods[method].execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
+        except RuntimeError as error:
+            raise ValueError(f"ExecuTorch rejected the inputs of {method}: {error}") from None
         # Outputs may live in the method's planned memory, which the next call overwrites: copy.
         return [output.numpy().copy() for output in outputs]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
-from runtime.backends.base import GRAPHS, KVCache
+from runtime.backends.base import GRAPHS, MAX_SEQ_LEN_KEY, KVCache
 
 try:
     import onnxruntime as ort
@@ -46,6 +46,34 @@ class OnnxSession:
             _check_names(path, "inputs", [i.name for i in session.get_inputs()], inputs)
             _check_names(path, "outputs", [o.name for o in session.get_outputs()], outputs)
             self._sessions[graph] = session
+        artifact.check_graph_facts(self._graph_facts(), "ONNX")
+
+    def _graph_facts(self) -> dict[str, int | None]:
+        """What the graphs' own shapes and metadata say of the model (`Artifact.check_graph_facts`)."""
+        shape = {
+            (graph, value.name): value.shape
+            for graph, session in self._sessions.items()
+            for value in (*session.get_inputs(), *session.get_outputs())
+        }
+        image_embeds = shape["vision_encoder", "image_embeds"]
+        key = shape["decode", "past.0.key"]
+        # The first layer whose prefill cache is shorter than the prompt: the pruning layer.
+        lengths = [shape["prefill", name][2] for name in self._present[::2]]
+        pruned = [i for i, length in enumerate(lengths) if length != lengths[0]]
+        bound = self._sessions["prefill"].get_modelmeta().custom_metadata_map.get(MAX_SEQ_LEN_KEY, "")
+        if not bound.isdigit():
+            raise ArtifactError(f"the prefill graph carries no valid {MAX_SEQ_LEN_KEY} metadata ({bound!r})")
+        return {
+            "keep": shape["prefill", "kept_indices"][0],
+            "num_image_tokens": image_embeds[0],
+            "image_size": shape["vision_encoder", "pixel_values"][2],
+            "hidden_size": shape["embed_tokens", "inputs_embeds"][2],
+            "vocab_size": shape["prefill", "logits"][1],
+            "num_kv_heads": key[1],
+            "head_dim": key[3],
+            "prune_layer": pruned[0] if pruned else None,
+            "max_seq_len": int(bound),
+        }
 
     def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
         return self._sessions["vision_encoder"].run(["image_embeds"], {"pixel_values": pixel_values})[0]

@@ -77,7 +77,7 @@ def test_missing_folder(tmp_path):
 @pytest.mark.parametrize("version", [1, FORMAT_VERSION + 1, 0, str(FORMAT_VERSION), None])
 def test_other_format_version(copy, version):
     _edit_manifest(copy, lambda m: m.update(format_version=version))
-    with pytest.raises(ArtifactError, match=f"format_version {version!r}; this runtime reads format_version 2"):
+    with pytest.raises(ArtifactError, match=f"format_version {version!r}; this runtime reads format_version {FORMAT_VERSION}"):
         load_artifact(copy)
 
 
@@ -113,3 +113,62 @@ def test_backend_the_artifact_lacks(copy):
 def test_unknown_backend(artifact_dirs):
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
         Runner(artifact_dirs[64], "tensorrt")
+
+
+def test_a_file_given_as_the_folder(copy):
+    with pytest.raises(ArtifactError, match="is a file; give the artifact folder"):
+        load_artifact(copy / "manifest.json")
+
+
+@pytest.mark.parametrize(
+    ("parity", "status"),
+    [({"status": "passed", "report": {}}, "passed"), ({"status": "failed", "report": {}}, "failed"),
+     ({"status": "skipped"}, "skipped"), ({"status": "pending"}, "interrupted")],
+)
+def test_parity_status(copy, parity, status):
+    _edit_manifest(copy, lambda m: m.update(parity=parity))
+    artifact = load_artifact(copy)
+    assert artifact.parity == status
+    if status == "failed":
+        with pytest.raises(ArtifactError, match="failed its parity check"):
+            artifact.require_parity()
+    artifact.require_parity(allow_failed=True)
+
+
+@pytest.mark.parametrize("parity", [None, {}, {"status": "fine"}, "passed"])
+def test_unknown_parity_status(copy, parity):
+    _edit_manifest(copy, lambda m: m.update(parity=parity))
+    with pytest.raises(ArtifactError, match="parity.status must be one of"):
+        load_artifact(copy)
+
+
+def test_symlink_leaving_the_folder(copy, tmp_path):
+    outside = tmp_path / "outside.json"
+    shutil.copy(copy / "processor/tokenizer.json", outside)
+    (copy / "processor/tokenizer.json").unlink()
+    (copy / "processor/tokenizer.json").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="symbolic link to .*outside the artifact folder"):
+        load_artifact(copy)
+
+
+def test_symlink_inside_the_folder_is_fine(copy):
+    (copy / "processor/alias.json").symlink_to(copy / "processor/tokenizer.json")
+    load_artifact(copy)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "executorch"])
+@pytest.mark.parametrize(
+    ("section", "key", "value", "words"),
+    [
+        ("pruning", "keep", 128, "keep: manifest 128, graphs 64"),
+        ("text", "max_seq_len", 4096, "max_seq_len: manifest 4096, graphs 2048"),
+        ("text", "num_kv_heads", 1, "num_kv_heads: manifest 1"),
+        ("text", "head_dim", 3, "head_dim: manifest 3"),
+        ("text", "hidden_size", 5, "hidden_size: manifest 5"),
+        ("geometry", "num_image_tokens", 100, "num_image_tokens: manifest 100, graphs 576"),
+    ],
+)
+def test_manifest_contradicting_the_graphs(copy, backend, section, key, value, words):
+    _edit_manifest(copy, lambda m: m[section].update({key: value}))
+    with pytest.raises(ArtifactError, match=f"the manifest contradicts the .* graphs .*{words}"):
+        Runner(copy, backend)

@@ -105,7 +105,8 @@ def test_reference_has_the_artifacts_quantization(artifact_dirs, tmp_path):
 
 
 def test_reference_needs_a_checkpoint(artifact_dirs, tmp_path):
-    folder = edited_copy(artifact_dirs[64], tmp_path / "nowhere", checkpoint=None)
+    """A model with downloadable weights (unlike tiny-llava, rebuilt from its recipe) needs its checkpoint."""
+    folder = edited_copy(artifact_dirs[64], tmp_path / "nowhere", name="llava-1.5-7b", checkpoint=None)
     with pytest.raises(ValueError, match="names no checkpoint"):
         load_reference(load_artifact(folder))
 

@@ -1,0 +1,53 @@
+"""The artifacts a benchmark measures: where `python -m export` puts them, exported when missing.
+
+Every value arrives as an argument: the Makefile passes its variables through the environment,
+never as code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from runtime.cli import EXIT_INTERRUPTED
+
+
+def add_artifact_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `python -m export` flags that pick an artifact folder and how a missing one is made."""
+    parser.add_argument("--model", default="tiny-llava")
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--quantize", help="as for `python -m export` (default: the model's)")
+    parser.add_argument("--backends", help="as for `python -m export` (default: every one that fits)")
+    parser.add_argument("-o", "--output-dir", type=Path, default=Path("artifacts"))
+    return parser
+
+
+def num_image_tokens(args: argparse.Namespace) -> int:
+    """N of the model: the keep count of its unpruned artifact."""
+    from models import get_spec  # imports torch: after the arguments are checked
+
+    return get_spec(args.model).num_image_tokens
+
+
+def ensure_artifact(args: argparse.Namespace, keep: int) -> Path:
+    """The artifact folder of `args.model` at `keep`, exported in a child process (without the
+    parity check: `make export` checks) when it holds no manifest."""
+    from export.config import ExportConfig  # imports torch: after the arguments are checked
+
+    config = ExportConfig(model=args.model, keep=keep, quantization=args.quantize, output_dir=args.output_dir)
+    folder = config.artifact_dir
+    if (folder / "manifest.json").is_file():
+        return folder
+    flags = ["--model", args.model, "-o", str(args.output_dir), "--keep", str(keep), "--skip-parity"]
+    flags += ["--random-weights"] if args.random_weights else []
+    flags += ["--quantize", args.quantize] if args.quantize else []
+    flags += ["--backends", args.backends] if args.backends else []
+    print(f"{folder} is missing; exporting it: python -m export {' '.join(flags)}", flush=True)
+    done = subprocess.run([sys.executable, "-m", "export", *flags])
+    if done.returncode == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt
+    if done.returncode != 0:
+        raise ValueError(f"exporting {folder} failed (exit {done.returncode}); see its message above")
+    return folder
