@@ -111,7 +111,8 @@ def load_image(
         file = open(path, "rb")
     except OSError as error:
         raise ValueError(f"image file {path} cannot be read ({error.strerror})") from None
-    # PIL warns of images above Image.MAX_IMAGE_PIXELS (above ours unless a caller lowered it): an error here.
+    # PIL warns of images above Image.MAX_IMAGE_PIXELS (above ours unless a caller lowered it): an error
+    # here. The filter, like any, is process-wide while load_image runs.
     with file, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with _decoding(path):
@@ -191,8 +192,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     8-bit modes take transformers' path (`convert_to_rgb`: PIL's convert, alpha over white), so they
     stay bit-exact with its processor, except where it errs, on purpose: it finds alpha by a band
     named "A", which misses premultiplied alpha (La, RGBa) and palettes with alpha (P with an RGBA
-    palette), and mistakes LAB's a* band for alpha; and PIL's convert clips 16-bit, 32-bit integer
-    and float gray to 0..255, where `_gray_to_8bit` scales it.
+    palette); and PIL's convert clips 16-bit, 32-bit integer and float gray to 0..255, where
+    `_gray_to_8bit` scales it.
     """
     if image.mode == "La":  # PIL converts it to LA only
         image = image.convert("LA")
