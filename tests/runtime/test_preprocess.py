@@ -1,4 +1,6 @@
-"""The runtime's PIL + numpy preprocessing against transformers' processor of tiny-llava."""
+"""The runtime's PIL + numpy preprocessing against transformers' processor of tiny-llava.
+
+Loading images, their modes and bounds: test_images.py."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.preprocess import PreprocessConfig, load_image, preprocess_image
+from runtime.preprocess import PreprocessConfig, preprocess_image
 
 
 def _image(shape: tuple[int, ...], mode: str, seed: int) -> Image.Image:
@@ -52,34 +54,3 @@ def test_unknown_resample_is_rejected():
         PreprocessConfig(
             size=336, crop_size=(336, 336), resample="area", rescale_factor=1.0, image_mean=(0,) * 3, image_std=(1,) * 3
         )
-
-
-def test_load_image_from_a_path(tmp_path):
-    path = tmp_path / "image.png"
-    IMAGES["landscape-rgb"].save(path)
-    assert np.array_equal(np.asarray(load_image(path)), np.asarray(IMAGES["landscape-rgb"]))
-
-
-def test_missing_image_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.png"):
-        load_image(tmp_path / "nope.png")
-
-
-def test_unreadable_image_file(tmp_path):
-    path = tmp_path / "broken.jpg"
-    path.write_bytes(b"this is not a jpeg")
-    with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
-        load_image(path)
-
-
-def test_truncated_image_file(tmp_path):
-    path = tmp_path / "truncated.png"
-    IMAGES["landscape-rgb"].save(path)
-    path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match="cannot read image"):
-        load_image(path)
-
-
-def test_not_an_image():
-    with pytest.raises(ValueError, match="path or a PIL image"):
-        load_image(np.zeros((3, 3)))
