@@ -14,14 +14,14 @@ import argparse
 import sys
 
 from bench.artifacts import add_artifact_flags, ensure_artifact, num_image_tokens
-from runtime.cli import run_cli
+from runtime.cli import HelpFormatter, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.runtime_speed",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_artifact_flags(parser)
     parser.add_argument("--keeps", type=int, nargs="+", default=[64, 128, 192], help="pruned keep counts")

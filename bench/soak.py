@@ -23,7 +23,7 @@ from tabulate import tabulate
 from bench.artifacts import add_artifact_flags, ensure_artifact
 from runtime.artifact import load_artifact
 from runtime.bench import RESULTS_DIR
-from runtime.cli import run_cli
+from runtime.cli import HelpFormatter, run_cli
 from runtime.generate import GenerationConfig, Runner
 from runtime.measure import current_rss_mib
 from runtime.samples import DEFAULT_PROMPT, sample_image
@@ -54,7 +54,7 @@ def soak(folder: Path, backend: str, *, runs: int, max_new_tokens: int) -> dict[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="python -m bench.soak", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     add_artifact_flags(parser)
     parser.add_argument("--keep", type=int, default=64)

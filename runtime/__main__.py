@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from runtime.backends import BACKENDS
-from runtime.cli import printable, run_cli
+from runtime.cli import HelpFormatter, printable, run_cli
 from runtime.generate import GenerationConfig, Runner
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("artifact_dir", type=Path, help="an artifact folder written by `python -m export`")
     parser.add_argument("--image", type=Path, required=True, help="image file (any format PIL reads)")

@@ -28,8 +28,9 @@ from tabulate import tabulate
 
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
-from runtime.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, run_cli
+from runtime.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter, run_cli
 from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops, vision_flops
+from runtime.measure import add_timing_flags
 from runtime.samples import DEFAULT_PROMPT
 
 logger = logging.getLogger(__name__)
@@ -222,16 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime.bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("artifact_dirs", type=Path, nargs="+", metavar="ARTIFACT_DIR")
     parser.add_argument("--baseline", type=Path, help="artifact folder to compare with (e.g. keep = N, unpruned)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: every backend all artifacts hold")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice)")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    add_timing_flags(parser)
     parser.add_argument("--json", type=Path, help="default: bench/results/runtime-<model>-keep<R...>[-vs-keep<B>].json")
     return parser
 

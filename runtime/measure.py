@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.backends import BACKENDS
-from runtime.cli import run_cli
+from runtime.cli import HelpFormatter, run_cli
 from runtime.generate import GenerationConfig, Runner, Stats
 from runtime.samples import DEFAULT_PROMPT, sample_image
 
@@ -88,15 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime.measure",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("artifact_dir", type=Path)
     parser.add_argument("--backend", choices=BACKENDS, required=True)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    return add_timing_flags(parser)
+
+
+def add_timing_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of how each artifact is timed, shared with `runtime.bench`."""
+    parser.add_argument("--runs", type=int, default=5, help="timed generations")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed generations first")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per generation (EOS ignored)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice)")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question about the image")
     return parser
 
 

@@ -38,7 +38,7 @@ from tabulate import tabulate
 
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
-from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, run_cli
+from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, run_cli
 from runtime.generate import GenerationConfig, InputProcessor, Runner, check_sequence_fits
 from runtime.preprocess import load_image
 from runtime.samples import DEFAULT_PROMPT, sample_image
@@ -356,13 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime.parity",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("artifact_dir", type=Path)
+    parser.add_argument("artifact_dir", type=Path, help="an artifact folder written by `python -m export`")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: every backend in the artifact")
     parser.add_argument("--model-path", type=Path, help="checkpoint of the eager reference (default: the manifest's)")
     parser.add_argument("--image", type=Path, help="default: a fixed random 400 x 300 image")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question about the image")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="greedy tokens compared")
     parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     return parser
