@@ -58,13 +58,17 @@ class Qwen2VLVisionEncoder(nn.Module):
         if min(grid) < 1 or h % merge or w % merge:
             raise ValueError(f"grid (t, h, w) must be positive with h and w multiples of {merge}, got {tuple(grid)}")
         self.num_patches = t * h * w
+        self.frames = t
         self.patch_embed = conv3d_as_linear(tower.patch_embed.proj)
         self.blocks = tower.blocks
         self.merger = tower.merger
+        # The rotary tables of the grid's patches, from a rotary embedding made afresh from the
+        # config: right even for a model whose buffers were never initialised (a weight-free twin).
         positions = get_vision_position_ids(torch.tensor([grid]), merge)  # [P, 2]: (row, column) of each patch
-        cos, sin = tower.rotary_pos_emb(self.patch_embed.weight, positions.to(self.patch_embed.weight.device))
-        self.register_buffer("cos", cos, persistent=False)  # [P, head_dim]
-        self.register_buffer("sin", sin, persistent=False)
+        cos, sin = type(tower.rotary_pos_emb)(tower.config)(positions, positions)  # [P, head_dim] each
+        device = self.patch_embed.weight.device
+        self.register_buffer("cos", cos.to(device), persistent=False)
+        self.register_buffer("sin", sin.to(device), persistent=False)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         if tuple(pixel_values.shape) != (self.num_patches, self.patch_embed.in_features):
@@ -74,7 +78,7 @@ class Qwen2VLVisionEncoder(nn.Module):
             )
         hidden = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [P, d_vision]
         for block in self.blocks:
-            hidden = _vision_block(block, hidden, self.cos, self.sin)
+            hidden = _vision_block(block, hidden, self.cos, self.sin, self.frames)
         return self.merger(hidden)  # [N, d_text]
 
 
@@ -104,7 +108,9 @@ class Qwen2VLPrefill(Prefill):
         _check_full_attention(model)
         super().__init__(model, grid=grid, keep=keep, prune_layer=prune_layer, pruner_config=pruner_config)
 
-    def forward(self, inputs_embeds: Tensor, position_ids: Tensor, image_start: Tensor) -> tuple[Tensor, Tensor, KVCache]:
+    def forward(
+        self, inputs_embeds: Tensor, position_ids: Tensor, image_start: Tensor
+    ) -> tuple[Tensor, Tensor, KVCache]:
         _check_batch_of_one("inputs_embeds", inputs_embeds)
         cos, sin = self.rotary_emb(inputs_embeds, position_ids)  # [1, T, head_dim] each, sections interleaved
 
@@ -194,7 +200,7 @@ def conv3d_as_linear(conv: nn.Conv3d) -> nn.Linear:
         or any(d != 1 for d in conv.dilation)
         or conv.groups != 1
     ):
-        raise ValueError(f"only a patchifying Conv3d (stride = kernel, no padding, dilation or groups) maps to a Linear: {conv}")
+        raise ValueError(f"only a patchifying Conv3d (stride = kernel, no padding) maps to a Linear, got {conv}")
     weight = conv.weight.detach().flatten(1)  # [out, C * kt * kh * kw]
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=conv.bias is not None, device="meta", dtype=weight.dtype)
     linear.weight = nn.Parameter(weight)
@@ -203,11 +209,12 @@ def conv3d_as_linear(conv: nn.Conv3d) -> nn.Linear:
     return linear
 
 
-def _vision_block(block: Qwen2VLVisionBlock, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """One vision transformer block, full attention over the one image.
+def _vision_block(block: Qwen2VLVisionBlock, hidden: Tensor, cos: Tensor, sin: Tensor, frames: int) -> Tensor:
+    """One vision transformer block; each of the t frames attends to itself, as in Qwen2-VL.
 
     Args:
-        hidden: [P, d_vision]. cos, sin: [P, head_dim], the 2-D rotary tables of the patches.
+        hidden: [P, d_vision], P = t * h * w patches, frame-major. cos, sin: [P, head_dim], the
+            2-D rotary tables of the patches.
     Returns:
         [P, d_vision].
     """
@@ -216,9 +223,11 @@ def _vision_block(block: Qwen2VLVisionBlock, hidden: Tensor, cos: Tensor, sin: T
     qkv = attn.qkv(block.norm1(hidden)).reshape(length, 3, attn.num_heads, attn.head_dim)
     query, key, value = qkv.permute(1, 0, 2, 3).unbind(0)  # [P, heads, head_dim] each
     query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
-    query, key, value = (x.transpose(0, 1)[None] for x in (query, key, value))  # [1, heads, P, head_dim]
+    # The frames as a batch, static boundaries: [t, heads, h * w, head_dim].
+    per_frame = (frames, length // frames, attn.num_heads, attn.head_dim)
+    query, key, value = (x.reshape(per_frame).transpose(1, 2) for x in (query, key, value))
     out = F.scaled_dot_product_attention(query, key, value, scale=attn.scaling)
-    hidden = hidden + attn.proj(out[0].transpose(0, 1).reshape(length, attn.dim))
+    hidden = hidden + attn.proj(out.transpose(1, 2).reshape(length, attn.dim))
     return hidden + block.mlp(block.norm2(hidden))
 
 
@@ -226,4 +235,4 @@ def _check_full_attention(model: Qwen2VLForConditionalGeneration) -> None:
     """The modules attend to the whole sequence: sliding-window layers are not supported."""
     layer_types = model.model.language_model.config.layer_types
     if any(kind != "full_attention" for kind in layer_types):
-        raise ValueError(f"only full-attention decoder layers are supported, got layer types {sorted(set(layer_types))}")
+        raise ValueError(f"only full-attention decoder layers are supported, got {sorted(set(layer_types))}")

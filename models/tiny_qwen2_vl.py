@@ -186,7 +186,9 @@ def build_model() -> Qwen2VLForConditionalGeneration:
     text = config.text_config
     # Qwen2-VL-Instruct's: stop at <|im_end|> or <|endoftext|>.
     model.generation_config = GenerationConfig(
-        bos_token_id=text.bos_token_id, eos_token_id=[text.eos_token_id, text.pad_token_id], pad_token_id=text.pad_token_id
+        bos_token_id=text.bos_token_id,
+        eos_token_id=[text.eos_token_id, text.pad_token_id],
+        pad_token_id=text.pad_token_id,
     )
     return model.eval()
 
@@ -235,7 +237,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _recipe_stamp() -> dict[str, str | int]:
-    recipe = repr((tiny_config().to_dict(), SEED, SPECIAL_TOKENS, VOCAB_SIZE, IMAGE_SIZE, CORPUS, QWEN2_VL_CHAT_TEMPLATE))
+    recipe = repr((tiny_config().to_dict(), SEED, SPECIAL_TOKENS, IMAGE_SIZE, CORPUS, QWEN2_VL_CHAT_TEMPLATE))
     return {"name": NAME, "seed": SEED, "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest()}
 
 

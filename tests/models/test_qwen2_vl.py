@@ -42,7 +42,7 @@ class Modules:
         self.decode_step = Qwen2VLDecodeStep(model).eval()
 
     @torch.no_grad()
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """-> inputs_embeds [1, T, d], position_ids int64 [3, 1, T], image_start int64 [1], rope_delta."""
         image_start = int((input_ids[0] == self.image_token_id).nonzero()[0, 0])
         embeds = self.token_embedding(input_ids)
@@ -78,7 +78,9 @@ def reference_pruned(model, inputs_embeds, position_ids, image_start: int, keep:
         mask = torch.full((length, length), float("-inf")).triu(1)[None, None]
         embeddings = text.rotary_emb(hidden, positions)
         for layer in layers:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, past_key_values=cache, use_cache=True)
+            hidden = layer(
+                hidden, attention_mask=mask, position_embeddings=embeddings, past_key_values=cache, use_cache=True
+            )
         return hidden
 
     hidden = run(text.layers[:PRUNE_LAYER], inputs_embeds, position_ids)
@@ -86,7 +88,8 @@ def reference_pruned(model, inputs_embeds, position_ids, image_start: int, keep:
     keys = cache.layers[PRUNE_LAYER - 1].keys[0, :, image].transpose(0, 1).reshape(N, -1)  # [N, n_kv_heads * hd]
     kept, fused = reference_select(keys, hidden[0, image], GRID, keep)
     hidden = torch.cat([hidden[:, :image_start], fused[None], hidden[:, image_start + N :]], dim=1)
-    rows = torch.cat([torch.arange(image_start), image_start + kept, torch.arange(image_start + N, inputs_embeds.shape[1])])
+    seq_len = inputs_embeds.shape[1]
+    rows = torch.cat([torch.arange(image_start), image_start + kept, torch.arange(image_start + N, seq_len)])
     hidden = run(text.layers[PRUNE_LAYER:], hidden, position_ids[:, :, rows])
     return model.lm_head(text.norm(hidden)), kept, cache
 
@@ -122,10 +125,29 @@ def pruned(qwen) -> Modules:
     return Modules(qwen, keep=16)
 
 
-def test_processor_gives_the_fixed_grid(processed, qwen):
+def test_build_is_idempotent_and_deterministic(qwen_dir, tmp_path):
+    weights = qwen_dir / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert build_tiny_qwen2_vl(qwen_dir) == qwen_dir
+    assert weights.stat().st_mtime_ns == before
+    other = build_tiny_qwen2_vl(tmp_path / "again")
+    for name in ("model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja"):
+        assert (other / name).read_bytes() == (qwen_dir / name).read_bytes()
+
+
+def test_processor_applies_the_template_and_keeps_the_grid(qwen_dir, qwen, processed):
+    tokenizer = Qwen2VLImageTextProcessor.from_pretrained(qwen_dir).tokenizer
+    assert len(tokenizer) == qwen.config.text_config.vocab_size
+    ids = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"])
+    assert ids == [1, 2, qwen.config.vision_start_token_id, qwen.config.vision_end_token_id]
+    text = tokenizer.decode(processed["input_ids"][0])
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+        + "<|image_pad|>" * N
+        + "<|vision_end|>What is in the image?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert processed["image_grid_thw"].tolist() == [list(PATCH_GRID)]
     assert processed["pixel_values"].shape == (256, 3 * 2 * 14 * 14)
-    assert int((processed["input_ids"] == qwen.config.image_token_id).sum()) == N
 
 
 def test_linear_patch_embedding_matches_conv3d(qwen, processed):
@@ -148,6 +170,15 @@ def test_vision_encoder_matches_transformers(qwen, unpruned, processed):
         got = unpruned.vision_encoder(processed["pixel_values"])
     assert got.shape == (N, qwen.config.text_config.hidden_size)
     torch.testing.assert_close(got, expected.pooler_output[0], atol=ATOL, rtol=0)
+
+
+def test_vision_encoder_attends_within_each_frame(qwen):
+    """Two frames (a video's grid): each attends to itself, as transformers' cu_seqlens make it."""
+    pixel_values = torch.randn(2 * 256, 1176, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = qwen.model.visual(pixel_values, grid_thw=torch.tensor([[2, 16, 16]])).pooler_output
+        got = Qwen2VLVisionEncoder(qwen, grid=(2, 16, 16))(pixel_values)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("prefix, suffix", [(None, None), (3, 0), (0, 5), (7, 20)])
@@ -202,7 +233,9 @@ def test_pruned_prefill_matches_hand_composition(qwen, processed, keep):
     embeds, position_ids, image_start, _ = modules.embed(processed["input_ids"], processed["pixel_values"])
     with torch.no_grad():
         logits, kept, cache = modules.prefill(embeds, position_ids, image_start)
-    expected_logits, expected_kept, expected_cache = reference_pruned(qwen, embeds, position_ids, int(image_start), keep)
+    expected_logits, expected_kept, expected_cache = reference_pruned(
+        qwen, embeds, position_ids, int(image_start), keep
+    )
     assert torch.equal(kept, expected_kept)
     assert kept.shape == (keep,) and bool((kept[1:] > kept[:-1]).all())
     torch.testing.assert_close(logits, expected_logits[:, -1], atol=ATOL, rtol=0)
@@ -225,7 +258,7 @@ def test_pruned_decode_matches_recomputation(qwen, pruned, processed):
             logits, cache = pruned.decode_step(token_embeds, position, cache)
             embeds = torch.cat([embeds, token_embeds], dim=1)
             position_ids = torch.cat([position_ids, position], dim=2)
-            expected, expected_kept, _ = reference_pruned(qwen, embeds, position_ids, int(image_start), pruned.prefill.keep)
+            expected, expected_kept, _ = reference_pruned(qwen, embeds, position_ids, int(image_start), 16)
             assert torch.equal(expected_kept, kept)
             torch.testing.assert_close(logits, expected[:, -1], atol=ATOL, rtol=0)
 
@@ -235,6 +268,12 @@ def test_pruning_changes_the_output(unpruned, pruned, processed):
     with torch.no_grad():
         full, short = unpruned.prefill(*inputs)[0], pruned.prefill(*inputs)[0]
     assert (full - short).abs().max() > 1e-2
+
+
+def longer(embeds, position_ids, image_start):
+    """The prefill inputs with three more text tokens at the end: another sequence length."""
+    more = torch.cat([position_ids, position_ids[:, :, -3:] + 3], dim=2)
+    return torch.cat([embeds, embeds[:, -3:]], dim=1), more, image_start
 
 
 @pytest.fixture(scope="module")
@@ -267,8 +306,7 @@ def test_exported_graphs_match_eager(pruned, processed, exported):
             vision.module()(processed["pixel_values"]), pruned.vision_encoder(processed["pixel_values"]), atol=0, rtol=0
         )
         embeds, position_ids, image_start = prefill_args
-        longer = (torch.cat([embeds, embeds[:, -3:]], dim=1), torch.cat([position_ids, position_ids[:, :, -3:] + 3], dim=2))
-        for args in (prefill_args, (*longer, image_start)):
+        for args in (prefill_args, longer(*prefill_args)):
             expected, got = pruned.prefill(*args), prefill.module()(*args)
             torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
             assert torch.equal(got[1], expected[1])
@@ -288,8 +326,7 @@ def test_onnx_prefill_matches_eager(pruned, exported, tmp_path):
     path = tmp_path / "prefill.onnx"
     torch.onnx.export(prefill, dynamo=True, opset_version=18, optimize=False, verbose=False).save(str(path))
     session = ort.InferenceSession(str(path))
-    longer = (torch.cat([embeds, embeds[:, -3:]], dim=1), torch.cat([position_ids, position_ids[:, :, -3:] + 3], dim=2))
-    for args in ((embeds, position_ids, image_start), (*longer, image_start)):
+    for args in ((embeds, position_ids, image_start), longer(embeds, position_ids, image_start)):
         feed = {value.name: x.numpy() for value, x in zip(session.get_inputs(), args, strict=True)}
         got = session.run(None, feed)
         with torch.no_grad():
