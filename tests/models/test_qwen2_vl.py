@@ -5,6 +5,7 @@ composition with `reference_select`, and the export paths."""
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import pytest
 import torch
@@ -305,7 +306,6 @@ def test_exported_graphs_match_eager(pruned, processed, exported):
         torch.testing.assert_close(
             vision.module()(processed["pixel_values"]), pruned.vision_encoder(processed["pixel_values"]), atol=0, rtol=0
         )
-        embeds, position_ids, image_start = prefill_args
         for args in (prefill_args, longer(*prefill_args)):
             expected, got = pruned.prefill(*args), prefill.module()(*args)
             torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
@@ -325,7 +325,9 @@ def test_onnx_prefill_matches_eager(pruned, exported, tmp_path):
     _, prefill, _, (embeds, position_ids, image_start), _ = exported
     path = tmp_path / "prefill.onnx"
     torch.onnx.export(prefill, dynamo=True, opset_version=18, optimize=False, verbose=False).save(str(path))
-    session = ort.InferenceSession(str(path))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # no warnings about constant folding
+    session = ort.InferenceSession(str(path), options)
     for args in ((embeds, position_ids, image_start), longer(embeds, position_ids, image_start)):
         feed = {value.name: x.numpy() for value, x in zip(session.get_inputs(), args, strict=True)}
         got = session.run(None, feed)
@@ -359,3 +361,12 @@ def test_grid_mismatch_is_rejected(qwen, processed):
         encoder(processed["pixel_values"])
     with pytest.raises(ValueError, match="multiples of 2"):
         Qwen2VLVisionEncoder(qwen, grid=(1, 15, 16))
+
+
+def test_keep_out_of_range_and_sliding_windows_are_rejected(qwen):
+    with pytest.raises(ValueError, match="keep must be an integer in"):
+        Qwen2VLPrefill(qwen, grid=GRID, keep=N + 1, prune_layer=PRUNE_LAYER)
+    sliding = copy.deepcopy(qwen)
+    sliding.model.language_model.config.layer_types = ["full_attention", "sliding_attention"] * 2
+    with pytest.raises(ValueError, match="only full-attention decoder layers"):
+        Qwen2VLDecodeStep(sliding)
