@@ -19,8 +19,9 @@ The text side is LLaVA's (`models.llava`) with Qwen2-VL's multimodal rotary embe
 the same decoder-layer call with an explicit cache, the same selection and sequence shortening;
 only the rotary tables come from 3-row position ids instead of 0..T-1. The vision side runs for
 one fixed image grid: the Conv3d patch embedding as an equivalent Linear (ExecuTorch has no
-portable Conv3d kernel), the 2-D vision rotary tables precomputed as buffers, and attention over
-the one image without the data-dependent sequence boundaries (`cu_seqlens`) of transformers.
+portable Conv3d kernel), the 2-D vision rotary tables precomputed as buffers, and attention inside
+each frame (t = 1 for an image) with static boundaries instead of transformers' data-dependent
+`cu_seqlens`.
 """
 
 from __future__ import annotations
