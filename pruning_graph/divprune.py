@@ -34,12 +34,11 @@ def divprune_reference(embeds: Tensor, keep: int) -> Tensor:
         int64 [R], the kept tokens, ascending.
     """
     _check(embeds, keep)
-    n = embeds.shape[0]
     distance = cosine_distances(embeds).tolist()
-    isolation = {i: min((distance[i][j] for j in range(n) if j != i), default=math.inf) for i in range(n)}
+    isolation = {i: min(row[:i] + row[i + 1 :], default=math.inf) for i, row in enumerate(distance)}
     selected = [_argmax_lowest(isolation)]
     # nearest[i] = min_{s in S} d_is for every token i not in S.
-    nearest = {i: distance[i][selected[0]] for i in range(n) if i != selected[0]}
+    nearest = {i: row[selected[0]] for i, row in enumerate(distance) if i != selected[0]}
     while len(selected) < keep:
         pick = _argmax_lowest(nearest)
         selected.append(pick)
@@ -81,7 +80,8 @@ def _check(embeds: Tensor, keep: int) -> None:
 
 
 def _argmax_lowest(scores: dict[int, float]) -> int:
-    return max(scores, key=lambda i: (scores[i], -i))
+    best = max(scores.values())
+    return min(i for i, s in scores.items() if s == best)
 
 
 def _select(embeds: Tensor, keep: int) -> Tensor:
