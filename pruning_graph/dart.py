@@ -20,7 +20,6 @@ from pruning_graph.static_ops import mask_to_indices, one_hot, order_ascending, 
 from pruning_graph.validation import check_finite, check_keep, check_matrix, check_same_size
 
 PIVOTS = 4  # per group: image pivots, then text pivots
-MIN_TEXT_TOKENS = PIVOTS
 
 
 def dart_budgets(keep: int) -> list[int]:
@@ -51,7 +50,8 @@ def dart_reference(
 
     states = image_states.to(DECISION_DTYPE)
     pivot_states = torch.cat([states[image_pivots], text_states.to(DECISION_DTYPE)[text_pivots]])
-    similarity = cosine_similarity(pivot_states, states).tolist()  # one row per pivot, in order
+    # One row per pivot, in order. (With fewer than 4 image pivots, R = P and every budget is 0.)
+    similarity = cosine_similarity(pivot_states, states).tolist()
     kept = set(image_pivots)
     pool = set(range(n)) - kept
     for row, budget in zip(similarity, dart_budgets(keep)):
@@ -98,10 +98,9 @@ def _check(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_sta
     check_same_size(0, "tokens", text_keys=text_keys, text_states=text_states)
     check_same_size(1, "features", image_keys=image_keys, text_keys=text_keys)
     check_same_size(1, "features", image_states=image_states, text_states=text_states)
-    if text_keys.shape[0] < MIN_TEXT_TOKENS:
+    if text_keys.shape[0] < PIVOTS:
         raise ValueError(
-            f"DART needs at least {MIN_TEXT_TOKENS} text tokens after the image (its text pivots), "
-            f"got {text_keys.shape[0]}"
+            f"DART needs at least {PIVOTS} text tokens after the image (its text pivots), got {text_keys.shape[0]}"
         )
     check_keep(keep, image_keys.shape[0])
     check_finite(**tensors)

@@ -8,7 +8,8 @@ from torch import Tensor
 
 def check_keep(keep: int, num_tokens: int | None = None) -> None:
     """Validate the keep count: an integer in [1, N], or >= 1 where N is not known yet."""
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1 or (num_tokens is not None and keep > num_tokens):
+    is_int = isinstance(keep, int) and not isinstance(keep, bool)
+    if not is_int or keep < 1 or (num_tokens is not None and keep > num_tokens):
         bound = ">= 1" if num_tokens is None else f"in [1, N] = [1, {num_tokens}]"
         raise ValueError(f"keep must be an integer {bound}, got {keep!r}")
 

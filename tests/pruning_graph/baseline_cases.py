@@ -93,7 +93,8 @@ def _images():
     for grid in GRIDS:
         for dk, d in WIDTHS:
             for variant, kind in enumerate(IMAGE_KINDS):
-                yield f"{kind}-{grid[0]}x{grid[1]}-d{d}", grid, dk, d, kind, 1000 * grid[0] + 10 * grid[1] + variant + dk
+                seed = 1000 * grid[0] + 10 * grid[1] + variant + dk
+                yield f"{kind}-{grid[0]}x{grid[1]}-d{d}", grid, dk, d, kind, seed
 
 
 def fastv_cases() -> list[BaselineCase]:

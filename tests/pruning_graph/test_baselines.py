@@ -51,7 +51,8 @@ def test_case_count(method):
 
 
 @pytest.mark.parametrize(
-    "method, case", [(m, c) for m, cases in CASES.items() for c in cases], ids=lambda x: x if isinstance(x, str) else x.name
+    "method, case",
+    [pytest.param(m, c, id=f"{m}-{c.name}") for m, cases in CASES.items() for c in cases],
 )
 def test_static_matches_reference(method, case):
     select, reference, _ = METHODS[method]
@@ -127,6 +128,17 @@ def test_divprune_zero_vector_is_at_distance_one_from_everything():
     for select in (divprune_select, divprune_reference):
         assert select(embeds, 1).tolist() == [3]
         assert select(embeds, 2).tolist() == [0, 3]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(method, dtype):
+    """Decisions in float64 whatever the input dtype: the same tokens as the widened inputs."""
+    case = next(c for c in CASES[method] if c.keep == 64)
+    inputs = tuple(x.to(dtype) for x in case.inputs)
+    indices = METHODS[method].select(*inputs, case.keep)
+    assert indices.dtype == torch.int64
+    assert torch.equal(indices, METHODS[method].reference(*(x.float() for x in inputs), case.keep))
 
 
 # --- Input validation -----------------------------------------------------------------------------
