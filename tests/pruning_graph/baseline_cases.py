@@ -1,5 +1,5 @@
-"""Generated cases for the baseline selectors (FastV, DART, DivPrune): the grids and widths of
-`cases.py`, images of every kind with ties, at keep counts that reach each budget rule."""
+"""Generated cases for the baseline selectors (FastV, DART, DivPrune): the grids of `cases.py`,
+inputs of every kind with ties, at keep counts that reach each budget rule."""
 
 from __future__ import annotations
 
@@ -113,7 +113,8 @@ def dart_cases() -> list[BaselineCase]:
     cases = []
     for number, (name, grid, dk, d, kind, seed) in enumerate(_images()):
         keys, hidden = image_tokens(kind, grid, dk, d, seed)
-        m = TEXT_LENGTHS[number % len(TEXT_LENGTHS)]
+        # Each kind meets every text length: shifted by one per (grid, width).
+        m = TEXT_LENGTHS[(number + number // len(IMAGE_KINDS)) % len(TEXT_LENGTHS)]
         text_keys, text_hidden = text_tokens(keys, hidden, m, seed)
         inputs = (keys, _rms_norm(hidden), text_keys, _rms_norm(text_hidden))
         for keep in keep_counts(grid[0] * grid[1]):
