@@ -91,6 +91,13 @@ def test_identical_tokens_keep_the_lowest_indices(method, keep):
         assert select(*inputs, keep).tolist() == list(range(keep))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_single_token(method):
+    """N = 1 (DivPrune: the minimum over no other token is +inf)."""
+    for select in METHODS[method][:2]:
+        assert select(*_identical_inputs(method, n=1), 1).tolist() == [0]
+
+
 def test_fastv_ranks_by_the_mean_over_heads():
     # Means 0.25, 0.25, 0.3125, 0.1875: token 2 first, then the tie 0 / 1 goes to 0.
     attention = torch.tensor([[0.5, 0.125, 0.375, 0.0], [0.0, 0.375, 0.25, 0.375]])
