@@ -61,6 +61,12 @@ def l1_norms(x: Tensor) -> Tensor:
     return settle(row_sums(x.abs()))
 
 
+def _unit_rows(x: Tensor) -> Tensor:
+    """Each row divided by its Euclidean norm, clamped at 1e-12 (a zero row stays zero): [N, c] -> [N, c]."""
+    norms = torch.maximum(torch.sqrt(row_sums(x * x)), constant(_NORM_EPS, x))
+    return x / norms[:, None]
+
+
 def cosine_similarity_matrix(x: Tensor) -> Tensor:
     """Pairwise cosine similarity, settled; a zero vector is 0-similar to everything.
 
@@ -69,9 +75,19 @@ def cosine_similarity_matrix(x: Tensor) -> Tensor:
     Returns:
         float64 [N, N].
     """
-    norms = torch.maximum(torch.sqrt(row_sums(x * x)), constant(_NORM_EPS, x))
-    unit = x / norms[:, None]
+    unit = _unit_rows(x)
     return settle(unit @ unit.T)
+
+
+def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity of every row of `a` to every row of `b`, settled, as above.
+
+    Args:
+        a: float64 [A, c]; b: float64 [B, c].
+    Returns:
+        float64 [A, B].
+    """
+    return settle(_unit_rows(a) @ _unit_rows(b).T)
 
 
 def channel_spread(hidden: Tensor) -> Tensor:

@@ -9,11 +9,9 @@ a boolean mask over the N image tokens; once R are selected, later blocks accept
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch._higher_order_ops.scan import scan
 
 from pruning_graph.config import VLMPrunerConfig
 from pruning_graph.definitions import (
@@ -28,7 +26,9 @@ from pruning_graph.definitions import (
 from pruning_graph.static_ops import (
     argmax_lowest,
     argmax_lowest_rows,
+    loop_scan,
     mask_to_indices,
+    one_hot,
     order_ascending,
     rank_ascending,
     top_k_mask,
@@ -99,21 +99,16 @@ def _select(
     return indices, fused.to(hidden.dtype)
 
 
-def _one_hot(index: Tensor, n: int) -> Tensor:
-    """int64 [k] -> bool [k, n]."""
-    return index[:, None] == torch.arange(n, device=index.device)[None, :]
-
-
 def _pivots(keys: Tensor, count: int) -> Tensor:
     """Stage 1 as a mask: largest-L1 key, then farthest-point sampling. [N, dk] -> bool [N]."""
     n = keys.shape[0]
     first = argmax_lowest(l1_norms(keys))
-    selected = _one_hot(first, n)[0]
+    selected = one_hot(first, n)[0]
     nearest = l2_norms(keys - keys.index_select(0, first))
     for _ in range(count - 1):
         # Distances are >= 0: -1 keeps already selected tokens out even when all are duplicates.
         pick = argmax_lowest(torch.where(selected, -1.0, nearest))
-        selected = selected | _one_hot(pick, n)[0]
+        selected = selected | one_hot(pick, n)[0]
         nearest = torch.minimum(nearest, l2_norms(keys - keys.index_select(0, pick)))
     return selected
 
@@ -163,20 +158,8 @@ def _greedy_fill(
             accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
             return (selected.index_put((block,), accepted | was_selected), room - accepted.sum()), accepted
 
-        (selected, room), _ = _scan(step, (selected, room), order)
+        (selected, room), _ = loop_scan(step, (selected, room), order)
     return selected
-
-
-def _scan(step: Callable, carry: tuple[Tensor, ...], xs: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-    """`scan` when tracing for export; in eager, the Python loop it is documented to mean (the
-    eager operator compiles its closure first: 1.9 s on the first call, 2-3x slower after)."""
-    if torch.compiler.is_compiling():
-        return scan(step, carry, xs)
-    ys = []
-    for x in xs:
-        carry, y = step(carry, x)
-        ys.append(y)
-    return carry, torch.stack(ys)
 
 
 def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor, beta: float) -> Tensor:
@@ -191,7 +174,7 @@ def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor,
     to_kept = similarity.index_select(1, indices)  # [N, R]
     target = argmax_lowest_rows(to_kept)  # [N], a position in `indices`
     weight = torch.where(selected, 0.0, to_kept.gather(1, target[:, None])[:, 0].to(states.dtype))  # [N]
-    assign = _one_hot(target, indices.shape[0]).to(states.dtype) * weight[:, None]  # [N, R]
+    assign = one_hot(target, indices.shape[0]).to(states.dtype) * weight[:, None]  # [N, R]
     total_weight = assign.sum(dim=0)  # [R]
     merged = (assign.T @ states) / total_weight.clamp_min(1e-8)[:, None]  # [R, d]
     kept = states.index_select(0, indices)

@@ -1,0 +1,125 @@
+"""DART (Wen et al., EMNLP 2025): keep the image tokens least similar to a few pivot tokens.
+
+Spec (baselines_spec.md, DART): pivots are the P = min(4, R) image tokens and the 4 text tokens
+after the image with the largest key L1 norms (descending, ties to the lowest index). The image
+pivots are kept. Then, for each of the 8 pivots in that order, the Q_p pool tokens (image tokens
+not yet kept) with the lowest cosine similarity to the pivot's normalised state are kept too, ties
+to the lowest index. Budget (project's choice): Q_p = floor((R - P) / 8), plus one for each of
+the first (R - P) mod 8 pivots, so exactly R tokens are kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pruning_graph.definitions import DECISION_DTYPE, cosine_similarity, l1_norms
+from pruning_graph.static_ops import mask_to_indices, one_hot, order_ascending, top_k_mask
+from pruning_graph.validation import check_finite, check_keep, check_matrix, check_same_size
+
+PIVOTS = 4  # per group: image pivots, then text pivots
+
+
+def dart_budgets(keep: int) -> list[int]:
+    """Q_p for the 2 * PIVOTS pivots in order; they sum to R - min(PIVOTS, R)."""
+    share, extra = divmod(keep - min(PIVOTS, keep), 2 * PIVOTS)
+    return [share + (p < extra) for p in range(2 * PIVOTS)]
+
+
+def dart_reference(
+    image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int
+) -> Tensor:
+    """DART, written to be read.
+
+    Args:
+        image_keys: float [N, dk], layer K-1's post-RoPE keys of the image tokens (heads concatenated).
+        image_states: float [N, d], layer K-1's output states of the image tokens, final-normed.
+        text_keys: float [M, dk], the same for the M >= 4 text tokens after the image.
+        text_states: float [M, d].
+        keep: R, 1 <= R <= N.
+    Returns:
+        int64 [R], the kept tokens, ascending.
+    """
+    n = _check(image_keys, image_states, text_keys, text_states, keep)
+    image_norms = l1_norms(image_keys.to(DECISION_DTYPE)).tolist()
+    text_norms = l1_norms(text_keys.to(DECISION_DTYPE)).tolist()
+    image_pivots = sorted(range(n), key=lambda i: (-image_norms[i], i))[: min(PIVOTS, keep)]
+    text_pivots = sorted(range(len(text_norms)), key=lambda j: (-text_norms[j], j))[:PIVOTS]
+
+    states = image_states.to(DECISION_DTYPE)
+    pivot_states = torch.cat([states[image_pivots], text_states.to(DECISION_DTYPE)[text_pivots]])
+    # One row per pivot, in order. (With fewer than 4 image pivots, R = P and every budget is 0.)
+    similarity = cosine_similarity(pivot_states, states).tolist()
+    kept = set(image_pivots)
+    pool = set(range(n)) - kept
+    for row, budget in zip(similarity, dart_budgets(keep)):
+        least_similar = sorted(pool, key=lambda i: (row[i], i))[:budget]
+        kept.update(least_similar)
+        pool.difference_update(least_similar)
+    return torch.tensor(sorted(kept), dtype=torch.int64)
+
+
+def dart_select(
+    image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int
+) -> Tensor:
+    """DART as static-shape ops: same contract and tokens as `dart_reference`."""
+    _check(image_keys, image_states, text_keys, text_states, keep)
+    return _select(image_keys, image_states, text_keys, text_states, keep)
+
+
+class DARTSelect(nn.Module):
+    """`dart_select` for one keep count, as a module to export.
+
+    forward(image_keys [N, dk], image_states [N, d], text_keys [M, dk], text_states [M, d])
+    -> indices int64 [R].
+    """
+
+    def __init__(self, keep: int):
+        super().__init__()
+        check_keep(keep)
+        self.keep = keep
+
+    def forward(self, image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor) -> Tensor:
+        _check(image_keys, image_states, text_keys, text_states, self.keep)
+        return _select(image_keys, image_states, text_keys, text_states, self.keep)
+
+    def extra_repr(self) -> str:
+        return f"keep={self.keep}"
+
+
+def _check(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int) -> int:
+    """Validate the inputs; returns N."""
+    tensors = dict(image_keys=image_keys, image_states=image_states, text_keys=text_keys, text_states=text_states)
+    for (name, x), shape in zip(tensors.items(), ("[N, dk]", "[N, d]", "[M, dk]", "[M, d]")):
+        check_matrix(name, x, shape)
+    check_same_size(0, "tokens", image_keys=image_keys, image_states=image_states)
+    check_same_size(0, "tokens", text_keys=text_keys, text_states=text_states)
+    check_same_size(1, "features", image_keys=image_keys, text_keys=text_keys)
+    check_same_size(1, "features", image_states=image_states, text_states=text_states)
+    if text_keys.shape[0] < PIVOTS:
+        raise ValueError(
+            f"DART needs at least {PIVOTS} text tokens after the image (its text pivots), got {text_keys.shape[0]}"
+        )
+    check_keep(keep, image_keys.shape[0])
+    check_finite(**tensors)
+    return image_keys.shape[0]
+
+
+def _select(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int) -> Tensor:
+    """On validated inputs. The pivot orders are stable argsorts of the negated norms."""
+    n = image_keys.shape[0]
+    image_pivots = order_ascending(-l1_norms(image_keys.to(DECISION_DTYPE)))[: min(PIVOTS, keep)]
+    text_pivots = order_ascending(-l1_norms(text_keys.to(DECISION_DTYPE)))[:PIVOTS]
+    states = image_states.to(DECISION_DTYPE)
+    pivot_states = torch.cat(
+        [states.index_select(0, image_pivots), text_states.to(DECISION_DTYPE).index_select(0, text_pivots)]
+    )
+    similarity = cosine_similarity(pivot_states, states)  # [P + 4, N], one row per pivot, in order
+    kept = one_hot(image_pivots, n).any(dim=0)
+    for p, budget in enumerate(dart_budgets(keep)):
+        if budget:
+            # The pool is every token not kept yet; kept tokens score -inf and are never taken again.
+            kept = kept | top_k_mask(torch.where(kept, -math.inf, -similarity[p]), budget)
+    return mask_to_indices(kept, keep)
