@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -303,12 +304,19 @@ def test_bench_reports_a_child_failure_in_one_line(run_case):
 def test_make_variables_are_arguments_not_code(tmp_path, target, variable):
     """A make variable holding shell or Python code is passed as one argument and refused."""
     pwned = tmp_path / "pwned"
-    for value in (f"tiny-llava' if open('{pwned}','w') else '", f"x; touch {pwned}", f"$(touch {pwned})"):
-        done = subprocess.run(
+    for value in (f"tiny-llava' if open('{pwned}','w') else '", f"x; touch {pwned}", f"`touch {pwned}`"):
+        # Its own process group, so that a regression that starts a real export is stopped whole.
+        with subprocess.Popen(
             ["make", "-s", "-C", str(REPO), target, f"{variable}={value}", "BENCH_FLAGS=--runs 1"],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
-        )
+            start_new_session=True,
+        ) as child:
+            try:
+                stdout, stderr = child.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                raise
         assert not pwned.exists(), f"{variable}={value!r} ran as code"
-        assert done.returncode != 0 and "error" in done.stderr, done.stdout + done.stderr
+        assert child.returncode != 0 and "error" in stderr, stdout + stderr
