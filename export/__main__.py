@@ -199,7 +199,7 @@ def clean(output_dir: Path) -> int:
     return EXIT_OK
 
 
-def export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """The body of `main`: one export, or --clean."""
     if args.clean:
         return clean(args.output_dir)
@@ -213,7 +213,7 @@ def export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status as in the module docstring; a usage error exits from argparse (SystemExit 2)."""
-    return run_cli(build_parser(), export, None if argv is None else list(argv), log_stream=sys.stdout)
+    return run_cli(build_parser(), run, None if argv is None else list(argv), log_stream=sys.stdout)
 
 
 def _import_quietly(*, verbose: bool) -> None:

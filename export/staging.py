@@ -9,7 +9,9 @@ staging folder `<model>/.keep64-<8 hex digits>`, which is moved in place at the 
 The kernel releases the lock of a killed process. So a staging folder whose destination lock is free
 belongs to no live export: it is the leftover of a killed one (SIGKILL, out-of-memory kill, power
 loss), possibly gigabytes, which `find_leftovers` finds and `remove_leftovers` removes
-(`python -m export --clean`).
+(`python -m export --clean`). One lock per destination, rather than one per staging folder, is
+enough: a staging folder exists only while its export holds the destination's lock, and no lock
+file ends up inside an artifact.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import os
 import re
 import shutil
 import signal
+import threading
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 # `.<destination name>-<8 hex digits>`: a staging folder, or an old artifact being replaced.
 _STAGING_NAME = re.compile(r"\.(?P<destination>.+)-[0-9a-f]{8}")
-_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class DestinationBusy(OSError):
@@ -152,28 +156,25 @@ def clean_command(output_dir: Path) -> str:
 def replace_folder(source: Path, destination: Path) -> None:
     """Move the folder `source` to `destination`, replacing a folder there, as atomically as renames allow.
 
-    The old folder is moved aside (a `staging_path` name), the new one moved in, the old one deleted;
-    interrupts are held back between the two moves. A process killed in between leaves no destination
-    and the old folder as a leftover; otherwise the destination is the old folder or the new one, whole.
-    Hold the destination's lock.
+    The old folder is moved aside (a `staging_path` name), the new one moved in, the old one deleted,
+    with interrupts held back until the end (`_interrupts_deferred`). A process killed between the two
+    moves leaves no destination and the old folder as a leftover; otherwise the destination is the
+    old folder or the new one, whole. Hold the destination's lock.
     """
     aside = staging_path(destination)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    try:
+    with _interrupts_deferred():
         try:
             os.rename(destination, aside)
         except FileNotFoundError:
             aside = None
         try:
             os.rename(source, destination)
-        except BaseException:
+        except OSError:
             if aside is not None:
                 os.rename(aside, destination)
             raise
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    if aside is not None:
-        shutil.rmtree(aside)
+        if aside is not None:
+            shutil.rmtree(aside)
 
 
 def format_bytes(size: int) -> str:
@@ -184,6 +185,24 @@ def format_bytes(size: int) -> str:
             break
         value, unit = value / 1024, larger
     return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP that arrive in the block are handled at its end, by the handlers of
+    before (Python runs signal handlers in the main thread only: elsewhere, nothing is deferred)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _same_file(fd: int, path: Path) -> bool:

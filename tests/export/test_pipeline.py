@@ -72,19 +72,33 @@ def test_second_export_of_the_same_destination_fails_at_once(tmp_path):
     ExportPipeline(config).prepare().close()
 
 
-def test_heartbeat_of_a_long_stage(caplog):
+@pytest.fixture
+def pipeline_log(caplog) -> list[str]:
+    """The messages the pipeline logs (not through caplog: runtime.cli stops the project's loggers propagating)."""
     caplog.set_level(logging.INFO, logger=pipeline.logger.name)
-    records = []
+    messages: list[str] = []
     handler = logging.Handler()
-    handler.emit = records.append  # not caplog: runtime.cli stops the project's loggers from propagating
+    handler.emit = lambda record: messages.append(record.getMessage())
     pipeline.logger.addHandler(handler)
-    try:
-        with pipeline._heartbeat("executorch.lower", start=time.perf_counter(), every=0.02):
-            time.sleep(0.1)
-    finally:
-        pipeline.logger.removeHandler(handler)
-    messages = [record.getMessage() for record in records]
-    assert messages and all(message.startswith("executorch.lower still running (") for message in messages)
+    yield messages
+    pipeline.logger.removeHandler(handler)
+
+
+def test_heartbeat_of_a_long_stage(pipeline_log):
+    with pipeline._heartbeat("executorch.lower", start=time.perf_counter(), every=0.02):
+        time.sleep(0.1)
+    assert pipeline_log and all(message.startswith("executorch.lower still running (") for message in pipeline_log)
+
+
+def test_reexport_of_fewer_backends_says_what_the_artifact_loses(tmp_path, pipeline_log):
+    export = ExportPipeline(ExportConfig(backends=("onnx",), output_dir=tmp_path))
+    for folder in ("onnx", "executorch"):
+        (export.artifact_dir / folder).mkdir(parents=True)
+    export.prepare().close()
+    assert (
+        f"the new artifact replaces {export.artifact_dir} and will no longer hold executorch "
+        "(to keep it, export with --backends onnx,executorch)"
+    ) in pipeline_log
 
 
 def test_failed_run_removes_its_staging_folder(tmp_path):
