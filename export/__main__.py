@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a vision-language model with VLM-Pruner token pruning inside the graph.",
     )
     parser.add_argument(
-        "-m", "--model", choices=MODEL_NAMES, default=DEFAULT_MODEL, help=f"registered model (default {DEFAULT_MODEL})"
+        "-m",
+        "--model",
+        choices=MODEL_NAMES,
+        default=DEFAULT_MODEL,
+        metavar="MODEL",
+        help=f"registered model: {', '.join(MODEL_NAMES)} (default {DEFAULT_MODEL})",
     )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
     parser.add_argument(
-        "-o", "--output-dir", type=Path, default=Path("artifacts"), metavar="DIR", help="default: artifacts"
+        "-o", "--output-dir", type=Path, default=Path("artifacts"), metavar="DIR", help="(default artifacts)"
     )
     parser.add_argument(
         "--max-seq-len",

@@ -91,7 +91,8 @@ class DestinationLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.unlink(self.path)
+            if _same_file(self._fd, self.path):  # not if someone removed it meanwhile
+                os.unlink(self.path)
             os.close(self._fd)
             self._fd = None
 

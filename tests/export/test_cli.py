@@ -180,18 +180,26 @@ def test_broken_config_json_is_reported(tmp_path, capsys):
     assert err.startswith(f"error: {checkpoint / 'config.json'} is not valid JSON") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("content", [None, "weights.bin"])
-def test_model_path_that_is_no_tiny_llava_build_is_left_alone(tmp_path, capsys, content):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "holds no tiny-llava build"),
+        ({"weights.bin": "precious"}, "holds no tiny-llava build"),
+        ({"tiny_llava_recipe.json": '{"recipe_sha256": "old"}'}, "holds a tiny-llava build of another recipe"),
+    ],
+)
+def test_model_path_that_is_no_tiny_llava_build_is_left_alone(tmp_path, capsys, content, message):
     folder = tmp_path / "someones"
     if content:
         folder.mkdir()
-        (folder / content).write_text("precious")
+        for name, text in content.items():
+            (folder / name).write_text(text)
     assert cli.main(["--model-path", str(folder), "-o", str(tmp_path / "out"), "--skip-parity"]) == 2
     err = capsys.readouterr().err
-    assert f"{folder} holds no tiny-llava build" in err and "build_tiny_llava" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", *(["someones"] if content else [])])
+    assert err.startswith(f"error: {folder} {message}") and "build_tiny_llava" in err
+    assert folder.exists() == bool(content)
     if content:
-        assert [p.name for p in folder.iterdir()] == [content]
+        assert {path.name: path.read_text() for path in folder.iterdir()} == content
 
 
 def test_full_disk_exits_2_and_removes_the_staging_folder(tiny_dir, tmp_path, capsys, monkeypatch):
@@ -199,8 +207,8 @@ def test_full_disk_exits_2_and_removes_the_staging_folder(tiny_dir, tmp_path, ca
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "weights.data"))
 
     monkeypatch.setattr(WeightFile, "tensor", full)
-    argv = ["--backends", "onnx", "--model-path", str(tiny_dir), "-o", str(tmp_path / "out"), "--skip-parity"]
-    assert cli.main(argv) == 2
+    argv = ["--keep", "576", "--backends", "onnx", "--model-path", str(tiny_dir), "-o", str(tmp_path / "out")]
+    assert cli.main([*argv, "--skip-parity"]) == 2
     err = capsys.readouterr().err
     assert err == f"error: no space left on the disk while writing {tmp_path / 'weights.data'}; free some space and run again\n"
     assert list((tmp_path / "out" / "tiny-llava").iterdir()) == []

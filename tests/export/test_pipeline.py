@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytest
@@ -120,7 +121,8 @@ def test_backend_that_would_not_fit_is_refused_before_any_work(tmp_path, monkeyp
 
 def test_model_without_checkpoint_needs_random_weights(tmp_path):
     config = ExportConfig(model="llava-1.5-7b-3layers", output_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="random weights only"):
+    hint = "random weights only; export it with `make export MODEL=llava-1.5-7b-3layers RANDOM_WEIGHTS=1`"
+    with pytest.raises(FileNotFoundError, match=re.escape(hint)):
         ExportPipeline(config).run()
     assert list((tmp_path / "llava-1.5-7b-3layers").iterdir()) == []
 
