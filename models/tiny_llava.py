@@ -73,11 +73,13 @@ def check_build(directory: str | os.PathLike) -> Path:
         ValueError: a build of another recipe.
     """
     directory = Path(directory)
-    how = (
-        f"omit the model path to use {DEFAULT_DIR} (built on demand), or build one there with "
-        f"`python -c \"from models import build_tiny_llava; build_tiny_llava('{directory}')\"`"
-    )
     stamp = _read_stamp(directory)
+    # build_tiny_llava refuses a folder with files of something else.
+    foreign = stamp is None and directory.is_dir() and any(directory.iterdir())
+    how = (
+        f"omit the model path to use {DEFAULT_DIR} (built on demand), or build one with "
+        f"`python -c \"from models import build_tiny_llava; build_tiny_llava('{'NEW_FOLDER' if foreign else directory}')\"`"
+    )
     if stamp is None:
         raise FileNotFoundError(f"{directory} holds no tiny-llava build (no valid {STAMP_FILE}); {how}")
     if stamp != _recipe_stamp(get_spec(NAME)):
