@@ -141,11 +141,15 @@ def find_leftovers(folder: Path) -> list[Leftover]:
 
 
 def remove_leftovers(folder: Path) -> list[Leftover]:
-    """Delete `find_leftovers(folder)` and return them. A leftover stays dead: exports only write
-    into staging folders of fresh names, under their destination's lock."""
+    """Delete `find_leftovers(folder)` and return them; the lock files of killed exports go too.
+    A leftover stays dead: exports only write into staging folders of fresh names, under their
+    destination's lock."""
     leftovers = find_leftovers(folder)
     for leftover in leftovers:
         shutil.rmtree(leftover.path)
+    for path in Path(folder).glob(".*.lock"):
+        with suppress(DestinationBusy):  # a live export's
+            DestinationLock(path.with_name(path.name[1 : -len(".lock")])).acquire().release()
     return leftovers
 
 

@@ -165,10 +165,11 @@ def test_live_staging_folder_is_no_leftover(tmp_path):
     (staging / "onnx" / "weights.data").write_bytes(bytes(3000))
     other = destination.parent / ".keep192-int4-89abcdef"
     other.mkdir()
+    (destination.parent / ".keep192-int4.lock").write_text("4242\n")  # of a killed export
     with DestinationLock(destination):
         assert [leftover.path for leftover in find_leftovers(destination.parent)] == [other]
         assert remove_leftovers(destination.parent)[0].path == other
-        assert staging.is_dir()
+        assert sorted(path.name for path in destination.parent.iterdir()) == [".keep64-0123abcd", ".keep64.lock"]
     (leftover,) = find_leftovers(destination.parent)
     assert leftover.path == staging and leftover.bytes == 3000
     assert leftover.describe() == f"{staging} (2.9 KiB), left by a killed export of keep64"
