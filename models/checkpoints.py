@@ -89,7 +89,9 @@ def resolve_checkpoint(
 
 
 def _random_weights_hint(name: str) -> str:
-    return f"export it with `make export MODEL={name} RANDOM_WEIGHTS=1` (or `python -m export -m {name} --random-weights`)"
+    return (
+        f"export it with `make export MODEL={name} RANDOM_WEIGHTS=1` (or `python -m export -m {name} --random-weights`)"
+    )
 
 
 def _check_config_json(directory: Path, fix: str) -> None:

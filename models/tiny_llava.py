@@ -76,9 +76,10 @@ def check_build(directory: str | os.PathLike) -> Path:
     stamp = _read_stamp(directory)
     # build_tiny_llava refuses a folder with files of something else.
     foreign = stamp is None and directory.is_dir() and any(directory.iterdir())
+    target = "NEW_FOLDER" if foreign else directory
     how = (
         f"omit the model path to use {DEFAULT_DIR} (built on demand), or build one with "
-        f"`python -c \"from models import build_tiny_llava; build_tiny_llava('{'NEW_FOLDER' if foreign else directory}')\"`"
+        f"`python -c \"from models import build_tiny_llava; build_tiny_llava('{target}')\"`"
     )
     if stamp is None:
         raise FileNotFoundError(f"{directory} holds no tiny-llava build (no valid {STAMP_FILE}); {how}")

@@ -136,7 +136,10 @@ def test_failed_parity_exits_1(fake, monkeypatch, tmp_path):
         (["--keep", "many"], "argument --keep: invalid int value: 'many'"),
         (["--rate", "1"], "argument --rate: must be in [0, 1), got 1"),
         (["--quantize", "int2"], "argument --quantize: invalid choice: 'int2'"),
-        (["--random-weights", "--model-path", "ckpt"], "argument --model-path: not allowed with argument --random-weights"),
+        (
+            ["--random-weights", "--model-path", "ckpt"],
+            "argument --model-path: not allowed with argument --random-weights",
+        ),
     ],
 )
 def test_usage_errors_exit_2(fake, capsys, argv, message):
@@ -210,7 +213,8 @@ def test_full_disk_exits_2_and_removes_the_staging_folder(tiny_dir, tmp_path, ca
     argv = ["--keep", "576", "--backends", "onnx", "--model-path", str(tiny_dir), "-o", str(tmp_path / "out")]
     assert cli.main([*argv, "--skip-parity"]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: no space left on the disk while writing {tmp_path / 'weights.data'}; free some space and run again\n"
+    where = tmp_path / "weights.data"
+    assert err == f"error: no space left on the disk while writing {where}; free some space and run again\n"
     assert list((tmp_path / "out" / "tiny-llava").iterdir()) == []
 
 
