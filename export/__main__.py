@@ -3,11 +3,17 @@
     python -m export [-m MODEL] [--keep R | --rate r] [--backends onnx,executorch]
                      [--model-path DIR | --random-weights [--seed S]] [--quantize none|int4|int8]
                      [-o DIR] [--max-seq-len M] [--skip-parity]
+    python -m export --clean [-o DIR]
 
 Writes `<output-dir>/<model>/keep<R>/` (layout in export/ARTIFACTS.md), then runs the parity
 check of the artifact against the eager model (`runtime.parity`) and stores its results in the
-manifest. Exit status: 0 on success, 1 when the parity check fails (the artifact is kept),
-2 on a usage error (bad flags, missing weights, unwritable output folder).
+manifest. `--clean` removes the staging folders that killed exports left under the output folder.
+Exit status (`runtime.cli`): 0 on success, 1 when the parity check fails (the artifact is kept),
+2 on bad input or environment (bad flags, missing weights, unwritable output folder, full disk,
+another export of the same artifact running), 3 on an internal error, 130 when interrupted.
+
+The flags are parsed before torch is imported (seconds), so that --help and usage errors answer at
+once: the functions below import the export library when they run.
 """
 
 from __future__ import annotations
@@ -15,19 +21,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from export.config import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, Backend, ExportConfig
-from export.manifest import read_manifest, update_manifest
-from export.memory import check_fits, describe_misfit
-from export.pipeline import ExportPipeline
-from models import MODEL_SPECS, PrunedLlava
-from models.quantize import Quantization
-from runtime.measure import peak_rss_mib
+from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, MODEL_NAMES, QUANTIZATIONS, Backend
+from export.staging import format_bytes, remove_leftovers
+from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, run_cli
+
+if TYPE_CHECKING:
+    from export.config import ExportConfig
+    from export.pipeline import ExportPipeline
+    from models import PrunedLlava
 
 logger = logging.getLogger("export")
 
@@ -49,6 +54,21 @@ class _BackendsAction(argparse.Action):
         setattr(namespace, self.dest, chosen)
 
 
+def _number(kind: type[int] | type[float], valid: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: `kind(text)`, refused unless `valid`, the error saying it must be `expected`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export",
@@ -57,17 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-m",
         "--model",
-        choices=sorted(MODEL_SPECS),
+        choices=MODEL_NAMES,
         default=DEFAULT_MODEL,
-        help=f"registered model (default {DEFAULT_MODEL})",
+        metavar="MODEL",
+        help=f"registered model: {', '.join(MODEL_NAMES)} (default {DEFAULT_MODEL})",
     )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
-        "--keep", type=int, metavar="R", help="image tokens kept, 1..N; N exports the unpruned baseline"
+        "--keep",
+        # The upper bound, N, is the model's: `ExportConfig` checks it once the registry is imported.
+        type=_number(int, lambda keep: keep >= 1, "at least 1"),
+        metavar="R",
+        help="image tokens kept, 1..N; N exports the unpruned baseline (default: from the default --rate)",
     )
     amount.add_argument(
         "--rate",
-        type=float,
+        type=_number(float, lambda rate: 0.0 <= rate < 1.0, "in [0, 1)"),
         metavar="r",
         help=f"pruning rate in [0, 1), R = round(N * (1 - r)) (default {DEFAULT_RATE})",
     )
@@ -77,14 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{" + ",".join(BACKEND_CHOICES) + "}",
         help="comma-separated or repeated (default: every backend whose export fits this machine's memory)",
     )
-    parser.add_argument(
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
         "--model-path",
         type=Path,
         metavar="DIR",
-        help="checkpoint folder (default: $MODEL_PATH, then the Hugging Face cache; tiny-llava: built on demand)",
+        help="checkpoint folder (default: $MODEL_PATH, then the Hugging Face cache; tiny-llava: "
+        "build/models/tiny-llava, built on demand)",
     )
+    weights.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="the architecture with random weights, no checkpoint needed (manifest: source random)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
     parser.add_argument(
-        "-o", "--output-dir", type=Path, default=Path("artifacts"), metavar="DIR", help="default: artifacts"
+        "-o", "--output-dir", type=Path, default=Path("artifacts"), metavar="DIR", help="(default artifacts)"
     )
     parser.add_argument(
         "--max-seq-len",
@@ -93,22 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"longest prompt + answer the graphs accept (default {DEFAULT_MAX_SEQ_LEN}, capped by the model)",
     )
     parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="the architecture with random weights, no checkpoint needed (manifest: source random)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
-    parser.add_argument(
         "--quantize",
-        choices=[q.value for q in Quantization],
+        choices=QUANTIZATIONS,
         help="weights of the language model's linears: int4 (ONNX Runtime MatMulNBits, ExecuTorch 8da4w), "
         "int8, none (float32) (default: the model's, int4 for LLaVA-1.5-7B and 13B)",
     )
-    parser.add_argument("--skip-parity", action="store_true", help="do not run the parity check after the export")
+    parser.add_argument(
+        "--skip-parity", action="store_true", help="do not run the parity check after the export (default: run it)"
+    )
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="export nothing: remove the staging folders that killed exports left under --output-dir "
+        "(never one a running export holds)",
+    )
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
+    """The export's configuration; without --backends, only the backends whose export fits this machine.
+
+    Raises:
+        ValueError: flags out of the model's range (`ExportConfig`), or no backend fits.
+    """
+    from dataclasses import replace
+
+    from export.config import ExportConfig
+    from export.memory import check_fits, describe_misfit
+
     config = ExportConfig(
         model=args.model,
         keep=args.keep,
@@ -134,73 +179,68 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     return config
 
 
-def run_parity(pipeline: ExportPipeline, artifact_dir: Path) -> dict[str, Any]:
+def run_parity(pipeline: ExportPipeline) -> dict[str, Any]:
     """The parity check of the fresh artifact against the already loaded eager model (`runtime.parity`).
 
-    Only this driver imports the runtime: the export library itself does not depend on it.
+    Only this driver imports the runtime's parity check: the export library itself does not depend on it.
     """
     from runtime.parity import check_parity, format_report
 
-    config = pipeline.config
-    backends = [backend.value for backend in config.backends]
+    backends = [backend.value for backend in pipeline.config.backends]
     # Handed over, not shared: check_parity frees the eager model before the runtimes load the artifact.
-    report = check_parity(artifact_dir, backends=backends, reference=_take_reference(pipeline))
+    report = check_parity(pipeline.artifact_dir, backends=backends, reference=_take_reference(pipeline))
     print(format_report(report))
     return report.to_dict()
 
 
+def clean(output_dir: Path) -> int:
+    """Remove the leftovers of killed exports in every model folder under `output_dir`."""
+    folders = sorted(path for path in output_dir.iterdir() if path.is_dir()) if output_dir.is_dir() else []
+    removed = [leftover for folder in folders for leftover in remove_leftovers(folder)]
+    for leftover in removed:
+        logger.info("removed %s", leftover.describe())
+    total = format_bytes(sum(leftover.bytes for leftover in removed))
+    logger.info("%d leftover(s) of killed exports removed under %s (%s)", len(removed), output_dir, total)
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """The body of `main`: one export, or --clean."""
+    if args.clean:
+        return clean(args.output_dir)
+    _import_quietly(verbose=args.verbose)
+    from export.manifest import read_manifest
+    from export.pipeline import ExportPipeline
+
+    folder = ExportPipeline(config_from_args(args)).run(parity=None if args.skip_parity else run_parity)
+    return EXIT_PARITY_FAILED if read_manifest(folder)["parity"]["status"] == "failed" else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status as in the module docstring; a usage error exits from argparse (SystemExit 2)."""
+    return run_cli(build_parser(), run, None if argv is None else list(argv), log_stream=sys.stdout)
+
+
+def _import_quietly(*, verbose: bool) -> None:
+    """Import torch and transformers, then hide their warnings and progress bars again unless `verbose`:
+    both set their loggers' levels when imported, which is after `run_cli` quieted them."""
+    import torch
+    import transformers
+
+    if not verbose:
+        torch._logging.set_logs(all=logging.ERROR)
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
 def _take_reference(pipeline: ExportPipeline) -> PrunedLlava:
     """The eager model of the export as a `PrunedLlava`; the pipeline lets go of it."""
+    from models import PrunedLlava
+
     loaded, config = pipeline.loaded, pipeline.config
     pipeline.loaded = None
     return PrunedLlava(loaded.model, loaded.processor, loaded.spec, keep=config.keep_count, pruner_config=config.pruner)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-
-    pipeline = ExportPipeline(config)
-    try:
-        artifact_dir = pipeline.run()
-    except (FileNotFoundError, PermissionError, ValueError, MemoryError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.skip_parity:
-        logger.info("parity check skipped")
-        return 0
-
-    logger.info("parity ...")
-    start = time.perf_counter()
-    parity = run_parity(pipeline, artifact_dir)
-    seconds = time.perf_counter() - start
-    manifest = read_manifest(artifact_dir)
-    update_manifest(
-        artifact_dir,
-        parity=parity,
-        export_seconds={**manifest["export_seconds"], "parity": round(seconds, 3)},
-        peak_rss_mib={**manifest["peak_rss_mib"], "parity": round(peak_rss_mib(), 1)},
-    )
-    logger.info("parity done in %.1f s: %s", seconds, "passed" if parity["passed"] else "FAILED")
-    return 0 if parity["passed"] else 1
-
-
-def _configure_logging() -> None:
-    """Progress of the export and of the parity check on stdout; other libraries keep their own settings."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-    for name in ("export", "runtime"):
-        package_logger = logging.getLogger(name)
-        package_logger.setLevel(logging.INFO)
-        package_logger.addHandler(handler)
-        # Imported libraries configure the root logger (ExecuTorch at import): do not print twice.
-        package_logger.propagate = False
-
-
 if __name__ == "__main__":
-    _configure_logging()
     sys.exit(main())

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
+from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, Backend
 from models import ModelSpec, get_spec
 from models.quantize import Quantization
 from pruning_graph import VLMPrunerConfig
 
-DEFAULT_MODEL = "tiny-llava"
-# The paper's headline pruning rate: 64 of LLaVA-1.5's 576 image tokens kept.
-DEFAULT_RATE = 0.889
-# Longest prompt + answer the graphs accept unless told otherwise. ExecuTorch plans memory for
-# the upper bound, and prefill's attention scores grow with its square.
-DEFAULT_MAX_SEQ_LEN = 2048
-
-
-class Backend(str, Enum):
-    """Where the graphs go: ONNX files for ONNX Runtime, or one .pte for the ExecuTorch runtime."""
-
-    ONNX = "onnx"
-    EXECUTORCH = "executorch"
+__all__ = ["DEFAULT_MAX_SEQ_LEN", "DEFAULT_MODEL", "DEFAULT_RATE", "Backend", "ExportConfig"]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -16,6 +17,9 @@ from pruning_graph import VLMPrunerConfig
 from runtime.artifact import FORMAT_VERSION, sha256_file  # the reader's own, so writer and reader agree
 
 MANIFEST = "manifest.json"
+# `parity.status`: "skipped" (not run), "pending" (from the moment the artifact is in place until the
+# check ends: an export killed meanwhile leaves it), then "passed" or "failed" with the report.
+ParityStatus = Literal["skipped", "pending", "passed", "failed"]
 # Distributions whose versions are recorded; None when one is not installed.
 _VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "executorch")
 
@@ -35,14 +39,17 @@ def build_manifest(
     files: dict[str, dict[str, int | str]],
     export_seconds: dict[str, float],
     peak_rss_mib: dict[str, float],
+    parity: ParityStatus,
 ) -> dict[str, Any]:
-    """Every manifest field but `parity` (added after the parity check, see `update_manifest`).
+    """The manifest of an artifact; `parity` says whether its parity check was skipped or is still to run
+    (`update_manifest` records its report when it ends).
 
     Args:
         checkpoint: the folder the weights were loaded from; None for random weights (drawn from `seed`).
         quantization: the weight format of the language model's linears.
         vision_layers: CLIP layers in the exported vision encoder (up to the feature layer).
         files: `file_entries` of the complete artifact folder.
+        export_seconds: {stage: seconds}.
         peak_rss_mib: {stage: peak resident memory of the exporting process after the stage, MiB}.
     """
     text = model.config.text_config
@@ -99,9 +106,9 @@ def build_manifest(
         },
         "versions": {**versions(), "format_version": FORMAT_VERSION},
         "files": files,
-        "export_seconds": {stage: round(seconds, 3) for stage, seconds in export_seconds.items()},
-        "peak_rss_mib": {stage: round(mib, 1) for stage, mib in peak_rss_mib.items()},
-        "parity": {"status": "skipped"},
+        "export_seconds": dict(export_seconds),
+        "peak_rss_mib": dict(peak_rss_mib),
+        "parity": {"status": parity},
     }
 
 
@@ -126,8 +133,14 @@ def file_entries(root: Path) -> dict[str, dict[str, int | str]]:
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Write `root/manifest.json` atomically: a reader sees the old file or the new one, whole."""
     path = Path(root) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    temporary = path.with_name(f".{MANIFEST}.tmp")
+    try:
+        temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -1,12 +1,14 @@
 """The export pipeline: one model at one keep count -> one artifact folder (export/ARTIFACTS.md).
 
-    prepare ─> load ─> wrap ─> trace ─> onnx ─> executorch ─> check ─> processor ─> finalize
-      │         │       │        │        │          │           │          │            │
-    staging  weights, four    torch.   .onnx      trace the   contract  tokenizer,   manifest
-    folder   block by graphs  export   graphs,    weighted    checks    image proc.  (seconds and
-             block,   (hollow of the   one shared model, one                         peak memory per
-             quantized model)  hollow  weights    .pte, 4                            stage), moved
-                               model   file       methods                            in place
+    prepare ─> load ─> wrap ─> trace ─> onnx ─> executorch ─> check ─> processor ─> finalize ─> parity
+      │         │       │        │        │          │           │          │            │          │
+    lock,    weights, four    torch.   .onnx      trace the   contract  tokenizer,   manifest    the check
+    staging  block by graphs  export   graphs,    weighted    checks    image proc.  (seconds,   given to
+    folder   block,   (hollow of the   one shared model, one                         memory per  `run`, on
+             quantized model)  hollow  weights    .pte, 4                            stage),     the artifact
+                               model   file       methods                            moved in    in place;
+                                                                                     place       report in
+                                                                                                 manifest
 
 Memory is what limits a real-size export (float32 LLaVA-1.5-7B is 26.3 GiB), so the weights exist
 once: `load` materializes them block by block, quantizing each decoder layer before the next one
@@ -17,23 +19,29 @@ the graphs share (`export.onnx_weights`). ExecuTorch traces the materialized mod
 
 Stages run in this order (`run`), or one by one: each returns the pipeline, refuses to run before
 the stages it needs, logs its start and duration, and records its seconds and the process's peak
-resident memory so far. The onnx and executorch stages run only for the configured backends. The
-artifact is written into a staging folder next to its destination and moved in place by
-`finalize`, so that a failed run never leaves a half-written artifact behind, and a new export of
-the same model and keep replaces the old one whole.
+resident memory so far; a stage that runs longer than `HEARTBEAT_SECONDS` says so at that interval.
+The onnx and executorch stages run only for the configured backends.
+
+Faults (`export.staging`): the run holds a lock on its destination from `prepare` to its end, so a
+second export of the same model and keep fails at once. The artifact is written into a staging
+folder next to its destination and moved in place by `finalize`, so that a failed, interrupted or
+killed run never leaves a half-written artifact behind, and a new export of the same model and keep
+replaces the old one whole (whichever backends the old one held: `prepare` says what is dropped).
+On every exit Python sees (an exception, Ctrl-C, SIGTERM, SIGHUP through `runtime.cli`), `run`
+removes the staging folder; a killed run leaves it, and the next export names it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
+import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,11 +52,13 @@ from export.checks import check_onnx, check_program, check_pte
 from export.config import Backend, ExportConfig
 from export.executorch import save_pte
 from export.graphs import GraphSpec, build_graphs, find_graph
-from export.manifest import build_manifest, file_entries, write_manifest
+from export.manifest import MANIFEST, ParityStatus, build_manifest, file_entries, update_manifest, write_manifest
 from export.memory import check_fits, describe_misfit
 from export.onnx import save_onnx
 from export.onnx_weights import WeightFile, attach_weights
+from export.staging import DestinationBusy, DestinationLock, clean_command, find_leftovers, replace_folder, staging_path
 from models import LoadedModel, load_for_export
+from runtime.cli import raise_if_interrupted
 from runtime.measure import peak_rss_mib
 
 logger = logging.getLogger(__name__)
@@ -56,6 +66,12 @@ logger = logging.getLogger(__name__)
 ONNX_DIR = "onnx"
 PTE_PATH = "executorch/model.pte"
 PROCESSOR_DIR = "processor"
+# The folder of each backend's files in an artifact.
+BACKEND_DIRS = {Backend.ONNX: ONNX_DIR, Backend.EXECUTORCH: PTE_PATH.split("/")[0]}
+HEARTBEAT_SECONDS = 30.0
+
+# The parity check of an artifact in place: the pipeline in, `runtime.parity.ParityReport.to_dict()` out.
+ParityCheck = Callable[["ExportPipeline"], dict[str, Any]]
 
 
 class ExportPipeline:
@@ -81,44 +97,57 @@ class ExportPipeline:
         self.hollow: LlavaForConditionalGeneration | None = None
         self.graphs: tuple[GraphSpec, ...] | None = None
         self.programs: dict[str, ExportedProgram] | None = None
+        self._lock = DestinationLock(self.artifact_dir)
         self._staging: Path | None = None
         self._written: set[Backend] = set()
 
-    def run(self) -> Path:
-        """Every stage, in order; returns the artifact folder. A failure removes the staging folder."""
+    def run(self, parity: ParityCheck | None = None) -> Path:
+        """Every stage, in order, then `parity` on the artifact in place (None: the check is skipped);
+        returns the artifact folder. However it ends, the staging folder is removed and the lock
+        released (`close`)."""
         try:
             self.prepare().load()
             if self.config.wants(Backend.ONNX):
                 self.wrap().trace().to_onnx()
             if self.config.wants(Backend.EXECUTORCH):
                 self.to_executorch()
-            return self.check().save_processor().finalize()
-        except BaseException:
-            self.discard()
-            raise
+            self.check().save_processor().finalize(parity="skipped" if parity is None else "pending")
+            if parity is None:
+                logger.info("parity check skipped")
+            else:
+                self.check_parity(parity)
+            return self.artifact_dir
+        finally:
+            self.close()
 
     def prepare(self) -> ExportPipeline:
-        """Create the staging folder beside the artifact folder; fail early on an unwritable output dir
-        or when a backend's export would not fit this machine's memory (`export.memory`)."""
-        parent = self.artifact_dir.parent
-        staging = parent / f".{self.artifact_dir.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            staging.mkdir()
-        except OSError as error:
-            raise PermissionError(
-                f"cannot write the artifact under {self.config.output_dir} ({error.strerror or error}); "
-                "choose another folder with --output-dir"
-            ) from None
-        misfits = check_fits(self.config.spec, self.config.quantization, [b.value for b in self.config.backends])
+        """Lock the destination and create the staging folder beside it. Fails early when a backend's
+        export would not fit this machine's memory (`export.memory`), on an unwritable output folder,
+        and when another export to the same destination runs (DestinationBusy). Logs the leftovers of
+        killed exports in the model folder, and the backends an existing artifact would lose."""
+        config = self.config
+        misfits = check_fits(config.spec, config.quantization, [b.value for b in config.backends])
         if misfits:
-            shutil.rmtree(staging)
             raise MemoryError(
-                describe_misfit(self.config.spec, self.config.quantization, misfits)
+                describe_misfit(config.spec, config.quantization, misfits)
                 + "; export the other backends here (--backends), or this one on a larger machine"
             )
-        self._staging = staging
-        logger.info("exporting %s keep %d -> %s", self.config.model, self.config.keep_count, self.artifact_dir)
+        try:
+            self.artifact_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._report_leftovers()  # before locking: the lock would hide this destination's own
+            self._lock.acquire()
+            self._staging = staging_path(self.artifact_dir)
+            self._staging.mkdir()
+        except DestinationBusy:
+            raise
+        except OSError as error:
+            self.close()
+            raise PermissionError(
+                f"cannot write the artifact under {config.output_dir} ({error.strerror or error}); "
+                "choose another folder with --output-dir"
+            ) from None
+        self._report_replacement()
+        logger.info("exporting %s keep %d -> %s", config.model, config.keep_count, self.artifact_dir)
         return self
 
     def load(self) -> ExportPipeline:
@@ -211,8 +240,13 @@ class ExportPipeline:
             self.loaded.processor.save_pretrained(self._staging / PROCESSOR_DIR)
         return self
 
-    def finalize(self) -> Path:
-        """Write manifest.json (every file's size and sha256) and move the artifact in place."""
+    def finalize(self, parity: ParityStatus = "skipped") -> Path:
+        """Write manifest.json (every file's size and sha256) and move the artifact in place.
+
+        Args:
+            parity: the manifest's `parity.status`: "skipped", or "pending" when `check_parity` follows,
+                so that an export killed before the check ends leaves "pending", never "skipped".
+        """
         self._require(bool(self._written), "to_onnx or to_executorch")
         self._require(self.loaded is not None, "load")
         with self._stage("hash"):
@@ -231,20 +265,37 @@ class ExportPipeline:
             files=files,
             export_seconds=self.export_seconds,
             peak_rss_mib=self.peak_rss_mib,
+            parity=parity,
         )
         write_manifest(self._staging, manifest)
-        if self.artifact_dir.exists():
-            shutil.rmtree(self.artifact_dir)
-        os.replace(self._staging, self.artifact_dir)
+        replace_folder(self._staging, self.artifact_dir)
         self._staging = None
         logger.info("artifact written to %s", self.artifact_dir)
         return self.artifact_dir
 
-    def discard(self) -> None:
-        """Remove the staging folder of an unfinished run."""
-        if self._staging is not None and self._staging.exists():
-            shutil.rmtree(self._staging)
-        self._staging = None
+    def check_parity(self, check: ParityCheck) -> ExportPipeline:
+        """Run `check` on the artifact in place; store its report, status, seconds and memory in the manifest."""
+        self._require((self.artifact_dir / MANIFEST).is_file(), "finalize")
+        with self._stage("parity"):
+            report = check(self)
+        status = "passed" if report["passed"] else "failed"
+        update_manifest(
+            self.artifact_dir,
+            parity={"status": status, "report": report},
+            export_seconds=self.export_seconds,
+            peak_rss_mib=self.peak_rss_mib,
+        )
+        logger.info("parity check %s", status)
+        return self
+
+    def close(self) -> None:
+        """Remove the staging folder of an unfinished run and release the destination's lock."""
+        try:
+            if self._staging is not None and self._staging.exists():
+                shutil.rmtree(self._staging)
+            self._staging = None
+        finally:
+            self._lock.release()
 
     @property
     def pruned(self) -> bool:
@@ -252,13 +303,44 @@ class ExportPipeline:
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
+        """Log, time and measure one stage; raise KeyboardInterrupt at its ends when an interrupt came
+        (`runtime.cli`), also one that library code swallowed or turned into another error."""
+        raise_if_interrupted()
         logger.info("%s ...", name)
         start = time.perf_counter()
-        yield
+        try:
+            with _heartbeat(name, start):
+                yield
+        except Exception:
+            raise_if_interrupted()
+            raise
+        raise_if_interrupted()
         seconds = time.perf_counter() - start
-        self.export_seconds[name] = seconds
-        self.peak_rss_mib[name] = peak_rss_mib()
+        self.export_seconds[name] = round(seconds, 3)
+        self.peak_rss_mib[name] = round(peak_rss_mib(), 1)
         logger.info("%s done in %.1f s (peak memory so far %.0f MiB)", name, seconds, self.peak_rss_mib[name])
+
+    def _report_leftovers(self) -> None:
+        leftovers = find_leftovers(self.artifact_dir.parent)
+        for leftover in leftovers:
+            logger.warning("leftover of a killed export: %s", leftover.describe())
+        if leftovers:
+            logger.warning("remove them with: %s", clean_command(self.config.output_dir))
+
+    def _report_replacement(self) -> None:
+        """One line when an artifact is in place already: it is replaced whole, whatever backends it holds."""
+        if not self.artifact_dir.exists():
+            return
+        held = [backend for backend, folder in BACKEND_DIRS.items() if (self.artifact_dir / folder).is_dir()]
+        lost = [backend.value for backend in held if not self.config.wants(backend)]
+        if not lost:
+            logger.info("the new artifact will replace %s", self.artifact_dir)
+            return
+        every = ",".join([*(backend.value for backend in self.config.backends), *lost])
+        logger.warning(
+            "the new artifact replaces %s and will no longer hold %s (to keep it, export with --backends %s)",
+            self.artifact_dir, ", ".join(lost), every,
+        )
 
     def _graphs(self, model: LlavaForConditionalGeneration) -> tuple[GraphSpec, ...]:
         return build_graphs(
@@ -273,6 +355,24 @@ class ExportPipeline:
     def _require(done: bool, stage: str) -> None:
         if not done:
             raise RuntimeError(f"run the {stage} stage first")
+
+
+@contextmanager
+def _heartbeat(stage: str, start: float, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Log "<stage> still running (N s)" every `every` seconds from a daemon thread until the block ends."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every):
+            logger.info("%s still running (%.0f s)", stage, time.perf_counter() - start)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _export(graph: GraphSpec) -> ExportedProgram:

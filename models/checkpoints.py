@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +18,7 @@ from models.random_weights import build_random_model
 from models.registry import ModelSpec, get_spec
 from models.synthetic_processor import build_processor, generation_config
 from models.tiny_llava import NAME as TINY_LLAVA
-from models.tiny_llava import build_tiny_llava
+from models.tiny_llava import build_tiny_llava, check_build
 
 MODEL_PATH_ENV = "MODEL_PATH"
 
@@ -40,17 +41,24 @@ def resolve_checkpoint(
 
     For a Hugging Face model, looked up in order: `model_path`, the `MODEL_PATH` environment
     variable, the Hugging Face cache (`cache_dir`, default the hub's cache). For tiny-llava:
-    `model_path`, default `build/models/tiny-llava`, built there if missing.
+    `model_path`, which must hold a build of the current recipe (nothing is written there), or by
+    default the project's own `build/models/tiny-llava`, built there if missing.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name; a config.json that does not parse; a tiny-llava build of another recipe.
         FileNotFoundError: no checkpoint where it looked; the message says how to get one.
     """
     spec = get_spec(name)
     if name == TINY_LLAVA:
-        return build_tiny_llava(model_path)
+        if model_path is None:
+            return build_tiny_llava()
+        directory = check_build(model_path)
+        _check_config_json(directory, f"remove {directory} and build it again, or omit the model path")
+        return directory
     if spec.hf_repo is None:
-        raise FileNotFoundError(f"{name} has no checkpoint anywhere: it exists with random weights only")
+        raise FileNotFoundError(
+            f"{name} has no checkpoint anywhere: it exists with random weights only; {_random_weights_hint(name)}"
+        )
 
     explicit = model_path if model_path is not None else os.environ.get(MODEL_PATH_ENV)
     if explicit:
@@ -62,6 +70,7 @@ def resolve_checkpoint(
                 f"machine with internet: `hf download {spec.hf_repo} --local-dir {directory}` "
                 f"(older huggingface_hub: `huggingface-cli download ...`)."
             )
+        _check_config_json(directory, f"download it again: `hf download {spec.hf_repo} --local-dir {directory}`")
         return directory
 
     config_file = try_to_load_from_cache(spec.hf_repo, "config.json", cache_dir=cache_dir)
@@ -75,8 +84,25 @@ def resolve_checkpoint(
         f"cache {cache} has no complete snapshot. On a machine with internet run `hf download {spec.hf_repo}` "
         f"(older huggingface_hub: `huggingface-cli download {spec.hf_repo}`) and copy the cache here, or "
         f"download to a folder and set {MODEL_PATH_ENV}=<folder>. For random weights of the same "
-        f"architecture use models.build_random_model({name!r})."
+        f"architecture, {_random_weights_hint(name)}."
     )
+
+
+def _random_weights_hint(name: str) -> str:
+    return (
+        f"export it with `make export MODEL={name} RANDOM_WEIGHTS=1` (or `python -m export -m {name} --random-weights`)"
+    )
+
+
+def _check_config_json(directory: Path, fix: str) -> None:
+    """Raise ValueError naming `directory/config.json` when it is not valid JSON; `fix` says what to do."""
+    path = directory / "config.json"
+    try:
+        json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{directory} holds no checkpoint (no config.json); {fix}") from None
+    except ValueError as error:  # JSON or UTF-8 decoding
+        raise ValueError(f"{path} is not valid JSON ({error}); {fix}") from None
 
 
 def load_model(

@@ -4,7 +4,8 @@ The directory holds what `from_pretrained` expects from a llava-hf checkpoint: t
 safetensors, generation config) and a `LlavaProcessor` (CLIP image processor at 336 px, a small
 byte-level BPE tokenizer trained here on a built-in corpus, the LLaVA-1.5 chat template). Nothing
 is downloaded. Building is deterministic and idempotent: a recipe stamp in the directory tells a
-finished build of the current recipe, which is then reused.
+finished build of the current recipe, which is then reused. `check_build` accepts a folder someone
+names (`--model-path`) only when it holds such a build, and never writes there.
 """
 
 from __future__ import annotations
@@ -64,6 +65,29 @@ def build_tiny_llava(directory: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def check_build(directory: str | os.PathLike) -> Path:
+    """`directory` when it holds a tiny-llava build of the current recipe; nothing is built or deleted.
+
+    Raises:
+        FileNotFoundError: no tiny-llava build there.
+        ValueError: a build of another recipe.
+    """
+    directory = Path(directory)
+    stamp = _read_stamp(directory)
+    # build_tiny_llava refuses a folder with files of something else.
+    foreign = stamp is None and directory.is_dir() and any(directory.iterdir())
+    target = "NEW_FOLDER" if foreign else directory
+    how = (
+        f"omit the model path to use {DEFAULT_DIR} (built on demand), or build one with "
+        f"`python -c \"from models import build_tiny_llava; build_tiny_llava('{target}')\"`"
+    )
+    if stamp is None:
+        raise FileNotFoundError(f"{directory} holds no tiny-llava build (no valid {STAMP_FILE}); {how}")
+    if stamp != _recipe_stamp(get_spec(NAME)):
+        raise ValueError(f"{directory} holds a tiny-llava build of another recipe; {how}")
+    return directory
+
+
 def build_model(spec: ModelSpec) -> LlavaForConditionalGeneration:
     """The tiny model with float32 random weights drawn from `SEED`."""
     model = build_random_model(spec.name, materialize=True, seed=SEED)
@@ -77,7 +101,11 @@ def _recipe_stamp(spec: ModelSpec) -> dict[str, str | int]:
 
 
 def _read_stamp(directory: Path) -> dict | None:
+    """The recipe stamp of a build in `directory`; None when there is none, or it does not parse."""
     path = directory / STAMP_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None

@@ -10,7 +10,8 @@ test asks for it:
     def test_other(artifact_dirs):
         folder = artifact_dirs[576]             # the same, as a lazy {keep: folder} mapping
 
-The artifacts are exported without the parity check (their manifest's `parity` is null).
+The artifacts are exported without the parity check (their manifest's `parity` is
+`{"status": "skipped"}`).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
     peaks = manifest["peak_rss_mib"]
     assert list(peaks) == list(stages)
     assert 0 < peaks["load"] and list(peaks.values()) == sorted(peaks.values())
-    assert manifest["parity"] is None  # the fixtures skip it; the CLI test covers it
+    assert manifest["parity"] == {"status": "skipped"}  # the fixtures skip it; the CLI test covers it
 
 
 def test_corrupted_file_is_reported(exported_artifact, tmp_path):

@@ -1,0 +1,26 @@
+"""The choices and defaults of an export, torch-free: `python -m export` parses its flags before it
+imports torch (seconds), so that --help and usage errors answer at once.
+
+`MODEL_NAMES` and `QUANTIZATIONS` name what `models.MODEL_SPECS` and `models.quantize.Quantization`
+define (both import torch); tests/export/test_cli.py checks that they agree.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+MODEL_NAMES = ("llava-1.5-13b", "llava-1.5-7b", "llava-1.5-7b-3layers", "tiny-llava")
+QUANTIZATIONS = ("none", "int4", "int8")
+DEFAULT_MODEL = "tiny-llava"
+# The paper's headline pruning rate: 64 of LLaVA-1.5's 576 image tokens kept.
+DEFAULT_RATE = 0.889
+# Longest prompt + answer the graphs accept unless told otherwise. ExecuTorch plans memory for
+# the upper bound, and prefill's attention scores grow with its square.
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+class Backend(str, Enum):
+    """Where the graphs go: ONNX files for ONNX Runtime, or one .pte for the ExecuTorch runtime."""
+
+    ONNX = "onnx"
+    EXECUTORCH = "executorch"
