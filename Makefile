@@ -19,7 +19,7 @@ export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE BENCH_KEEPS BENCH_BASELI
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
                $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
-.PHONY: setup test export bench bench-select bench-soak clean
+.PHONY: setup test export bench bench-select bench-soak clean clean-staging
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,10 @@ bench-soak: setup
 # -> artifacts/<MODEL>/keep<R>/ (export/ARTIFACTS.md), parity-checked against the eager model.
 export: setup
 	$(PY) -m export $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${RATE:+--rate "$$RATE"}
+
+# Staging folders that killed exports left under artifacts/ (each export and run names them).
+clean-staging: setup
+	$(PY) -m export --clean -o artifacts
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from bench.artifacts import add_artifact_flags, ensure_artifact, num_image_tokens
-from runtime.cli import HelpFormatter, run_cli
+from runtime.cli import HelpFormatter, import_torch_quietly, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import_torch_quietly()
     pruned = [ensure_artifact(args, keep) for keep in args.keeps]
     baseline = ensure_artifact(args, args.baseline or num_image_tokens(args))
     from runtime.bench import main as bench_main

@@ -23,7 +23,7 @@ from tabulate import tabulate
 from bench.artifacts import add_artifact_flags, ensure_artifact
 from runtime.artifact import load_artifact
 from runtime.bench import RESULTS_DIR
-from runtime.cli import HelpFormatter, run_cli
+from runtime.cli import HelpFormatter, import_torch_quietly, run_cli
 from runtime.generate import GenerationConfig, Runner
 from runtime.measure import current_rss_mib
 from runtime.samples import DEFAULT_PROMPT, sample_image
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import_torch_quietly()
     if args.runs < 2:
         raise ValueError(f"--runs must be at least 2, got {args.runs}")
     folder = ensure_artifact(args, args.keep)

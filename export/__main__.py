@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, MODEL_NAMES, QUANTIZATIONS, Backend
 from export.staging import format_bytes, remove_leftovers
-from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, run_cli
+from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, import_torch_quietly, run_cli
 
 if TYPE_CHECKING:
     from export.config import ExportConfig
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Export a vision-language model with VLM-Pruner token pruning inside the graph.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "-m",
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     """The body of `main`: one export, or --clean."""
     if args.clean:
         return clean(args.output_dir)
-    _import_quietly(verbose=args.verbose)
+    import_torch_quietly()
     from export.manifest import read_manifest
     from export.pipeline import ExportPipeline
 
@@ -219,18 +220,6 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status as in the module docstring; a usage error exits from argparse (SystemExit 2)."""
     return run_cli(build_parser(), run, None if argv is None else list(argv), log_stream=sys.stdout)
-
-
-def _import_quietly(*, verbose: bool) -> None:
-    """Import torch and transformers, then hide their warnings and progress bars again unless `verbose`:
-    both set their loggers' levels when imported, which is after `run_cli` quieted them."""
-    import torch
-    import transformers
-
-    if not verbose:
-        torch._logging.set_logs(all=logging.ERROR)
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
 
 
 def _take_reference(pipeline: ExportPipeline) -> PrunedLlava:

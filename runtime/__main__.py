@@ -38,6 +38,7 @@ def answer(args: argparse.Namespace) -> int:
     runner = Runner(args.artifact_dir, args.backend, allow_failed_parity=args.allow_failed_parity)
     if runner.artifact.parity != "passed":
         print(f"note: {describe_parity(runner.artifact.parity)}", file=sys.stderr)
+    _name_leftovers(args.artifact_dir)
     result = runner.generate(args.image, args.prompt, config, on_note=lambda note: print(f"note: {note}", file=sys.stderr))
     stats = result.stats
     print(printable(result.text))
@@ -58,6 +59,17 @@ def describe_parity(status: str) -> str:
         "skipped": "its export skipped the parity check (run `python -m runtime.parity` on it)",
         "interrupted": "its export was stopped before the parity check ended (run `python -m runtime.parity` on it)",
     }[status]
+
+
+def _name_leftovers(artifact_dir: Path) -> None:
+    """Say which staging folders killed exports left beside the artifact, and how to remove them."""
+    from export.staging import clean_command, find_leftovers  # torch-free: the export's own staging rules
+
+    leftovers = find_leftovers(artifact_dir.resolve().parent)
+    for leftover in leftovers:
+        print(f"note: leftover {leftover.describe()}", file=sys.stderr)
+    if leftovers:
+        print(f"note: remove them with `{clean_command(artifact_dir.resolve().parent.parent)}`", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

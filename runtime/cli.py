@@ -86,6 +86,8 @@ def run_cli(
         except USER_ERRORS as error:
             return _fail(args, f"error: {describe_error(error)}", EXIT_BAD_INPUT)
         except Exception as error:  # anything else is ours to fix: say so, trace only on request
+            if _interrupted:  # a library turned the interrupt into another exception
+                return _fail(args, "interrupted", EXIT_INTERRUPTED)
             message = f"error: internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback"
             return _fail(args, message, EXIT_INTERNAL)
         finally:
@@ -129,6 +131,19 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
         traceback.print_exc()
     print(message, file=sys.stderr)
     return code
+
+
+def import_torch_quietly() -> None:
+    """Import torch and transformers, then hide their warnings and progress bars again unless the CLI
+    runs with --verbose: both set their loggers' levels when imported, after `run_cli` quieted them.
+    Call it before the first torch-importing work of a CLI."""
+    import torch
+    import transformers
+
+    if _quiet:
+        torch._logging.set_logs(all=logging.ERROR)
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 @contextmanager

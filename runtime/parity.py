@@ -38,7 +38,7 @@ from tabulate import tabulate
 
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
-from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, run_cli
+from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, import_torch_quietly, run_cli
 from runtime.generate import GenerationConfig, InputProcessor, Runner, check_sequence_fits
 from runtime.preprocess import load_image
 from runtime.samples import DEFAULT_PROMPT, sample_image
@@ -369,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import_torch_quietly()
     report = check_parity(
         args.artifact_dir,
         backends=args.backends,

@@ -147,6 +147,13 @@ def _file_as_folder(folder: Path, tmp: Path) -> list[str]:
     return []
 
 
+def _leftover(folder: Path, tmp: Path) -> list[str]:
+    """A staging folder beside the artifact, as a SIGKILLed export leaves it."""
+    (folder.parent / ".artifact-0123abcd").mkdir()
+    (folder.parent / ".artifact-0123abcd" / "weights.data").write_bytes(bytes(1000))
+    return []
+
+
 def _parity(status: str) -> Callable[[Path, Path], list[str]]:
     return _edit_manifest(lambda manifest: manifest.__setitem__("parity", {"status": status}))
 
@@ -166,6 +173,7 @@ RUNTIME_CASES = [
     Case("parity interrupted: used, and said", _parity("pending"), 0, "stopped before the parity check ended"),
     Case("parity failed: refused", _parity("failed"), 2, "failed its parity check"),
     Case("parity failed, insisted", _failed_parity("--allow-failed-parity"), 0, "FAILED"),
+    Case("leftover of a killed export: named", _leftover, 0, "left by a killed export of artifact"),
     Case("no folder", _missing_folder, 2, "does not exist"),
     Case("a file as the folder", _file_as_folder, 2, "is a file"),
     Case("manifest not JSON", lambda f, t: [(f / "manifest.json").write_text("{oops"), []][1], 2, "not valid JSON"),
