@@ -115,7 +115,13 @@ class Prefill(nn.Module):
         _check_batch_of_one("inputs_embeds", inputs_embeds)
         positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)  # [T]
         cos, sin = self.rotary_emb(inputs_embeds, positions[None])  # [1, T, head_dim] each
+        return self.run_layers(inputs_embeds, cos, sin, image_start)
 
+    def run_layers(
+        self, inputs_embeds: Tensor, cos: Tensor, sin: Tensor, image_start: Tensor
+    ) -> tuple[Tensor, Tensor, KVCache]:
+        """The layers, the selection between them and the head, given the prompt's rotary tables
+        cos, sin [1, T, head_dim] (a family's own position scheme makes them)."""
         hidden = inputs_embeds
         cache = []
         for layer in self.layers[: self.prune_layer]:
@@ -182,9 +188,13 @@ class DecodeStep(nn.Module):
 
     def forward(self, inputs_embeds: Tensor, position: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
         _check_batch_of_one("inputs_embeds", inputs_embeds)
+        cos, sin = self.rotary_emb(inputs_embeds, position[None])  # [1, 1, head_dim] each
+        return self.run_layers(inputs_embeds, cos, sin, cache)
+
+    def run_layers(self, inputs_embeds: Tensor, cos: Tensor, sin: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+        """Every layer and the head, given the token's rotary tables cos, sin [1, 1, head_dim]."""
         if len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.layers)}")
-        cos, sin = self.rotary_emb(inputs_embeds, position[None])  # [1, 1, head_dim] each
         hidden = inputs_embeds
         present = []
         for layer, (past_key, past_value) in zip(self.layers, cache):

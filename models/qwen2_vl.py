@@ -34,7 +34,7 @@ from transformers import Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionBlock, apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_position_ids
 
-from models.llava import DecodeStep, KVCache, Prefill, TokenEmbedding, _check_batch_of_one, _decoder_layer
+from models.llava import DecodeStep, KVCache, Prefill, TokenEmbedding, _check_batch_of_one
 from pruning_graph import VLMPrunerConfig
 
 # The token embedding is LLaVA's: both read `model.model.language_model.embed_tokens`.
@@ -114,24 +114,7 @@ class Qwen2VLPrefill(Prefill):
     ) -> tuple[Tensor, Tensor, KVCache]:
         _check_batch_of_one("inputs_embeds", inputs_embeds)
         cos, sin = self.rotary_emb(inputs_embeds, position_ids)  # [1, T, head_dim] each, sections interleaved
-
-        hidden = inputs_embeds
-        cache = []
-        for layer in self.layers[: self.prune_layer]:
-            hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
-            cache.append((key, value))
-
-        if self.selector is None:
-            kept = torch.arange(self.num_image_tokens, device=hidden.device)
-        else:
-            kept, hidden, gather = self._prune(hidden, cache[-1][0], image_start)
-            cos, sin = cos.index_select(1, gather), sin.index_select(1, gather)
-
-        for layer in self.layers[self.prune_layer :]:
-            hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
-            cache.append((key, value))
-        logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
-        return logits, kept, tuple(cache)
+        return self.run_layers(inputs_embeds, cos, sin, image_start)
 
 
 class Qwen2VLDecodeStep(DecodeStep):
@@ -149,16 +132,8 @@ class Qwen2VLDecodeStep(DecodeStep):
 
     def forward(self, inputs_embeds: Tensor, position_ids: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
         _check_batch_of_one("inputs_embeds", inputs_embeds)
-        if len(cache) != len(self.layers):
-            raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.layers)}")
         cos, sin = self.rotary_emb(inputs_embeds, position_ids)  # [1, 1, head_dim] each
-        hidden = inputs_embeds
-        present = []
-        for layer, (past_key, past_value) in zip(self.layers, cache):
-            hidden, key, value = _decoder_layer(layer, hidden, cos, sin, past_key, past_value)
-            present.append((key, value))
-        logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
-        return logits, tuple(present)
+        return self.run_layers(inputs_embeds, cos, sin, cache)
 
 
 def mrope_position_ids(seq_len: int, image_start: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:

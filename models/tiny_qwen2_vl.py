@@ -13,11 +13,7 @@ current recipe, which is then reused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,12 +28,11 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from models.recipe_build import Recipe
 from models.synthetic_processor import CORPUS
 
 NAME = "tiny-qwen2-vl"
 SEED = 4  # with this seed, greedy decoding of the random weights does not repeat one token
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "build" / "models" / NAME
-STAMP_FILE = "tiny_qwen2_vl_recipe.json"
 
 # Qwen2-VL's special tokens in Qwen2's order (151643, 151644, ... there), here ids 0, 1, ...
 SPECIAL_TOKENS = (
@@ -103,36 +98,15 @@ class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
 
 
 def build_tiny_qwen2_vl(directory: str | os.PathLike | None = None) -> Path:
-    """Build the tiny-qwen2-vl checkpoint into `directory` unless the current recipe is already there.
+    """Build the tiny-qwen2-vl checkpoint into `directory` (default `build/models/tiny-qwen2-vl` in
+    the repository) unless the current recipe is already there; returns the folder, loadable with
+    `Qwen2VLForConditionalGeneration.from_pretrained` and `Qwen2VLImageTextProcessor.from_pretrained`."""
+    return RECIPE.build(directory)
 
-    Args:
-        directory: target folder; default `build/models/tiny-qwen2-vl` in the repository.
-    Returns:
-        The checkpoint directory, loadable with `Qwen2VLForConditionalGeneration.from_pretrained`
-        and `Qwen2VLImageTextProcessor.from_pretrained`.
-    """
-    target = Path(directory) if directory is not None else DEFAULT_DIR
-    stamp = _recipe_stamp()
-    if _read_stamp(target) == stamp:
-        return target
-    if target.exists() and any(target.iterdir()) and _read_stamp(target) is None:
-        raise FileExistsError(f"{target} exists and is not a {NAME} build; choose an empty or new directory")
 
-    # Build next to the target and move it in at the end, so that a half-written build never
-    # passes for a finished one.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        build_processor().save_pretrained(staging)
-        build_model().save_pretrained(staging)
-        (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
+def _write(folder: Path) -> None:
+    build_processor().save_pretrained(folder)
+    build_model().save_pretrained(folder)
 
 
 def tiny_config() -> Qwen2VLConfig:
@@ -236,13 +210,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _recipe_stamp() -> dict[str, str | int]:
-    recipe = repr((tiny_config().to_dict(), SEED, SPECIAL_TOKENS, IMAGE_SIZE, CORPUS, QWEN2_VL_CHAT_TEMPLATE))
-    return {"name": NAME, "seed": SEED, "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest()}
-
-
-def _read_stamp(directory: Path) -> dict | None:
-    path = directory / STAMP_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+RECIPE = Recipe(
+    name=NAME,
+    seed=SEED,
+    ingredients=(tiny_config().to_dict(), SPECIAL_TOKENS, IMAGE_SIZE, CORPUS, QWEN2_VL_CHAT_TEMPLATE),
+    write=_write,
+    default_dir=Path(__file__).resolve().parent.parent / "build" / "models" / NAME,
+)
