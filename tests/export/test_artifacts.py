@@ -18,6 +18,7 @@ from export.graphs import cache_names
 from export.manifest import read_manifest, verify_files
 from export.onnx_weights import ALIGNMENT
 from models import PrunedLlava
+from runtime.artifact import FORMAT_VERSION
 from tests.export.fixtures import TEST_KEEPS
 from tests.export.runners import open_graphs
 
@@ -76,7 +77,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
     assert manifest["model"] == {
         "name": "tiny-llava",
         "source": "checkpoint",
@@ -152,6 +153,10 @@ def test_onnx_graphs_follow_the_contract(exported_artifact, keep):
     assert shapes[f"present.{NUM_LAYERS - 1}.value"] == [1, 2, pruned_length, 16]
     scans = sum(node.op_type == "Scan" for node in prefill.graph.node)
     assert scans > 0 if keep < N else scans == 0
+    # The bound M, which no shape carries, for the runtime to check the manifest against.
+    for name in ("embed_tokens", "prefill", "decode"):
+        metadata = {prop.key: prop.value for prop in onnx.load(str(folder / f"{name}.onnx")).metadata_props}
+        assert metadata["max_seq_len"] == "2048"
 
     decode = onnx.load(str(folder / "decode.onnx"))
     inputs = {value.name: _dims(value) for value in decode.graph.input}
