@@ -8,16 +8,18 @@ import torch
 from pruning_graph import VLMPrunerConfig, reference_select, select_tokens
 from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance
 from pruning_graph.reference import _greedy_fill, _pivots, _screened_channels
-from tests.pruning_graph.cases import all_cases
+from pruning_graph.validation import check_grid_and_keep
+from tests.pruning_graph.cases import all_cases, multi_view_cases
 
 CASES = all_cases()
+MULTI_VIEW_CASES = multi_view_cases()
 
 
 def test_case_count():
     assert len(CASES) >= 200
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES + MULTI_VIEW_CASES, ids=lambda c: c.name)
 def test_static_matches_reference(case):
     ref_indices, ref_fused = reference_select(case.keys, case.hidden, case.grid, case.keep, case.config)
     indices, fused = select_tokens(case.keys, case.hidden, case.grid, case.keep, case.config)
@@ -30,7 +32,7 @@ def _passes_run(case) -> int:
     keys, states = case.keys.double(), case.hidden.double()
     similarity = cosine_similarity_matrix(states[:, _screened_channels(states, case.config.q)])
     selected = _pivots(keys, min(case.config.kappa, case.keep))
-    return _greedy_fill(selected, similarity, grid_distance(case.grid), case.keep, case.config)
+    return _greedy_fill(selected, similarity, grid_distance(check_grid_and_keep(case.grid, case.keep)), case.keep, case.config)
 
 
 def test_cases_exercise_several_passes():
