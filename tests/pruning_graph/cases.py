@@ -75,7 +75,7 @@ def multi_view_cases() -> list[Case]:
             dk, d = WIDTHS[variant]
             keys, hidden = make_views(kind, views, dk, d, seed=100 * number + variant, newline=number == 0)
             name = f"{kind}-views{number}-d{d}"
-            for keep in (4, n // 3, n - 1):
+            for keep in (4, n // 3, n - 1) if kind == "objects" else (n // 3,):
                 cases.append(Case(f"{name}-keep{keep}", keys, hidden, views, keep))
             cases.append(Case(f"{name}-keep{n // 3}-kappa1", keys, hidden, views, n // 3, CONFIGS[1]))
     return cases
