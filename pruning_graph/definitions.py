@@ -93,8 +93,8 @@ def similarity_columns(x: Tensor) -> Tensor:
         float32 [N, N].
     """
     unit = _unit_rows(x)
-    blocks = [(unit[start : start + _SIMILARITY_ROWS] @ unit.T).to(torch.float32).T for start in range(0, x.shape[0], _SIMILARITY_ROWS)]
-    return torch.cat(blocks, dim=1)
+    rows = range(0, x.shape[0], _SIMILARITY_ROWS)
+    return torch.cat([(unit[r : r + _SIMILARITY_ROWS] @ unit.T).to(torch.float32).T for r in rows], dim=1)
 
 
 def _unit_rows(x: Tensor) -> Tensor:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pruning_graph import VLMPrunerConfig, reference_select, select_tokens
-from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance
+from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance, similarity_columns
 from pruning_graph.reference import _greedy_fill, _pivots, _screened_channels
+from pruning_graph.static_ops import order_ascending
 from pruning_graph.validation import check_grid_and_keep
 from tests.pruning_graph.cases import all_cases, multi_view_cases
 
@@ -48,3 +49,12 @@ def test_cases_exercise_several_passes():
 def test_channel_spread_ranks_like_unbiased_variance():
     hidden = torch.randn(50, 300, generator=torch.Generator().manual_seed(0))
     assert torch.equal(channel_spread(hidden).argsort(), hidden.var(dim=0, correction=1).argsort())
+
+
+def test_blocked_similarity_and_order_match_at_video_size():
+    """Beyond 1024 tokens the similarity and the pass order are computed in blocks of rows."""
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(2500, 64, generator=g, dtype=torch.float64)
+    assert torch.equal(similarity_columns(states).double(), cosine_similarity_matrix(states).T)
+    values = torch.randint(0, 50, (2500,), generator=g).double()  # many ties
+    assert torch.equal(order_ascending(values), torch.sort(values, stable=True).indices)
