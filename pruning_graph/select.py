@@ -187,17 +187,16 @@ def _greedy_fill(state: _State, similarity: Tensor, layout: TokenLayout, keep: i
         order = torch.cat([order, order[-1:].expand(blocks * config.block - n)]).reshape(blocks, config.block)
 
         def step(carry: tuple[Tensor, ...], block: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-            *state, room = carry
-            selected, nearest_sim, nearest_dist = state
+            selected, nearest_sim, nearest_dist, room = carry
             m = _redundancy(nearest_sim.index_select(0, block), nearest_dist.index_select(0, block), lam)
             was_selected = selected.index_select(0, block)
             accepted = (m < threshold) & ~was_selected
             # Over budget: the accepted with the smallest m, ties by block order.
             accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
-            return (*_absorb(tuple(state), block, accepted, similarity, layout), room - accepted.sum()), accepted
+            state = _absorb((selected, nearest_sim, nearest_dist), block, accepted, similarity, layout)
+            return (*state, room - accepted.sum()), accepted
 
         (*state, room), _ = _scan(step, (*state, room), order)
-        state = tuple(state)
     return state[0]
 
 
