@@ -65,7 +65,7 @@ def make_views(
     for number, (height, width) in enumerate(views):
         keys, hidden = make_image(kind, (height, width), dk, d, seed + 1 + number)
         if newline and number > 0:
-            last = torch.arange(height * width) % width == width - 1
-            keys, hidden = torch.where(last[:, None], newline_keys, keys), torch.where(last[:, None], newline_hidden, hidden)
+            last = (torch.arange(height * width) % width == width - 1)[:, None]
+            keys, hidden = torch.where(last, newline_keys, keys), torch.where(last, newline_hidden, hidden)
         parts.append((keys, hidden))
     return torch.cat([keys for keys, _ in parts]), torch.cat([hidden for _, hidden in parts])

@@ -32,8 +32,9 @@ def test_static_matches_reference(case):
 def _passes_run(case) -> int:
     keys, states = case.keys.double(), case.hidden.double()
     similarity = cosine_similarity_matrix(states[:, _screened_channels(states, case.config.q)])
+    distance = grid_distance(check_grid_and_keep(case.grid, case.keep))
     selected = _pivots(keys, min(case.config.kappa, case.keep))
-    return _greedy_fill(selected, similarity, grid_distance(check_grid_and_keep(case.grid, case.keep)), case.keep, case.config)
+    return _greedy_fill(selected, similarity, distance, case.keep, case.config)
 
 
 def test_cases_exercise_several_passes():
