@@ -10,6 +10,7 @@ import torch
 from pruning_graph import VLMPrunerConfig, VLMPrunerSelect, reference_select, select_tokens
 from pruning_graph.definitions import grid_distance, settle
 from pruning_graph.reference import _pivots
+from pruning_graph.synthetic import make_image
 from tests.pruning_graph.cases import all_cases
 
 CASES = [c for c in all_cases() if c.keep not in (1, c.grid[0] * c.grid[1])][::3]
@@ -58,9 +59,9 @@ def test_half_precision_inputs_return_input_dtype():
 
 @pytest.mark.parametrize("select", [select_tokens, reference_select])
 def test_one_view_list_is_the_pair(select):
-    case = next(c for c in all_cases() if c.grid == (12, 12) and c.keep == 64)
-    pair = select(case.keys, case.hidden, (12, 12), 64)
-    listed = select(case.keys, case.hidden, [(12, 12)], 64)
+    keys, hidden = make_image("objects", (12, 12), 64, 96, seed=3)
+    pair = select(keys, hidden, (12, 12), 64)
+    listed = select(keys, hidden, [(12, 12)], 64)
     assert torch.equal(pair[0], listed[0]) and torch.equal(pair[1], listed[1])
     assert VLMPrunerSelect([(12, 12)], 64).grid == VLMPrunerSelect((12, 12), 64).grid == (12, 12)
 
