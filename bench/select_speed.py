@@ -1,7 +1,10 @@
-"""Selection time at LLaVA-1.5-7B size: reference, eager static, ONNX Runtime, ExecuTorch.
+"""Selection time and peak memory at LLaVA sizes: reference, eager static, ONNX Runtime, ExecuTorch.
 
-N = 576 image tokens (24 x 24), keys and hidden states 4096 wide, keep R in {64, 128, 192}.
-Prints a table and writes JSON. Run with `make bench-select`.
+Keys and hidden states 4096 wide (LLaVA-1.5-7B), keep R = round(N * (1 - rate)), rate 88.9 %, for
+N = 576 (LLaVA-1.5, one 24 x 24 view), 2928 (LLaVA-NeXT 2 x 2 tiles: the 24 x 24 base view, then
+the 48 x 49 high-resolution view with its newline column), 3136 (16 video frames of 14 x 14) and
+12544 (64 frames). Peak memory is the growth of the process's peak resident set during the first
+run (inputs excluded). Prints a table and writes JSON. Run with `make bench-select`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,17 +25,30 @@ from tabulate import tabulate
 from export.executorch import save_pte
 from export.onnx import save_onnx
 from pruning_graph import VLMPrunerSelect, reference_select, select_tokens
-from pruning_graph.synthetic import make_image
+from pruning_graph.synthetic import make_views
 
-GRID = (24, 24)
+# N -> (views, whether views after the first end their rows with a newline token)
+VIEWS = {
+    576: (((24, 24),), False),
+    2928: (((24, 24), (48, 49)), True),
+    3136: (((14, 14),) * 16, False),
+    12544: (((14, 14),) * 64, False),
+}
 WIDTH = 4096
-KEEPS = (64, 128, 192)
+RATE = 0.889
+# The reference is a Python loop over candidates: minutes beyond LLaVA-1.5's 576 tokens.
+REFERENCE_MAX_N = 576
+# The exported selection above this N: ExecuTorch's portable float64 matmul alone takes minutes.
+EXPORT_MAX_N = 3136
 DEFAULT_JSON = Path("bench/results/select_speed.json")
 
 
-def median_ms(run: Callable[[], object], *, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        run()
+def _rss_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
+
+
+def median_ms(run: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -40,53 +57,93 @@ def median_ms(run: Callable[[], object], *, warmup: int, repeat: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def bench_keep(keep: int, keys: torch.Tensor, hidden: torch.Tensor, folder: Path, repeat: int) -> dict[str, float]:
+def measure(load: Callable[[], Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Peak memory of loading and a first run, then the median time of `repeat` more runs.
+
+    The peak is the growth of the process's peak resident set (reset first, Linux), so it counts
+    what a runtime allocates at load (ExecuTorch plans its memory then) and in the first run.
+    """
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = _rss_mib("VmRSS")
+    run = load()
+    run()
+    return {"peak_mib": _rss_mib("VmHWM") - before, "ms": median_ms(run, repeat)}
+
+
+def bench_size(n: int, folder: Path, repeat: int, export_max_n: int) -> dict[str, dict[str, float]]:
+    views, newline = VIEWS[n]
+    keep = round(n * (1 - RATE))
+    keys, hidden = make_views("objects", views, WIDTH, WIDTH, seed=0, newline=newline)
+    results = {}
+    with torch.inference_mode():
+        if n <= REFERENCE_MAX_N:
+            results["reference"] = measure(lambda: partial(reference_select, keys, hidden, views, keep), repeat=1)
+        results["eager static"] = measure(lambda: partial(select_tokens, keys, hidden, views, keep), repeat)
+    if n > export_max_n:
+        return results
+
     import onnxruntime as ort
     from executorch.runtime import Runtime
 
-    module = VLMPrunerSelect(GRID, keep).eval()
-    program = torch.export.export(module, (keys, hidden), strict=False)
-    session = ort.InferenceSession(str(save_onnx(program, folder / f"select{keep}.onnx")))
-    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), (keys, hidden))}
-    method = Runtime.get().load_program(save_pte(program, folder / f"select{keep}.pte")).load_method("forward")
+    start = time.perf_counter()
+    program = torch.export.export(VLMPrunerSelect(views, keep).eval(), (keys, hidden), strict=False)
+    onnx_path, pte_path = save_onnx(program, folder / f"select{n}.onnx"), save_pte(program, folder / f"select{n}.pte")
+    results["export"] = {"s": time.perf_counter() - start}
 
-    with torch.inference_mode():
-        return {
-            "reference": median_ms(lambda: reference_select(keys, hidden, GRID, keep), warmup=1, repeat=3),
-            "eager static": median_ms(lambda: select_tokens(keys, hidden, GRID, keep), warmup=2, repeat=repeat),
-            "onnxruntime": median_ms(lambda: session.run(None, feeds), warmup=2, repeat=repeat),
-            "executorch": median_ms(lambda: method.execute([keys, hidden]), warmup=2, repeat=repeat),
-        }
+    def load_onnx() -> Callable[[], object]:
+        session = ort.InferenceSession(str(onnx_path))
+        return partial(session.run, None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), (keys, hidden))})
+
+    def load_pte() -> Callable[[], object]:
+        return partial(Runtime.get().load_program(pte_path).load_method("forward").execute, [keys, hidden])
+
+    results["onnxruntime"] = measure(load_onnx, repeat)
+    results["executorch"] = measure(load_pte, repeat)
+    return results
+
+
+def _cell(result: dict[str, float] | None, key: str, digits: int = 0) -> str:
+    return "-" if result is None else f"{result[key]:.{digits}f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keeps", type=int, nargs="+", default=list(KEEPS), help="keep counts R to time")
-    parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement (median reported)")
+    parser.add_argument("--sizes", type=int, nargs="+", choices=list(VIEWS), default=list(VIEWS), help="token counts N")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (median reported)")
+    parser.add_argument(
+        "--export-max-n", type=int, default=EXPORT_MAX_N, help="largest N run exported (ONNX Runtime, ExecuTorch)"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
     args = parser.parse_args()
 
-    keys, hidden = make_image("objects", GRID, WIDTH, WIDTH, seed=0)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        for keep in args.keeps:
-            print(f"keep {keep}: exporting and timing ...", flush=True)
-            results[keep] = bench_keep(keep, keys, hidden, Path(folder), args.repeat)
+        for n in args.sizes:
+            print(f"N = {n}: timing ...", flush=True)
+            results[n] = bench_size(n, Path(folder), args.repeat, args.export_max_n)
 
-    backends = list(next(iter(results.values())))
-    rows = [[keep, *(f"{times[b]:.1f}" for b in backends)] for keep, times in results.items()]
-    print(f"\nSelection time, median ms (N = {GRID[0] * GRID[1]}, dk = d = {WIDTH}, {torch.get_num_threads()} threads)")
-    print(tabulate(rows, headers=["keep", *backends]))
+    backends = ("reference", "eager static", "onnxruntime", "executorch")
+    rows = []
+    for n, result in results.items():
+        cells = [f"{_cell(result.get(b), 'ms')} / {_cell(result.get(b), 'peak_mib')}" for b in backends]
+        rows.append([n, len(VIEWS[n][0]), round(n * (1 - RATE)), *cells, _cell(result.get("export"), "s", 1)])
+    print(
+        f"\nSelection: median ms / peak MiB (dk = d = {WIDTH}, {torch.get_num_threads()} threads; '-': not run, "
+        f"reference beyond N = {REFERENCE_MAX_N}, exported beyond N = {args.export_max_n})"
+    )
+    print(tabulate(rows, headers=["N", "views", "keep", *backends, "export s"]))
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(
             {
-                "grid": GRID,
+                "views": {str(n): VIEWS[n][0] for n in results},
                 "width": WIDTH,
-                "unit": "ms (median)",
+                "rate": RATE,
+                "units": {"ms": "median ms", "peak_mib": "peak RSS growth of the first run, MiB", "s": "seconds"},
                 "machine": {"processor": platform.processor(), "threads": torch.get_num_threads()},
-                "results": {str(k): v for k, v in results.items()},
+                "results": {str(n): r for n, r in results.items()},
             },
             indent=2,
         )

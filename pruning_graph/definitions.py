@@ -17,12 +17,18 @@ Numerics, so that eager PyTorch, ONNX Runtime and ExecuTorch make the same decis
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 _NORM_EPS = 1e-12
+# Rows of the similarity matrix computed per matmul: a 1024 x N float64 block at a time.
+_SIMILARITY_ROWS = 1024
+# Views [(H1, W1), (H2, W2), ...] of the image tokens, in sequence order.
+Views = tuple[tuple[int, int], ...]
 DECISION_DTYPE = torch.float64
 
 # ExecuTorch's portable kernels, measured in float64: a sum over a dim accumulates at float32
@@ -90,6 +96,24 @@ def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
     return settle(_unit_rows(a) @ _unit_rows(b).T)
 
 
+def similarity_columns(x: Tensor) -> Tensor:
+    """The columns of `cosine_similarity_matrix(x)`, stored as float32 rows: result[j, i] = M_ij.
+
+    Settled values are float32 numbers, so the float32 storage is exact and takes half the memory;
+    rows are what the selection reads (the similarity of every token to one selected token), and
+    a row is contiguous. M is computed in blocks of rows (measured: the same bits as one matmul
+    with MKL), so no N x N float64 matrix exists at once.
+
+    Args:
+        x: float64 [N, c].
+    Returns:
+        float32 [N, N].
+    """
+    unit = _unit_rows(x)
+    rows = range(0, x.shape[0], _SIMILARITY_ROWS)
+    return torch.cat([(unit[r : r + _SIMILARITY_ROWS] @ unit.T).to(torch.float32).T for r in rows], dim=1)
+
+
 def channel_spread(hidden: Tensor) -> Tensor:
     """Per-channel sum of squared deviations over the tokens, settled: [N, d] -> [d].
 
@@ -100,20 +124,53 @@ def channel_spread(hidden: Tensor) -> Tensor:
     return settle(column_sums(centred * centred))
 
 
-def grid_distance(grid: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
-    """Euclidean distance of the row-major grid positions, divided by the grid's diagonal.
+class TokenLayout(NamedTuple):
+    """Where each of the N image tokens sits: its view and its position inside that view's grid."""
 
-    Token i sits at (i mod W, i // W); the result lies in [0, 1).
+    x: Tensor  # float64 [N], column inside the view
+    y: Tensor  # float64 [N], row inside the view
+    view: Tensor  # int64 [N], index of the view
+    diagonal: Tensor  # float64 [N], D_max = sqrt(H^2 + W^2) of the token's view
+
+
+def token_layout(views: Views, device: torch.device | str | None = None) -> TokenLayout:
+    """The layout of views [(H1, W1), ...], in sequence order, each row-major (spec section 6).
+
+    Built from `arange` ops, one run of equal consecutive views at a time (64 video frames are one
+    run), so that a traced graph computes it instead of holding N-long constants.
+    """
+    parts = []
+    first = 0
+    for (height, width), run in itertools.groupby(views):
+        count = len(list(run))
+        index = torch.arange(count * height * width, device=device)
+        x = (index % width).to(DECISION_DTYPE)
+        y = (torch.div(index, width, rounding_mode="floor") % height).to(DECISION_DTYPE)
+        view = torch.div(index, height * width, rounding_mode="floor") + first
+        diagonal = constant(math.sqrt(height * height + width * width), x).expand(index.shape[0])
+        parts.append((x, y, view, diagonal))
+        first += count
+    return TokenLayout(*(torch.cat(column) for column in zip(*parts)))
+
+
+def grid_distance_rows(layout: TokenLayout, rows: Tensor) -> Tensor:
+    """D_ij / D_max of the rows' view from each token i of `rows` to every token j, settled.
+
+    Inside a view the result lies in [0, 1); between different views it is +inf.
 
     Args:
-        grid: (H, W).
+        rows: int64 [k].
     Returns:
-        float64 [H*W, H*W].
+        float64 [k, N].
     """
-    height, width = grid
-    index = torch.arange(height * width, device=device)
-    x = (index % width).to(DECISION_DTYPE)
-    y = torch.div(index, width, rounding_mode="floor").to(DECISION_DTYPE)
-    dx = x[:, None] - x[None, :]
-    dy = y[:, None] - y[None, :]
-    return settle(torch.sqrt(dx * dx + dy * dy) / constant(math.sqrt(height * height + width * width), x))
+    x, y, view, diagonal = (column.index_select(0, rows) for column in layout)
+    dx = x[:, None] - layout.x[None, :]
+    dy = y[:, None] - layout.y[None, :]
+    distance = settle(torch.sqrt(dx * dx + dy * dy) / diagonal[:, None])
+    return torch.where(view[:, None] == layout.view[None, :], distance, math.inf)
+
+
+def grid_distance(views: Views) -> Tensor:
+    """`grid_distance_rows` for every token: float64 [N, N]."""
+    layout = token_layout(views)
+    return grid_distance_rows(layout, torch.arange(layout.x.shape[0]))

@@ -21,13 +21,13 @@ from pruning_graph.definitions import (
     l1_norms,
     l2_norms,
 )
-from pruning_graph.validation import check_features, check_grid_and_keep
+from pruning_graph.validation import Grid, check_features, check_grid_and_keep
 
 
 def reference_select(
     keys: Tensor,
     hidden: Tensor,
-    grid: tuple[int, int],
+    grid: Grid,
     keep: int,
     config: VLMPrunerConfig = VLMPrunerConfig(),
 ) -> tuple[Tensor, Tensor]:
@@ -36,17 +36,18 @@ def reference_select(
     Args:
         keys: float [N, dk], layer K-1's post-RoPE keys of the image tokens.
         hidden: float [N, d], layer K-1's output hidden states of the image tokens.
-        grid: (H, W) with H * W == N, the row-major layout of the tokens.
+        grid: (H, W) with H * W == N, the row-major layout of the tokens; or views
+            [(H1, W1), (H2, W2), ...] with sum(H_v * W_v) == N, in sequence order, each row-major.
         keep: R, number of tokens kept, 1 <= R <= N.
     Returns:
         indices: int64 [R], the kept tokens, ascending.
         fused: [R, d] in hidden's dtype, the kept tokens' states after fusion.
     """
     n = check_features(keys, hidden)
-    check_grid_and_keep(grid, keep, n)
+    views = check_grid_and_keep(grid, keep, n)
     keys, exact = keys.to(DECISION_DTYPE), hidden.to(DECISION_DTYPE)
     similarity = cosine_similarity_matrix(exact[:, _screened_channels(exact, config.q)])
-    distance = grid_distance(tuple(grid))
+    distance = grid_distance(views)
 
     selected = _pivots(keys, min(config.kappa, keep))
     _greedy_fill(selected, similarity, distance, keep, config)
@@ -79,9 +80,13 @@ def _pivots(keys: Tensor, count: int) -> list[int]:
 
 
 def _redundancy(i: int, selected: list[int], similarity: Tensor, distance: Tensor, lam: float) -> Tensor:
-    """m_i(S) = max_{j in S} M_ij * (1 + lam * min_{j in S} D_ij / D_max), a float64 scalar."""
-    nearest_dist = distance[i, selected].min()
-    return similarity[i, selected].max() * (1 + constant(lam, nearest_dist) * nearest_dist)
+    """m_i(S) = max_{j in S} M_ij * (1 + lam * delta_i(S)), a float64 scalar.
+
+    delta_i(S) = min D_ij / D_max over the j in S of i's own view, 1 when S has none there
+    (`distance` is +inf between views).
+    """
+    delta = torch.minimum(distance[i, selected].min(), constant(1.0, distance))
+    return similarity[i, selected].max() * (1 + constant(lam, delta) * delta)
 
 
 def _greedy_fill(

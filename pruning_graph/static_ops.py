@@ -14,6 +14,9 @@ import torch
 from torch import Tensor
 from torch._higher_order_ops.scan import scan
 
+# Rows of pairwise comparisons `rank_ascending` makes at a time: [1024, N] bool.
+_RANK_ROWS = 1024
+
 
 def argmax_lowest(scores: Tensor) -> Tensor:
     """Index of the largest score, the lowest index among equals: [N] -> int64 [1]."""
@@ -54,25 +57,26 @@ def mask_to_indices(mask: Tensor, count: int) -> Tensor:
     Returns:
         int64 [count].
     """
-    n = mask.shape[0]
-    index = torch.arange(n, device=mask.device)
-    slot = torch.cumsum(mask.to(torch.int64), dim=0) - 1
-    # one_hot[r, i]: token i is the r-th True entry.
-    one_hot = (slot[None, :] == torch.arange(count, device=mask.device)[:, None]) & mask[None, :]
-    return (one_hot.to(torch.int64) * index[None, :]).sum(dim=1)
+    index = torch.arange(mask.shape[0], device=mask.device)
+    # The r-th True entry goes to slot r; the False ones all add into a spare slot `count`.
+    slot = torch.where(mask, torch.cumsum(mask.to(torch.int64), dim=0) - 1, count)
+    return torch.zeros(count + 1, dtype=torch.int64, device=mask.device).scatter_add(0, slot, index)[:count]
 
 
 def rank_ascending(values: Tensor) -> Tensor:
     """Rank of each value in ascending order, ties by lower index: float [N] -> int64 [N].
 
-    rank_i = #{j : v_j < v_i or (v_j == v_i and j < i)}, a permutation of 0..N-1.
+    rank_i = #{j : v_j < v_i or (v_j == v_i and j < i)}, a permutation of 0..N-1. The pairwise
+    comparisons are made for 1024 rows at a time (a bool count over a dim makes an int64 copy).
     """
     n = values.shape[0]
     index = torch.arange(n, device=values.device)
-    before = (values[None, :] < values[:, None]) | (
-        (values[None, :] == values[:, None]) & (index[None, :] < index[:, None])
-    )
-    return before.sum(dim=1)
+    ranks = []
+    for start in range(0, n, _RANK_ROWS):
+        v, i = values[start : start + _RANK_ROWS, None], index[start : start + _RANK_ROWS, None]
+        before = (values[None, :] < v) | ((values[None, :] == v) & (index[None, :] < i))
+        ranks.append(before.sum(dim=1))
+    return torch.cat(ranks)
 
 
 def order_ascending(values: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Synthetic selection inputs: generated images for the parity tests and the benchmarks.
 
-Three kinds of image, all deterministic from a seed:
+Three kinds of image, all deterministic from a seed (`make_views`: several images, one per view):
 - objects: a smooth background with a few soft-edged objects, each with its own feature vector,
   plus noise. Similarities spread over the thresholds, so several greedy passes run.
 - uniform: one feature vector everywhere plus tiny noise. Everything looks redundant; the released
@@ -12,6 +12,7 @@ Three kinds of image, all deterministic from a seed:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -48,3 +49,23 @@ def make_image(kind: str, grid: tuple[int, int], dk: int, d: int, seed: int) -> 
         keys[copies] = keys[sources]
         hidden[copies] = hidden[sources]
     return keys, hidden
+
+
+def make_views(
+    kind: str, views: Sequence[tuple[int, int]], dk: int, d: int, seed: int, newline: bool = False
+) -> tuple[Tensor, Tensor]:
+    """keys float32 [N, dk], hidden float32 [N, d] for views in sequence order, each its own image.
+
+    newline: every view after the first ends each row with one shared token (keys and hidden), as
+    LLaVA-NeXT's image_newline column ends the rows of its stitched high-resolution view.
+    """
+    g = torch.Generator().manual_seed(seed)
+    newline_keys, newline_hidden = torch.randn(1, dk, generator=g), torch.randn(1, d, generator=g)
+    parts = []
+    for number, (height, width) in enumerate(views):
+        keys, hidden = make_image(kind, (height, width), dk, d, seed + 1 + number)
+        if newline and number > 0:
+            last = (torch.arange(height * width) % width == width - 1)[:, None]
+            keys, hidden = torch.where(last, newline_keys, keys), torch.where(last, newline_hidden, hidden)
+        parts.append((keys, hidden))
+    return torch.cat([keys for keys, _ in parts]), torch.cat([hidden for _, hidden in parts])

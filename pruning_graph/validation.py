@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
+from pruning_graph.definitions import Views
 
 def check_keep(keep: int, num_tokens: int | None = None) -> None:
     """Validate the keep count: an integer in [1, N], or >= 1 where N is not known yet."""
@@ -14,19 +17,42 @@ def check_keep(keep: int, num_tokens: int | None = None) -> None:
         raise ValueError(f"keep must be an integer {bound}, got {keep!r}")
 
 
-def check_grid_and_keep(grid: tuple[int, int], keep: int, num_tokens: int | None = None) -> int:
-    """Validate (H, W) and the keep count; returns N = H * W."""
-    if (
-        not isinstance(grid, (tuple, list))
-        or len(grid) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in grid)
-    ):
-        raise ValueError(f"grid must be a pair of positive integers (H, W), got {grid!r}")
-    n = grid[0] * grid[1]
+# One view (H, W), or a sequence of views [(H1, W1), (H2, W2), ...].
+Grid = tuple[int, int] | Sequence[tuple[int, int]]
+
+
+def check_grid_and_keep(grid: Grid, keep: int, num_tokens: int | None = None) -> Views:
+    """Validate the grid and the keep count; returns the grid as views [(H1, W1), ...].
+
+    `grid` is one view (H, W), or a sequence of views [(H1, W1), (H2, W2), ...] in sequence order:
+    (24, 24) and [(24, 24)] are the same single view.
+    """
+    if _is_view(grid):
+        views = (tuple(grid),)
+    elif isinstance(grid, (tuple, list)) and grid and all(isinstance(view, (tuple, list)) for view in grid):
+        for number, view in enumerate(grid):
+            if not _is_view(view):
+                raise ValueError(f"view {number} of grid must be a pair of positive integers (H, W), got {view!r}")
+        views = tuple(tuple(view) for view in grid)
+    else:
+        raise ValueError(
+            f"grid must be a pair of positive integers (H, W), or a non-empty sequence of such pairs "
+            f"(one per view), got {grid!r}"
+        )
+    n = sum(height * width for height, width in views)
     if num_tokens is not None and n != num_tokens:
-        raise ValueError(f"grid {tuple(grid)} has H*W = {n} cells but there are {num_tokens} image tokens")
+        cells = "H*W" if len(views) == 1 else "the sum of H*W over its views"
+        raise ValueError(f"grid {tuple(grid)} has {cells} = {n} cells but there are {num_tokens} image tokens")
     check_keep(keep, n)
-    return n
+    return views
+
+
+def _is_view(view: object) -> bool:
+    return (
+        isinstance(view, (tuple, list))
+        and len(view) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in view)
+    )
 
 
 def check_matrix(name: str, x: Tensor, shape: str) -> None:

@@ -1,5 +1,5 @@
 """The parity suite's cases: generated images (pruning_graph.synthetic) at every grid, width and
-keep count the suite covers."""
+keep count the suite covers, one view or several."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from pruning_graph import VLMPrunerConfig
-from pruning_graph.synthetic import make_image
+from pruning_graph.synthetic import make_image, make_views
 
 GRIDS = ((24, 24), (12, 12), (16, 20), (7, 13))
 # (dk, d): d below and above the channel-screening width q = 256.
@@ -29,7 +29,7 @@ class Case:
     name: str
     keys: Tensor
     hidden: Tensor
-    grid: tuple[int, int]
+    grid: tuple[int, int] | tuple[tuple[int, int], ...]
     keep: int
     config: VLMPrunerConfig = VLMPrunerConfig()
 
@@ -53,4 +53,29 @@ def all_cases() -> list[Case]:
     for number, config in enumerate(CONFIGS):
         for keep in (64, 192):
             cases.append(Case(f"config{number}-24x24-d384-keep{keep}", keys, hidden, (24, 24), keep, config))
+    return cases
+
+
+# Several views (spec section 6), small enough for the reference: LLaVA-NeXT's layout scaled down
+# (a 6x6 base view, then a 12x12 high-resolution view whose rows end in a shared newline token:
+# 12 rows x 13 columns), video frames, and views of unequal sizes. With kappa = 1 most views start
+# without a pivot (delta = 1 there).
+MULTI_VIEWS = (
+    ((6, 6), (12, 13)),
+    ((7, 7),) * 4,
+    ((5, 9), (3, 4), (10, 6), (1, 1)),
+)
+
+
+def multi_view_cases() -> list[Case]:
+    cases = []
+    for number, views in enumerate(MULTI_VIEWS):
+        n = sum(height * width for height, width in views)
+        for variant, kind in enumerate(("objects", "duplicates")):
+            dk, d = WIDTHS[variant]
+            keys, hidden = make_views(kind, views, dk, d, seed=100 * number + variant, newline=number == 0)
+            name = f"{kind}-views{number}-d{d}"
+            for keep in (4, n // 3, n - 1) if kind == "objects" else (n // 3,):
+                cases.append(Case(f"{name}-keep{keep}", keys, hidden, views, keep))
+            cases.append(Case(f"{name}-keep{n // 3}-kappa1", keys, hidden, views, n // 3, CONFIGS[1]))
     return cases

@@ -14,17 +14,18 @@ import torch
 from export.executorch import save_pte
 from export.onnx import save_onnx
 from pruning_graph import VLMPrunerConfig, VLMPrunerSelect, select_tokens
-from tests.pruning_graph.cases import CONFIGS, all_cases
+from tests.pruning_graph.cases import CONFIGS, MULTI_VIEWS, all_cases, multi_view_cases
 
 # (grid, d, keep, config): the LLaVA-1.5 grid at every keep count of the paper and the extremes,
-# the other grids once each, and the config whose final +inf pass runs.
+# the other grids once each, the config whose final +inf pass runs, and LLaVA-NeXT's two views.
 SHAPES = [((24, 24), 384, keep, VLMPrunerConfig()) for keep in (1, 4, 64, 128, 192, 575, 576)] + [
     ((12, 12), 96, 64, VLMPrunerConfig()),
     ((16, 20), 384, 192, VLMPrunerConfig()),
     ((7, 13), 96, 90, VLMPrunerConfig()),
     ((24, 24), 384, 192, CONFIGS[0]),
+    (MULTI_VIEWS[0], 96, 64, VLMPrunerConfig()),
 ]
-ALL_CASES = all_cases()
+ALL_CASES = all_cases() + multi_view_cases()
 
 
 def _cases(shape):
@@ -32,7 +33,13 @@ def _cases(shape):
     return [c for c in ALL_CASES if (c.grid, c.hidden.shape[1], c.keep, c.config) == (grid, d, keep, config)]
 
 
-@pytest.fixture(scope="module", params=SHAPES, ids=lambda s: f"{s[0][0]}x{s[0][1]}-d{s[1]}-keep{s[2]}-tau_step{s[3].tau_step}")
+def _shape_id(shape) -> str:
+    grid, d, keep, config = shape
+    views = grid if isinstance(grid[0], tuple) else (grid,)
+    return f"{'+'.join(f'{h}x{w}' for h, w in views)}-d{d}-keep{keep}-tau_step{config.tau_step}"
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=_shape_id)
 def exported(request, tmp_path_factory):
     grid, d, keep, config = request.param
     cases = _cases(request.param)

@@ -6,18 +6,21 @@ import pytest
 import torch
 
 from pruning_graph import VLMPrunerConfig, reference_select, select_tokens
-from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance
+from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance, similarity_columns
 from pruning_graph.reference import _greedy_fill, _pivots, _screened_channels
-from tests.pruning_graph.cases import all_cases
+from pruning_graph.static_ops import order_ascending
+from pruning_graph.validation import check_grid_and_keep
+from tests.pruning_graph.cases import all_cases, multi_view_cases
 
 CASES = all_cases()
+MULTI_VIEW_CASES = multi_view_cases()
 
 
 def test_case_count():
     assert len(CASES) >= 200
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES + MULTI_VIEW_CASES, ids=lambda c: c.name)
 def test_static_matches_reference(case):
     ref_indices, ref_fused = reference_select(case.keys, case.hidden, case.grid, case.keep, case.config)
     indices, fused = select_tokens(case.keys, case.hidden, case.grid, case.keep, case.config)
@@ -29,8 +32,9 @@ def test_static_matches_reference(case):
 def _passes_run(case) -> int:
     keys, states = case.keys.double(), case.hidden.double()
     similarity = cosine_similarity_matrix(states[:, _screened_channels(states, case.config.q)])
+    distance = grid_distance(check_grid_and_keep(case.grid, case.keep))
     selected = _pivots(keys, min(case.config.kappa, case.keep))
-    return _greedy_fill(selected, similarity, grid_distance(case.grid), case.keep, case.config)
+    return _greedy_fill(selected, similarity, distance, case.keep, case.config)
 
 
 def test_cases_exercise_several_passes():
@@ -46,3 +50,12 @@ def test_cases_exercise_several_passes():
 def test_channel_spread_ranks_like_unbiased_variance():
     hidden = torch.randn(50, 300, generator=torch.Generator().manual_seed(0))
     assert torch.equal(channel_spread(hidden).argsort(), hidden.var(dim=0, correction=1).argsort())
+
+
+def test_blocked_similarity_and_order_match_at_video_size():
+    """Beyond 1024 tokens the similarity and the pass order are computed in blocks of rows."""
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(2500, 64, generator=g, dtype=torch.float64)
+    assert torch.equal(similarity_columns(states).double(), cosine_similarity_matrix(states).T)
+    values = torch.randint(0, 50, (2500,), generator=g).double()  # many ties
+    assert torch.equal(order_ascending(values), torch.sort(values, stable=True).indices)

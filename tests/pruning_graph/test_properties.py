@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from pruning_graph import VLMPrunerConfig, select_tokens
+from pruning_graph import VLMPrunerConfig, VLMPrunerSelect, reference_select, select_tokens
+from pruning_graph.definitions import grid_distance, settle
 from pruning_graph.reference import _pivots
+from pruning_graph.synthetic import make_image
 from tests.pruning_graph.cases import all_cases
 
 CASES = [c for c in all_cases() if c.keep not in (1, c.grid[0] * c.grid[1])][::3]
@@ -51,3 +55,24 @@ def test_half_precision_inputs_return_input_dtype():
     case = next(c for c in all_cases() if c.grid == (12, 12) and c.keep == 64)
     indices, fused = select_tokens(case.keys.half(), case.hidden.half(), case.grid, case.keep)
     assert fused.dtype == torch.float16 and indices.dtype == torch.int64
+
+
+@pytest.mark.parametrize("select", [select_tokens, reference_select])
+def test_one_view_list_is_the_pair(select):
+    keys, hidden = make_image("objects", (12, 12), 64, 96, seed=3)
+    pair = select(keys, hidden, (12, 12), 64)
+    listed = select(keys, hidden, [(12, 12)], 64)
+    assert torch.equal(pair[0], listed[0]) and torch.equal(pair[1], listed[1])
+    assert VLMPrunerSelect([(12, 12)], 64).grid == VLMPrunerSelect((12, 12), 64).grid == (12, 12)
+
+
+def test_views_have_their_own_geometry():
+    """LLaVA-NeXT, 2 x 2 tiles: the 24 x 24 base view, then 48 rows of 48 tokens + 1 newline."""
+    distance = grid_distance(((24, 24), (48, 49)))  # [2928, 2928]
+    base, tiles = 24 * 24, math.sqrt(48**2 + 49**2)
+    one = torch.ones((), dtype=torch.float64)
+    assert distance[0, 575] == settle(one * math.sqrt(2 * 23**2) / math.sqrt(2 * 24**2))
+    assert distance[base + 48, base] == settle(one * 48 / tiles)  # a row's newline to its first token
+    assert distance[base + 49, base] == settle(one / tiles)  # the next row starts below
+    assert torch.isinf(distance[:base, base:]).all() and torch.isinf(distance[base:, :base]).all()
+    assert distance[base:, base:].max() < 1

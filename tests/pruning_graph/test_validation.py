@@ -22,6 +22,11 @@ KEYS, HIDDEN = torch.randn(144, 16), torch.randn(144, 24)
         (KEYS, HIDDEN, (12, 11), 10, r"grid \(12, 11\) has H\*W = 132 cells but there are 144 image tokens"),
         (KEYS, HIDDEN, (12, 0), 10, r"grid must be a pair of positive integers"),
         (KEYS, HIDDEN, 144, 10, r"grid must be a pair of positive integers"),
+        (KEYS, HIDDEN, [], 10, r"grid must be a pair of positive integers \(H, W\), or a non-empty sequence"),
+        (KEYS, HIDDEN, [(12, 12), 5], 10, r"or a non-empty sequence of such pairs \(one per view\)"),
+        (KEYS, HIDDEN, [(6, 12), (0, 12)], 10, r"view 1 of grid must be a pair of positive integers .*got \(0, 12\)"),
+        (KEYS, HIDDEN, [(6, 12), (6, 11)], 10, r"grid \(\(6, 12\), \(6, 11\)\) has the sum of H\*W over its views = 138"),
+        (KEYS, HIDDEN, [(6, 12), (6, 12)], 145, r"keep must be an integer in \[1, N\] = \[1, 144\], got 145"),
         (KEYS[None], HIDDEN, (12, 12), 10, r"keys must have shape \[N, features\], got \(1, 144, 16\)"),
         (KEYS, HIDDEN[:, 0], (12, 12), 10, r"hidden must have shape \[N, features\], got \(144,\)"),
         (KEYS, HIDDEN[:100], (12, 12), 10, r"keys has 144 tokens but hidden has 100"),
@@ -38,6 +43,9 @@ def test_bad_input(select, keys, hidden, grid, keep, message):
 def test_module_rejects_other_token_count():
     module = VLMPrunerSelect((12, 12), 10)
     with pytest.raises(ValueError, match=r"built for grid \(12, 12\) \(144 tokens\), got 100 tokens"):
+        module(KEYS[:100], HIDDEN[:100])
+    module = VLMPrunerSelect([(6, 12), (6, 12)], 10)
+    with pytest.raises(ValueError, match=r"built for grid \(\(6, 12\), \(6, 12\)\) \(144 tokens\), got 100 tokens"):
         module(KEYS[:100], HIDDEN[:100])
 
 
