@@ -221,8 +221,13 @@ def test_manifest_write_is_atomic(tmp_path, monkeypatch):
 
 def test_interrupt_during_the_swap_is_handled_after_it():
     swapped = []
-    with pytest.raises(KeyboardInterrupt):
-        with staging._interrupts_deferred():
-            signal.raise_signal(signal.SIGINT)
-            swapped.append(True)
+    # Python's own Ctrl-C handler, whatever an earlier test or library installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with staging._interrupts_deferred():
+                signal.raise_signal(signal.SIGINT)
+                swapped.append(True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert swapped == [True]
