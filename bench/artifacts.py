@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.cli import EXIT_INTERRUPTED
+from runtime.cli import raise_for_exit_status
 
 
 def add_artifact_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -46,8 +46,5 @@ def ensure_artifact(args: argparse.Namespace, keep: int) -> Path:
     flags += ["--backends", args.backends] if args.backends else []
     print(f"{folder} is missing; exporting it: python -m export {' '.join(flags)}", flush=True)
     done = subprocess.run([sys.executable, "-m", "export", *flags])
-    if done.returncode == EXIT_INTERRUPTED:
-        raise KeyboardInterrupt
-    if done.returncode != 0:
-        raise ValueError(f"exporting {folder} failed (exit {done.returncode}); see its message above")
+    raise_for_exit_status(done.returncode, f"exporting {folder} failed (exit {done.returncode}); see its message above")
     return folder

@@ -28,9 +28,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.cli import INTERRUPT_SIGNALS
+
 # `.<destination name>-<8 hex digits>`: a staging folder, or an old artifact being replaced.
 _STAGING_NAME = re.compile(r"\.(?P<destination>.+)-[0-9a-f]{8}")
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class DestinationBusy(OSError):
@@ -200,7 +201,7 @@ def _interrupts_deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in _SIGNALS}
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in INTERRUPT_SIGNALS}
     try:
         yield
     finally:

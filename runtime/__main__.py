@@ -65,11 +65,12 @@ def _name_leftovers(artifact_dir: Path) -> None:
     """Say which staging folders killed exports left beside the artifact, and how to remove them."""
     from export.staging import clean_command, find_leftovers  # torch-free: the export's own staging rules
 
-    leftovers = find_leftovers(artifact_dir.resolve().parent)
+    model_dir = artifact_dir.resolve().parent
+    leftovers = find_leftovers(model_dir)
     for leftover in leftovers:
         print(f"note: leftover {leftover.describe()}", file=sys.stderr)
     if leftovers:
-        print(f"note: remove them with `{clean_command(artifact_dir.resolve().parent.parent)}`", file=sys.stderr)
+        print(f"note: remove them with `{clean_command(model_dir.parent)}`", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,19 +34,6 @@ _HASH_CHUNK = 1 << 20
 # The manifest's `parity.status` values (see export/ARTIFACTS.md); "pending" means the export was
 # stopped before its parity check ended, shown to the user as "interrupted".
 PARITY_STATES = ("passed", "failed", "skipped", "pending")
-# The manifest facts the graphs must agree with (`Artifact.check_graph_facts`).
-GRAPH_FACTS = (
-    "keep",
-    "num_image_tokens",
-    "image_size",
-    "hidden_size",
-    "vocab_size",
-    "num_layers",
-    "num_kv_heads",
-    "head_dim",
-    "prune_layer",
-    "max_seq_len",
-)
 
 
 class ArtifactError(ValueError):
@@ -261,8 +248,10 @@ def _refuse_escaping_links(root: Path) -> None:
     for folder, subfolders, files in os.walk(root):
         for name in (*subfolders, *files):
             path = Path(folder, name)
+            if not path.is_symlink():
+                continue
             target = Path(os.path.realpath(path))  # realpath, unlike resolve, does not raise on a loop
-            if path.is_symlink() and not target.is_relative_to(inside):
+            if not target.is_relative_to(inside):
                 raise ArtifactError(f"{path} is a symbolic link to {target}, outside the artifact folder")
 
 

@@ -28,7 +28,7 @@ from tabulate import tabulate
 
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
-from runtime.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter, run_cli
+from runtime.cli import EXIT_OK, HelpFormatter, raise_for_exit_status, run_cli
 from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops, vision_flops
 from runtime.measure import add_timing_flags
 from runtime.samples import DEFAULT_PROMPT
@@ -132,14 +132,10 @@ def flop_prediction(artifact: Artifact, *, prompt_tokens: int, reference_keep: i
 def _measure_in_subprocess(root: Path, backend: str, options: list[str]) -> dict[str, Any]:
     command = [sys.executable, "-m", "runtime.measure", str(root), "--backend", backend, *options]
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
-    if done.returncode == EXIT_INTERRUPTED:
-        raise KeyboardInterrupt
-    if done.returncode != EXIT_OK:
-        # The child said what went wrong in its last line (`runtime.cli`); a crash says nothing.
-        lines = done.stderr.strip().splitlines()
-        said = lines[-1].removeprefix("error: ") if lines else f"no message, exit status {done.returncode}"
-        failure = f"measuring {root} on {backend} failed: {said}"
-        raise ValueError(failure) if done.returncode == EXIT_BAD_INPUT else RuntimeError(failure)
+    # The child said what went wrong in its last line (`runtime.cli`); a crash says nothing.
+    lines = done.stderr.strip().splitlines()
+    said = lines[-1].removeprefix("error: ") if lines else f"no message, exit status {done.returncode}"
+    raise_for_exit_status(done.returncode, f"measuring {root} on {backend} failed: {said}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -38,7 +38,8 @@ USER_ERRORS = (ValueError, OSError, MemoryError, ImportError)
 
 _interrupted = False
 _quiet = False  # third-party output hidden (no --verbose), see `native_output_hidden`
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The signals every CLI turns into KeyboardInterrupt (and the export defers while it swaps folders).
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -76,7 +77,7 @@ def run_cli(
     global _interrupted
     _interrupted = False
     args = add_common_flags(parser).parse_args(argv)
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in _SIGNALS}
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in INTERRUPT_SIGNALS}
     # Restored afterwards: a CLI called in-process (tests) leaves the caller's logging as it was.
     with warnings.catch_warnings(), _output_configured(verbose=args.verbose, stream=log_stream or sys.stderr):
         try:
@@ -105,6 +106,17 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, MemoryError) and not str(error):
         return "out of memory"
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def raise_for_exit_status(status: int, failure: str) -> None:
+    """Re-raise in this process what a child CLI's exit `status` means (0: nothing): 130 as an
+    interrupt, 2 as bad input (ValueError), anything else as an internal error; `failure` says what failed."""
+    if status == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt
+    if status == EXIT_BAD_INPUT:
+        raise ValueError(failure)
+    if status != EXIT_OK:
+        raise RuntimeError(failure)
 
 
 def raise_if_interrupted() -> None:
