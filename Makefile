@@ -13,11 +13,13 @@ BACKENDS ?=
 RANDOM_WEIGHTS ?=
 # QUANTIZE=none|int4|int8: weights of the language model's linears (default: the model's own).
 QUANTIZE ?=
+# IMAGE_SIZE=S: the side of the square image the graphs take (Qwen2-VL: a multiple of 28; default the model's).
+IMAGE_SIZE ?=
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS
+export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
-               $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
+               $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
 .PHONY: setup test export bench bench-select bench-soak clean clean-staging
 
@@ -59,7 +61,7 @@ bench-soak: setup
 	$(PY) -m bench.soak $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} --runs "$$SOAK_RUNS"
 
 # make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch] [RANDOM_WEIGHTS=1]
-#             [QUANTIZE=int4]
+#             [QUANTIZE=int4] [IMAGE_SIZE=672]
 # -> artifacts/<MODEL>/keep<R>/ (export/ARTIFACTS.md), parity-checked against the eager model.
 export: setup
 	$(PY) -m export $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${RATE:+--rate "$$RATE"}

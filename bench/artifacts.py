@@ -19,6 +19,7 @@ def add_artifact_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--model", default="tiny-llava")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--quantize", help="as for `python -m export` (default: the model's)")
+    parser.add_argument("--image-size", type=int, help="as for `python -m export` (default: the model's)")
     parser.add_argument("--backends", help="as for `python -m export` (default: every one that fits)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("artifacts"))
     return parser
@@ -28,7 +29,8 @@ def num_image_tokens(args: argparse.Namespace) -> int:
     """N of the model: the keep count of its unpruned artifact."""
     from models import get_spec  # imports torch: after the arguments are checked
 
-    return get_spec(args.model).num_image_tokens
+    spec = get_spec(args.model)
+    return (spec if args.image_size is None else spec.with_image_size(args.image_size)).num_image_tokens
 
 
 def ensure_artifact(args: argparse.Namespace, keep: int) -> Path:
@@ -36,13 +38,16 @@ def ensure_artifact(args: argparse.Namespace, keep: int) -> Path:
     parity check: `make export` checks) when it holds no manifest."""
     from export.config import ExportConfig  # imports torch: after the arguments are checked
 
-    config = ExportConfig(model=args.model, keep=keep, quantization=args.quantize, output_dir=args.output_dir)
+    config = ExportConfig(
+        model=args.model, keep=keep, quantization=args.quantize, image_size=args.image_size, output_dir=args.output_dir
+    )
     folder = config.artifact_dir
     if (folder / "manifest.json").is_file():
         return folder
     flags = ["--model", args.model, "-o", str(args.output_dir), "--keep", str(keep), "--skip-parity"]
     flags += ["--random-weights"] if args.random_weights else []
     flags += ["--quantize", args.quantize] if args.quantize else []
+    flags += ["--image-size", str(args.image_size)] if args.image_size else []
     flags += ["--backends", args.backends] if args.backends else []
     print(f"{folder} is missing; exporting it: python -m export {' '.join(flags)}", flush=True)
     done = subprocess.run([sys.executable, "-m", "export", *flags])

@@ -2,7 +2,7 @@
 
     python -m export [-m MODEL] [--keep R | --rate r] [--backends onnx,executorch]
                      [--model-path DIR | --random-weights [--seed S]] [--quantize none|int4|int8]
-                     [-o DIR] [--max-seq-len M] [--skip-parity]
+                     [--image-size S] [-o DIR] [--max-seq-len M] [--skip-parity]
     python -m export --clean [-o DIR]
 
 Writes `<output-dir>/<model>/keep<R>/` (layout in export/ARTIFACTS.md), then runs the parity
@@ -32,7 +32,7 @@ from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, import_torch
 if TYPE_CHECKING:
     from export.config import ExportConfig
     from export.pipeline import ExportPipeline
-    from models import PrunedLlava
+    from runtime.eager import EagerModel
 
 logger = logging.getLogger("export")
 
@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-path",
         type=Path,
         metavar="DIR",
-        help="checkpoint folder (default: $MODEL_PATH, then the Hugging Face cache; tiny-llava: "
-        "build/models/tiny-llava, built on demand)",
+        help="checkpoint folder (default: $MODEL_PATH, then the Hugging Face cache; tiny-llava, tiny-qwen2-vl: "
+        "build/models/<model>, built on demand)",
     )
     weights.add_argument(
         "--random-weights",
@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="M",
         help=f"longest prompt + answer the graphs accept (default {DEFAULT_MAX_SEQ_LEN}, capped by the model)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=_number(int, lambda size: size >= 1, "at least 1"),
+        metavar="S",
+        help="side of the square image the graphs take, every input image is resized to it "
+        "(default: the model's; Qwen2-VL: any multiple of 28, default 672 for qwen2-vl-7b; LLaVA-1.5: 336 only)",
     )
     parser.add_argument(
         "--quantize",
@@ -163,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         model_path=args.model_path,
         output_dir=args.output_dir,
         max_seq_len=args.max_seq_len,
+        image_size=args.image_size,
         quantization=args.quantize,
         random_weights=args.random_weights,
         seed=args.seed,
@@ -189,7 +197,7 @@ def run_parity(pipeline: ExportPipeline) -> dict[str, Any]:
 
     backends = [backend.value for backend in pipeline.config.backends]
     # Handed over, not shared: check_parity frees the eager model before the runtimes load the artifact.
-    report = check_parity(pipeline.artifact_dir, backends=backends, reference=_take_reference(pipeline))
+    report = check_parity(pipeline.artifact_dir, backends=backends, reference=take_reference(pipeline))
     print(format_report(report))
     return report.to_dict()
 
@@ -222,13 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(build_parser(), run, None if argv is None else list(argv), log_stream=sys.stdout)
 
 
-def _take_reference(pipeline: ExportPipeline) -> PrunedLlava:
-    """The eager model of the export as a `PrunedLlava`; the pipeline lets go of it."""
-    from models import PrunedLlava
+def take_reference(pipeline: ExportPipeline) -> EagerModel:
+    """The eager model of the export as an `EagerModel`; the pipeline lets go of it, so that the parity
+    check can free it before the runtimes load the artifact (`runtime.parity.check_parity`)."""
+    from runtime.eager import EagerModel
 
     loaded, config = pipeline.loaded, pipeline.config
     pipeline.loaded = None
-    return PrunedLlava(loaded.model, loaded.processor, loaded.spec, keep=config.keep_count, pruner_config=config.pruner)
+    return EagerModel.from_loaded(loaded, keep=config.keep_count, pruner_config=config.pruner)
 
 
 if __name__ == "__main__":

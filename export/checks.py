@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch.export import ExportedProgram
 
-from export.graphs import GRAPH_NAMES, GraphSpec, find_graph
+from export.graphs import GraphSpec, find_graph
+from runtime.contract import GRAPH_NAMES
 
 # ONNX ops that can carry the selection's loops.
 _ONNX_LOOP_OPS = frozenset({"Scan", "Loop"})

@@ -27,6 +27,8 @@ class ExportConfig:
         output_dir: the artifact goes to `output_dir/<model>/keep<R>/` (see `artifact_dir`).
         max_seq_len: M, the longest sequence (prompt + generated tokens) the graphs accept;
             default min(`DEFAULT_MAX_SEQ_LEN`, the model's position limit).
+        image_size: S, the side of the square image the graphs take (`ModelSpec.with_image_size`);
+            default the model's. Only models whose vision tower takes several sizes accept another.
         pruner: VLM-Pruner hyperparameters.
         quantization: weight format of the language model's linears (`models.quantize.Quantization`
             or its value); default the model's (`ModelSpec.quantization`).
@@ -35,7 +37,8 @@ class ExportConfig:
         seed: seed of the random weights.
     Raises:
         ValueError: unknown model, keep and rate both given, either out of range, no or unknown
-            or repeated backends, max_seq_len out of range, unknown quantization.
+            or repeated backends, max_seq_len out of range, unknown quantization, an image size the
+            model does not take.
     """
 
     model: str = DEFAULT_MODEL
@@ -45,13 +48,14 @@ class ExportConfig:
     model_path: Path | None = None
     output_dir: Path = Path("artifacts")
     max_seq_len: int | None = None
+    image_size: int | None = None
     pruner: VLMPrunerConfig = field(default_factory=VLMPrunerConfig)
     quantization: Quantization | str | None = None
     random_weights: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        spec = get_spec(self.model)
+        spec = self.spec
         try:
             quantization = Quantization(spec.quantization if self.quantization is None else self.quantization)
         except ValueError:
@@ -103,7 +107,9 @@ class ExportConfig:
 
     @property
     def spec(self) -> ModelSpec:
-        return get_spec(self.model)
+        """The model's spec at the export's image size."""
+        spec = get_spec(self.model)
+        return spec if self.image_size is None else spec.with_image_size(self.image_size)
 
     @property
     def keep_count(self) -> int:
@@ -126,9 +132,12 @@ class ExportConfig:
 
     @property
     def artifact_dir(self) -> Path:
-        """`output_dir/<model>/keep<R>`, with `-<quantization>` appended when not the model's default."""
-        suffix = "" if self.quantization.value == self.spec.quantization else f"-{self.quantization.value}"
-        return self.output_dir / self.model / f"keep{self.keep_count}{suffix}"
+        """`output_dir/<model>/keep<R>`, with `-<S>px` appended when the image size is not the model's
+        default, and `-<quantization>` when the quantization is not."""
+        spec = self.spec
+        size = "" if spec.image_size == get_spec(self.model).image_size else f"-{spec.image_size}px"
+        quantization = "" if self.quantization.value == spec.quantization else f"-{self.quantization.value}"
+        return self.output_dir / self.model / f"keep{self.keep_count}{size}{quantization}"
 
     def wants(self, backend: Backend) -> bool:
         return backend in self.backends

@@ -2,12 +2,14 @@
 
 Each `GraphSpec` carries what the exporters need to produce the contract's interface: the module,
 example inputs, dynamic dimensions and bounds, and the ONNX input and output names (ExecuTorch
-takes and returns the same tensors positionally, in the same order).
+takes and returns the same tensors positionally, in the same order). The modules come from the
+model's family (`models.families`); the names from `runtime.contract`.
 
-    vision_encoder  pixel_values [1, 3, S, S]                    -> image_embeds [N, d]
-    embed_tokens    input_ids [1, T]                              -> inputs_embeds [1, T, d]
-    prefill         inputs_embeds [1, T, d], image_start [1]      -> logits, kept_indices [R], present.*
-    decode          inputs_embeds [1, 1, d], position [1], past.* -> logits, present.*
+    vision_encoder  pixel_values (the family's shape)           -> image_embeds [N, d]
+    embed_tokens    input_ids [1, T]                             -> inputs_embeds [1, T, d]
+    prefill         inputs_embeds [1, T, d], position_ids [rows, 1, T], image_positions [N]
+                                                                 -> logits, kept_indices [R], present.*
+    decode          inputs_embeds [1, 1, d], position_ids [rows, 1, 1], past.* -> logits, present.*
 
 Bounds, with M = max_seq_len: T in [1, M] for embed_tokens (the runtime also embeds single
 generated tokens); T in [N + 1, M] for prefill (at least one text token besides the image); past
@@ -23,19 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
-from transformers import LlavaForConditionalGeneration
+from transformers import PreTrainedModel
 
-from models import DecodeStep, ModelSpec, Prefill, TokenEmbedding, VisionEncoder
-from models.llava import KVCache
+from models import KVCache, ModelSpec, Prefill
 from pruning_graph import VLMPrunerConfig
-from runtime.backends.base import MAX_SEQ_LEN_KEY
-
-GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
-
-# Names of the dynamic dimensions, as they appear in the ONNX graphs' input and output shapes.
-SEQUENCE_DIM = "sequence_length"
-PAST_DIM = "past_length"
-PRUNED_PAST_DIM = "pruned_past_length"
+from runtime.contract import GRAPH_NAMES, MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, SEQUENCE_DIM, graph_io
 
 # Text tokens around the image in the example prompt: any length inside the bounds would do,
 # torch.export traces symbolically.
@@ -83,15 +77,18 @@ class ContiguousPrefill(nn.Module):
     so without the copy prefill would hand out caches in another layout than the contiguous one
     `decode` is exported for (a decode traced on such views failed at run time).
 
-    forward(inputs_embeds [1, T, d], image_start int64 [1]) -> (logits [1, V], kept int64 [R], cache).
+    forward(inputs_embeds [1, T, d], position_ids int64 [rows, 1, T], image_positions int64 [N]) ->
+    (logits [1, V], kept int64 [R], cache).
     """
 
     def __init__(self, prefill: Prefill):
         super().__init__()
         self.prefill = prefill
 
-    def forward(self, inputs_embeds: Tensor, image_start: Tensor) -> tuple[Tensor, Tensor, KVCache]:
-        logits, kept, cache = self.prefill(inputs_embeds, image_start)
+    def forward(
+        self, inputs_embeds: Tensor, position_ids: Tensor, image_positions: Tensor
+    ) -> tuple[Tensor, Tensor, KVCache]:
+        logits, kept, cache = self.prefill(inputs_embeds, position_ids, image_positions)
         return logits, kept, tuple((key.contiguous(), value.contiguous()) for key, value in cache)
 
 
@@ -112,13 +109,8 @@ def find_graph(graphs: tuple[GraphSpec, ...], name: str) -> GraphSpec:
     raise KeyError(f"no graph {name!r} among {[graph.name for graph in graphs]}")
 
 
-def cache_names(prefix: str, num_layers: int) -> tuple[str, ...]:
-    """`prefix.0.key`, `prefix.0.value`, `prefix.1.key`, ...: the flattened cache of the contract."""
-    return tuple(f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value"))
-
-
 def build_graphs(
-    model: LlavaForConditionalGeneration,
+    model: PreTrainedModel,
     spec: ModelSpec,
     *,
     keep: int,
@@ -129,7 +121,7 @@ def build_graphs(
 
     Args:
         model: the transformers model, float32, eval mode, no gradients.
-        spec: its registry spec (geometry, pruning layer).
+        spec: its registry spec (family, geometry, pruning layer).
         keep: R, 1 <= R <= N; R = N exports the unpruned model.
         max_seq_len: M, the longest sequence (prompt + generated tokens) the graphs accept.
     Raises:
@@ -142,41 +134,46 @@ def build_graphs(
         raise ValueError(
             f"max_seq_len {max_seq_len} is too short: the prompt alone holds the {n} image tokens plus text"
         )
+    family = spec.model_family
     config = model.config.text_config
     num_layers = config.num_hidden_layers
     hidden, kv_heads = config.hidden_size, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    image_size = spec.vision.image_size
+    rows = family.position_rows
     prompt_len = n + _EXAMPLE_TEXT_TOKENS
     dropped = n - keep
     bounds = {MAX_SEQ_LEN_KEY: str(max_seq_len)}
 
-    vision = GraphSpec(
-        name="vision_encoder",
-        module=VisionEncoder(model).eval(),
-        example_inputs=(torch.zeros(1, 3, image_size, image_size),),
-        dynamic_shapes=None,
-        input_names=("pixel_values",),
-        output_names=("image_embeds",),
+    def graph(name: str, module: nn.Module, example_inputs: tuple, dynamic_shapes: tuple | None, **kwargs) -> GraphSpec:
+        inputs, outputs = graph_io(name, num_layers)
+        return GraphSpec(name, module.eval(), example_inputs, dynamic_shapes, inputs, outputs, **kwargs)
+
+    vision = graph(
+        "vision_encoder",
+        family.vision_encoder(model, spec),
+        (torch.zeros(family.pixel_values_shape(spec)),),
+        None,
     )
-    embed = GraphSpec(
-        name="embed_tokens",
-        module=TokenEmbedding(model).eval(),
-        example_inputs=(torch.zeros(1, _EXAMPLE_TEXT_TOKENS, dtype=torch.int64),),
-        dynamic_shapes=({1: Dim(SEQUENCE_DIM, min=1, max=max_seq_len)},),
-        input_names=("input_ids",),
-        output_names=("inputs_embeds",),
+    embed = graph(
+        "embed_tokens",
+        family.token_embedding(model),
+        (torch.zeros(1, _EXAMPLE_TEXT_TOKENS, dtype=torch.int64),),
+        ({1: Dim(SEQUENCE_DIM, min=1, max=max_seq_len)},),
         metadata=bounds,
     )
-    prefill = GraphSpec(
-        name="prefill",
-        module=ContiguousPrefill(
-            Prefill(model, grid=spec.grid, keep=keep, prune_layer=spec.prune_layer, pruner_config=pruner_config)
-        ).eval(),
-        example_inputs=(torch.zeros(1, prompt_len, hidden), torch.tensor([_EXAMPLE_TEXT_TOKENS // 2])),
-        dynamic_shapes=({1: Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)}, None),
-        input_names=("inputs_embeds", "image_start"),
-        output_names=("logits", "kept_indices", *cache_names("present", num_layers)),
+    # The example's image block sits mid-prompt; positions as the host makes them do not matter
+    # to the trace (any values inside the bounds would do).
+    image_start = _EXAMPLE_TEXT_TOKENS // 2
+    sequence = Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)
+    prefill = graph(
+        "prefill",
+        ContiguousPrefill(family.prefill(model, spec, keep=keep, pruner_config=pruner_config)),
+        (
+            torch.zeros(1, prompt_len, hidden),
+            torch.arange(prompt_len).expand(rows, 1, prompt_len).contiguous(),
+            torch.arange(image_start, image_start + n),
+        ),
+        ({1: sequence}, {2: sequence}, None),
         metadata=bounds,
     )
 
@@ -190,13 +187,11 @@ def build_graphs(
     )
     dims = [past if i < spec.prune_layer else pruned_past for i in range(num_layers)]
     cache_dims = tuple(({2: dim}, {2: dim}) for dim in dims)
-    decode = GraphSpec(
-        name="decode",
-        module=DecodeStep(model).eval(),
-        example_inputs=(torch.zeros(1, 1, hidden), torch.tensor([prompt_len]), cache),
-        dynamic_shapes=(None, None, cache_dims),
-        input_names=("inputs_embeds", "position", *cache_names("past", num_layers)),
-        output_names=("logits", *cache_names("present", num_layers)),
+    decode = graph(
+        "decode",
+        family.decode_step(model),
+        (torch.zeros(1, 1, hidden), torch.full((rows, 1, 1), prompt_len), cache),
+        (None, None, cache_dims),
         metadata=bounds,
     )
     return vision, embed, prefill, decode

@@ -8,15 +8,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers import PreTrainedModel, ProcessorMixin
 
 from models import ModelSpec
 from models.quantize import Quantization
 from pruning_graph import VLMPrunerConfig
-from runtime.artifact import FORMAT_VERSION, sha256_file  # the reader's own, so writer and reader agree
-
-MANIFEST = "manifest.json"
+from runtime.artifact import sha256_file  # the reader's own, so writer and reader agree
+from runtime.contract import FORMAT_VERSION, MANIFEST
 # `parity.status`: "skipped" (not run), "pending" (from the moment the artifact is in place until the
 # check ends: an export killed meanwhile leaves it), then "passed" or "failed" with the report.
 ParityStatus = Literal["skipped", "pending", "passed", "failed"]
@@ -27,15 +25,14 @@ _VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "exe
 def build_manifest(
     *,
     spec: ModelSpec,
-    model: LlavaForConditionalGeneration,
-    processor: LlavaProcessor,
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
     checkpoint: Path | None,
     seed: int | None,
     quantization: Quantization,
     keep: int,
     pruner_config: VLMPrunerConfig,
     max_seq_len: int,
-    vision_layers: int,
     files: dict[str, dict[str, int | str]],
     export_seconds: dict[str, float],
     peak_rss_mib: dict[str, float],
@@ -47,29 +44,28 @@ def build_manifest(
     Args:
         checkpoint: the folder the weights were loaded from; None for random weights (drawn from `seed`).
         quantization: the weight format of the language model's linears.
-        vision_layers: CLIP layers in the exported vision encoder (up to the feature layer).
         files: `file_entries` of the complete artifact folder.
         export_seconds: {stage: seconds}.
         peak_rss_mib: {stage: peak resident memory of the exporting process after the stage, MiB}.
     """
+    family = spec.model_family
+    inputs = family.input_sections(spec, processor)
     text = model.config.text_config
-    vision = model.config.vision_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     generation = model.generation_config
-    image_processor = processor.image_processor
-    crop = image_processor.crop_size
     n = spec.num_image_tokens
     return {
         "format_version": FORMAT_VERSION,
         "model": {
             "name": spec.name,
+            "family": family.name,
             "source": "random" if checkpoint is None else "checkpoint",
             "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
             "seed": seed,
             "dtype": "float32",
             "quantization": quantization.value,
         },
-        "geometry": {"num_image_tokens": n, "grid": list(spec.grid), "image_size": spec.vision.image_size},
+        "geometry": inputs["geometry"],
         "pruning": {
             "keep": keep,
             "prune_layer": spec.prune_layer,
@@ -84,26 +80,14 @@ def build_manifest(
             "hidden_size": text.hidden_size,
             "intermediate_size": text.intermediate_size,
             "vocab_size": text.vocab_size,
-            "image_token_id": model.config.image_token_id,
+            "image_token_id": spec.image_token_id,
             "eos_token_id": generation.eos_token_id,
             "bos_token_id": generation.bos_token_id,
             "max_seq_len": max_seq_len,
         },
-        "vision": {
-            "num_layers": vision_layers,
-            "hidden_size": vision.hidden_size,
-            "intermediate_size": vision.intermediate_size,
-            "patch_size": vision.patch_size,
-        },
-        "prompt_template": spec.prompt_template,
-        "preprocess": {
-            "size": image_processor.size["shortest_edge"],
-            "crop_size": {"height": crop["height"], "width": crop["width"]},
-            "resample": Image.Resampling(image_processor.resample).name.lower(),
-            "rescale_factor": image_processor.rescale_factor,
-            "image_mean": list(image_processor.image_mean),
-            "image_std": list(image_processor.image_std),
-        },
+        "vision": family.vision_manifest(model, spec),
+        "prompt_template": inputs["prompt_template"],
+        "preprocess": inputs["preprocess"],
         "versions": {**versions(), "format_version": FORMAT_VERSION},
         "files": files,
         "export_seconds": dict(export_seconds),

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from enum import Enum
 
-MODEL_NAMES = ("llava-1.5-13b", "llava-1.5-7b", "llava-1.5-7b-3layers", "tiny-llava")
+MODEL_NAMES = (
+    "llava-1.5-13b",
+    "llava-1.5-7b",
+    "llava-1.5-7b-3layers",
+    "qwen2-vl-7b",
+    "qwen2-vl-7b-3layers",
+    "tiny-llava",
+    "tiny-qwen2-vl",
+)
 QUANTIZATIONS = ("none", "int4", "int8")
 DEFAULT_MODEL = "tiny-llava"
 # The paper's headline pruning rate: 64 of LLaVA-1.5's 576 image tokens kept.

@@ -46,26 +46,24 @@ from typing import Any
 import torch
 from torch import nn
 from torch.export import ExportedProgram
-from transformers import LlavaForConditionalGeneration
+from transformers import PreTrainedModel
 
 from export.checks import check_onnx, check_program, check_pte
 from export.config import Backend, ExportConfig
 from export.executorch import save_pte
-from export.graphs import GraphSpec, build_graphs, find_graph
-from export.manifest import MANIFEST, ParityStatus, build_manifest, file_entries, update_manifest, write_manifest
+from export.graphs import GraphSpec, build_graphs
+from export.manifest import ParityStatus, build_manifest, file_entries, update_manifest, write_manifest
 from export.memory import check_fits, describe_misfit
 from export.onnx import save_onnx
 from export.onnx_weights import WeightFile, attach_weights
 from export.staging import DestinationBusy, DestinationLock, clean_command, find_leftovers, replace_folder, staging_path
 from models import LoadedModel, load_for_export
 from runtime.cli import raise_if_interrupted
+from runtime.contract import MANIFEST, ONNX_DIR, PROCESSOR_DIR, PTE_PATH, onnx_file
 from runtime.measure import peak_rss_mib
 
 logger = logging.getLogger(__name__)
 
-ONNX_DIR = "onnx"
-PTE_PATH = "executorch/model.pte"
-PROCESSOR_DIR = "processor"
 # The folder of each backend's files in an artifact.
 BACKEND_DIRS = {Backend.ONNX: ONNX_DIR, Backend.EXECUTORCH: PTE_PATH.split("/")[0]}
 HEARTBEAT_SECONDS = 30.0
@@ -94,7 +92,7 @@ class ExportPipeline:
         self.export_seconds: dict[str, float] = {}
         self.peak_rss_mib: dict[str, float] = {}
         self.loaded: LoadedModel | None = None
-        self.hollow: LlavaForConditionalGeneration | None = None
+        self.hollow: PreTrainedModel | None = None
         self.graphs: tuple[GraphSpec, ...] | None = None
         self.programs: dict[str, ExportedProgram] | None = None
         self._lock = DestinationLock(self.artifact_dir)
@@ -160,9 +158,10 @@ class ExportPipeline:
                 quantization=config.quantization,
                 seed=config.seed if config.random_weights else None,
                 model_path=config.model_path,
+                image_size=config.image_size,
             )
             with torch.device("meta"):
-                hollow = LlavaForConditionalGeneration(self.loaded.model.config).float()
+                hollow = config.spec.model_family.model_class(self.loaded.model.config).float()
             self.hollow = hollow.to_empty(device="cpu").eval().requires_grad_(False)
         return self
 
@@ -184,17 +183,24 @@ class ExportPipeline:
         return self
 
     def to_onnx(self) -> ExportPipeline:
-        """One .onnx per graph under the contract's names; the weights in one shared data file."""
+        """One .onnx per graph under the contract's names; the weights in one shared data file.
+
+        A graph module's own tensors that the model does not hold (tables it computes from the
+        config, e.g. rotary tables) hold their values already and stay in the .onnx file."""
         self._require(self.programs is not None, "trace")
         weights = _tensors(self.loaded.model)
         canonical = {id(tensor): name for name, tensor in _named_tensors(self.hollow)}
         with WeightFile(self._staging / ONNX_DIR) as store:
             for graph in self.graphs:
-                names = {name: canonical[id(tensor)] for name, tensor in _named_tensors(graph.module)}
+                names = {
+                    name: canonical[id(tensor)]
+                    for name, tensor in _named_tensors(graph.module)
+                    if id(tensor) in canonical
+                }
                 with self._stage(f"onnx.{graph.name}"):
                     save_onnx(
                         self.programs[graph.name],
-                        self._staging / ONNX_DIR / f"{graph.name}.onnx",
+                        self._staging / onnx_file(graph.name),
                         weights=partial(attach_weights, weights=weights, names=names, store=store),
                         input_names=graph.input_names,
                         output_names=graph.output_names,
@@ -228,7 +234,7 @@ class ExportPipeline:
         with self._stage("check"):
             if Backend.ONNX in self._written:
                 for graph in self.graphs:
-                    check_onnx(self._staging / ONNX_DIR / f"{graph.name}.onnx", graph, keep=keep, pruned=self.pruned)
+                    check_onnx(self._staging / onnx_file(graph.name), graph, keep=keep, pruned=self.pruned)
             if Backend.EXECUTORCH in self._written:
                 check_pte(self._staging / PTE_PATH, self.graphs, keep=keep)
         return self
@@ -261,7 +267,6 @@ class ExportPipeline:
             keep=self.config.keep_count,
             pruner_config=self.config.pruner,
             max_seq_len=self.config.seq_len_limit,
-            vision_layers=len(find_graph(self.graphs, "vision_encoder").module.layers),
             files=files,
             export_seconds=self.export_seconds,
             peak_rss_mib=self.peak_rss_mib,
@@ -342,7 +347,7 @@ class ExportPipeline:
             self.artifact_dir, ", ".join(lost), every,
         )
 
-    def _graphs(self, model: LlavaForConditionalGeneration) -> tuple[GraphSpec, ...]:
+    def _graphs(self, model: PreTrainedModel) -> tuple[GraphSpec, ...]:
         return build_graphs(
             model,
             self.config.spec,

@@ -10,17 +10,18 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
-from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
+from models import tiny_llava, tiny_qwen2_vl
 from models.materialize import fill_random, keep_loaded, materialize
 from models.quantize import Quantization, quantize_block
 from models.random_weights import build_random_model
+from models.recipe_build import Recipe
 from models.registry import ModelSpec, get_spec
-from models.synthetic_processor import build_processor, generation_config
-from models.tiny_llava import NAME as TINY_LLAVA
-from models.tiny_llava import build_tiny_llava, check_build
 
 MODEL_PATH_ENV = "MODEL_PATH"
+# The checkpoints built here from a recipe, by model name.
+TINY_RECIPES: dict[str, Recipe] = {module.NAME: module.RECIPE for module in (tiny_llava, tiny_qwen2_vl)}
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ class LoadedModel:
     checkpoint folder it was loaded from (None for random weights)."""
 
     spec: ModelSpec
-    model: LlavaForConditionalGeneration
-    processor: LlavaProcessor
+    model: PreTrainedModel
+    processor: ProcessorMixin
     checkpoint: Path | None = None
 
 
@@ -40,19 +41,19 @@ def resolve_checkpoint(
     """The local directory holding the checkpoint of model `name`; nothing is downloaded.
 
     For a Hugging Face model, looked up in order: `model_path`, the `MODEL_PATH` environment
-    variable, the Hugging Face cache (`cache_dir`, default the hub's cache). For tiny-llava:
-    `model_path`, which must hold a build of the current recipe (nothing is written there), or by
-    default the project's own `build/models/tiny-llava`, built there if missing.
+    variable, the Hugging Face cache (`cache_dir`, default the hub's cache). For a tiny model
+    (`TINY_RECIPES`): `model_path`, which must hold a build of the current recipe (nothing is
+    written there), or by default the project's own `build/models/<name>`, built there if missing.
 
     Raises:
-        ValueError: unknown name; a config.json that does not parse; a tiny-llava build of another recipe.
+        ValueError: unknown name; a config.json that does not parse; a tiny build of another recipe.
         FileNotFoundError: no checkpoint where it looked; the message says how to get one.
     """
     spec = get_spec(name)
-    if name == TINY_LLAVA:
+    if name in TINY_RECIPES:
         if model_path is None:
-            return build_tiny_llava()
-        directory = check_build(model_path)
+            return TINY_RECIPES[name].build()
+        directory = TINY_RECIPES[name].check(model_path)
         _check_config_json(directory, f"remove {directory} and build it again, or omit the model path")
         return directory
     if spec.hf_repo is None:
@@ -111,18 +112,22 @@ def load_model(
     *,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
 ) -> LoadedModel:
     """Load model `name` and its processor from a local checkpoint (see `resolve_checkpoint`).
 
+    Args:
+        image_size: the image resolution of the export (`ModelSpec.with_image_size`); default the spec's.
     Raises:
         ValueError: unknown name, or a checkpoint whose config contradicts the spec.
         FileNotFoundError: no checkpoint found.
     """
-    spec = get_spec(name)
+    spec = _spec(name, image_size)
+    family = spec.model_family
     directory = resolve_checkpoint(name, model_path, cache_dir=cache_dir)
-    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    model = family.model_class.from_pretrained(directory, dtype=dtype, local_files_only=True)
     check_config(spec, model.config)
-    processor = LlavaProcessor.from_pretrained(directory, local_files_only=True)
+    processor = family.fit_processor(family.processor_class.from_pretrained(directory, local_files_only=True), spec)
     return LoadedModel(spec=spec, model=model.eval(), processor=processor, checkpoint=directory)
 
 
@@ -132,6 +137,7 @@ def load_for_export(
     quantization: Quantization = Quantization.NONE,
     seed: int | None = None,
     model_path: str | os.PathLike | None = None,
+    image_size: int | None = None,
 ) -> LoadedModel:
     """Model `name` in float32 with its language model's linears quantized, built block by block.
 
@@ -139,33 +145,35 @@ def load_for_export(
         quantization: weight format of the language model's linears (`models.quantize`).
         seed: draw random weights from this seed (synthetic processor, no checkpoint needed);
             None loads the checkpoint (see `resolve_checkpoint`).
+        image_size: the image resolution of the export (`ModelSpec.with_image_size`); default the spec's.
     Peak memory: the result plus one float32 block; a checkpoint to be quantized is first loaded
     in float16 (what LLaVA checkpoints hold), so a 7B one needs 13.2 GiB on the way.
     """
-    spec = get_spec(name)
+    spec = _spec(name, image_size)
+    family = spec.model_family
     quantize = partial(quantize_block, quantization=quantization)
     if seed is not None:
         model = build_random_model(name)  # on the meta device, filled below
-        model.generation_config = generation_config(spec)
+        model.generation_config = family.generation_config(spec)
         model = materialize(model, fill_random(seed), transform=quantize)
-        return LoadedModel(spec=spec, model=model, processor=build_processor(spec))
+        return LoadedModel(spec=spec, model=model, processor=family.synthetic_processor(spec))
     dtype = torch.float32 if quantization is Quantization.NONE else torch.float16
-    loaded = load_model(name, model_path, dtype=dtype)
+    loaded = load_model(name, model_path, dtype=dtype, image_size=image_size)
     materialize(loaded.model, keep_loaded, transform=quantize)
     return loaded
 
 
-def check_config(spec: ModelSpec, config: LlavaConfig) -> None:
+def check_config(spec: ModelSpec, config: PretrainedConfig) -> None:
     """Raise ValueError when a checkpoint's config contradicts what the spec says of the model."""
-    checks = (
-        ("image size", config.vision_config.image_size, spec.vision.image_size),
-        ("patch size", config.vision_config.patch_size, spec.vision.patch_size),
-        ("image token id", config.image_token_id, spec.image_token_id),
-        ("text layers", config.text_config.num_hidden_layers, spec.text.num_hidden_layers),
-        ("text hidden size", config.text_config.hidden_size, spec.text.hidden_size),
-        ("vision feature layer", config.vision_feature_layer, spec.vision_feature_layer),
-        ("vision feature select strategy", config.vision_feature_select_strategy, spec.vision_feature_select_strategy),
-    )
-    wrong = [f"{label}: checkpoint {found!r}, spec {want!r}" for label, found, want in checks if found != want]
+    if not isinstance(config, spec.model_family.config_class):
+        raise ValueError(
+            f"the checkpoint is a {type(config).__name__}, {spec.name} is a {spec.model_family.config_class.__name__}"
+        )
+    wrong = spec.model_family.config_mismatches(spec, config)
     if wrong:
         raise ValueError(f"the checkpoint does not match the {spec.name} spec: " + "; ".join(wrong))
+
+
+def _spec(name: str, image_size: int | None) -> ModelSpec:
+    spec = get_spec(name)
+    return spec if image_size is None else spec.with_image_size(image_size)

@@ -1,45 +1,70 @@
-"""Qwen2-VL as the modules that are exported, with VLM-Pruner inside the language model.
+"""Qwen2-VL: its vision tower for one fixed image grid + Qwen2 with M-RoPE, VLM-Pruner inside.
 
     pixel_values [P, C*tp*p*p] ──Qwen2VLVisionEncoder──> image_embeds [N, d]   (P = t*h*w patches,
                                                                                 N = P / merge^2)
-    input_ids ──Qwen2VLTokenEmbedding──> text embeds [1, T, d]   (the runtime splices image_embeds in)
-    host: mrope_position_ids(T, image_start, grid) ──> position_ids [3, 1, T], rope_delta
+    input_ids ──TokenEmbedding──> text embeds [1, T, d]   (the host splices image_embeds in)
+    host (`runtime.families.qwen2_vl`): M-RoPE position ids [3, 1, T] as transformers'
+        `get_rope_index` makes them, and the rope delta: decode step s sits at T + s + delta on
+        all three rows, T the full prompt length, whatever was pruned.
 
-    Qwen2VLPrefill(keep=R): inputs_embeds [1, T, d], position_ids [3, 1, T], image_start [1]
-        layers 0..K-1 on all T tokens ──> keys of layer K-1 (post-M-RoPE) + hidden states
-        select_tokens on the N image tokens (merged H x W token grid) ──> R kept + fused states
-        sequence = prefix + R kept image tokens + suffix (T - N + R), each with its original
-        3-row position ids
-        layers K..L-1 on the short sequence ──> logits of the last token, KV cache
+    Qwen2VLPrefill / Qwen2VLDecodeStep: `models.decoder`'s, with M-RoPE rotary tables from the
+    3-row position ids. The selection's geometry is the merged H x W token grid (spec section 6);
+    each kept token keeps its original 3-row position ids.
 
-    Qwen2VLDecodeStep: one token at position ids [3, 1, 1], all three rows T + s + rope_delta
-        for the s-th step (s = 0, 1, ...), attends to the whole cache of every layer.
-
-The text side is LLaVA's (`models.llava`) with Qwen2-VL's multimodal rotary embedding (M-RoPE):
-the same decoder-layer call with an explicit cache, the same selection and sequence shortening;
-only the rotary tables come from 3-row position ids instead of 0..T-1. The vision side runs for
-one fixed image grid: the Conv3d patch embedding as an equivalent Linear (ExecuTorch has no
-portable Conv3d kernel), the 2-D vision rotary tables precomputed as buffers, and attention inside
-each frame (t = 1 for an image) with static boundaries instead of transformers' data-dependent
-`cu_seqlens`.
+The vision side runs for one fixed image grid: the Conv3d patch embedding as the equivalent
+matmul on flattened patches (ExecuTorch has no portable Conv3d kernel), the 2-D vision rotary
+tables precomputed as buffers, and attention inside each frame (t = 1 for an image) with static
+boundaries instead of transformers' data-dependent `cu_seqlens`.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
-from transformers import Qwen2VLForConditionalGeneration
+from transformers import (
+    GenerationConfig,
+    PretrainedConfig,
+    ProcessorMixin,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionBlock, apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_position_ids
 
-from models.llava import DecodeStep, KVCache, Prefill, TokenEmbedding, _check_batch_of_one
+from models.decoder import DecodeStep, Prefill
+from models.families import ModelFamily, register
+from models.registry import ModelSpec
+from models.qwen2_vl_processor import Qwen2VLImageTextProcessor, build_processor, pin_image_size, special_token_ids
 from pruning_graph import VLMPrunerConfig
+from pruning_graph.validation import Grid
 
-# The token embedding is LLaVA's: both read `model.model.language_model.embed_tokens`.
-# forward(input_ids int64 [1, T]) -> embeds [1, T, d].
-Qwen2VLTokenEmbedding = TokenEmbedding
+
+class PatchEmbedding(nn.Module):
+    """A patchifying Conv3d (stride = kernel, no padding) as the equivalent matmul on flattened patches.
+
+    forward(patches [P, C * kt * kh * kw]) -> [P, out]. Input features in (channel, time, row,
+    column) order, the order of Qwen2-VL's flattened patches. The weight stays the Conv3d's own
+    tensor, viewed as [out, C * kt * kh * kw], so that it keeps its name in the model.
+    """
+
+    def __init__(self, conv: nn.Conv3d):
+        super().__init__()
+        if (
+            tuple(conv.stride) != tuple(conv.kernel_size)
+            or any(conv.padding)
+            or any(d != 1 for d in conv.dilation)
+            or conv.groups != 1
+        ):
+            raise ValueError(f"only a patchifying Conv3d (stride = kernel, no padding) maps to a matmul, got {conv}")
+        self.proj = conv
+        self.in_features = conv.weight[0].numel()
+
+    def forward(self, patches: Tensor) -> Tensor:
+        return F.linear(patches.to(self.proj.weight.dtype), self.proj.weight.flatten(1), self.proj.bias)
 
 
 class Qwen2VLVisionEncoder(nn.Module):
@@ -60,14 +85,14 @@ class Qwen2VLVisionEncoder(nn.Module):
             raise ValueError(f"grid (t, h, w) must be positive with h and w multiples of {merge}, got {tuple(grid)}")
         self.num_patches = t * h * w
         self.frames = t
-        self.patch_embed = conv3d_as_linear(tower.patch_embed.proj)
+        self.patch_embed = PatchEmbedding(tower.patch_embed.proj)
         self.blocks = tower.blocks
         self.merger = tower.merger
         # The rotary tables of the grid's patches, from a rotary embedding made afresh from the
         # config: right even for a model whose buffers were never initialised (a weight-free twin).
         positions = get_vision_position_ids(torch.tensor([grid]), merge)  # [P, 2]: (row, column) of each patch
         cos, sin = type(tower.rotary_pos_emb)(tower.config)(positions, positions)  # [P, head_dim] each
-        device = self.patch_embed.weight.device
+        device = tower.patch_embed.proj.weight.device
         self.register_buffer("cos", cos.to(device), persistent=False)
         self.register_buffer("sin", sin.to(device), persistent=False)
 
@@ -77,31 +102,20 @@ class Qwen2VLVisionEncoder(nn.Module):
                 f"pixel_values must be [{self.num_patches}, {self.patch_embed.in_features}] for this grid, "
                 f"got {tuple(pixel_values.shape)}"
             )
-        hidden = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [P, d_vision]
+        hidden = self.patch_embed(pixel_values)  # [P, d_vision]
         for block in self.blocks:
             hidden = _vision_block(block, hidden, self.cos, self.sin, self.frames)
         return self.merger(hidden)  # [N, d_text]
 
 
 class Qwen2VLPrefill(Prefill):
-    """The prompt pass with M-RoPE, pruning the image tokens at the input of layer K.
-
-    forward(inputs_embeds [1, T, d], position_ids int64 [3, 1, T], image_start int64 [1]) ->
-    (logits [1, vocab], kept int64 [R], cache), with `cache[i]` = (key, value) of layer i, each
-    [1, n_kv_heads, length_i, head_dim]: length T for layers < K, T - N + R for layers >= K.
-    `position_ids` are the host's (`mrope_position_ids`); `image_start` is the position of the
-    first of the N image tokens; `kept` holds positions inside the image block, ascending. Each
-    remaining token keeps its original 3-row position ids. `grid` is the merged token grid
-    (H, W), the geometry of the selection (spec section 6).
-
-    With keep == N no selection runs: the module is then exactly the unpruned model.
-    """
+    """`models.decoder.Prefill` with M-RoPE: position_ids int64 [3, 1, T] (temporal, height, width rows)."""
 
     def __init__(
         self,
         model: Qwen2VLForConditionalGeneration,
         *,
-        grid: tuple[int, int],
+        grid: Grid,
         keep: int,
         prune_layer: int,
         pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
@@ -109,80 +123,132 @@ class Qwen2VLPrefill(Prefill):
         _check_full_attention(model)
         super().__init__(model, grid=grid, keep=keep, prune_layer=prune_layer, pruner_config=pruner_config)
 
-    def forward(
-        self, inputs_embeds: Tensor, position_ids: Tensor, image_start: Tensor
-    ) -> tuple[Tensor, Tensor, KVCache]:
-        _check_batch_of_one("inputs_embeds", inputs_embeds)
-        cos, sin = self.rotary_emb(inputs_embeds, position_ids)  # [1, T, head_dim] each, sections interleaved
-        return self.run_layers(inputs_embeds, cos, sin, image_start)
+    def rotary(self, inputs_embeds: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin [1, q, head_dim] of position_ids [3, 1, q], the sections interleaved."""
+        return self.rotary_emb(inputs_embeds, position_ids)
 
 
 class Qwen2VLDecodeStep(DecodeStep):
-    """One generated token through every layer, attending to the whole cache.
-
-    forward(inputs_embeds [1, 1, d], position_ids int64 [3, 1, 1], cache) -> (logits [1, vocab],
-    cache with one more entry per layer). For the s-th generated token (s = 0 right after the
-    prompt) all three rows are T + s + rope_delta, T the full prompt length, whatever was pruned.
-    `cache[i]` = (key, value), each [1, n_kv_heads, length_i, head_dim].
-    """
+    """`models.decoder.DecodeStep` with M-RoPE: position_ids int64 [3, 1, 1]."""
 
     def __init__(self, model: Qwen2VLForConditionalGeneration):
         _check_full_attention(model)
         super().__init__(model)
 
-    def forward(self, inputs_embeds: Tensor, position_ids: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
-        _check_batch_of_one("inputs_embeds", inputs_embeds)
-        cos, sin = self.rotary_emb(inputs_embeds, position_ids)  # [1, 1, head_dim] each
-        return self.run_layers(inputs_embeds, cos, sin, cache)
+    rotary = Qwen2VLPrefill.rotary
 
 
-def mrope_position_ids(seq_len: int, image_start: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """M-RoPE position ids of a prompt with one image, as transformers' `get_rope_index` makes them.
+@register
+class Qwen2VLFamily(ModelFamily):
+    """Qwen2-VL (`Qwen2VLForConditionalGeneration`): one fixed image resolution per export, M-RoPE."""
 
-    Host code, numpy only. Text before the image counts 0, 1, ...; image token (r, c) of the
-    merged H x W grid gets (s, s + r, s + c), s = image_start; the text after it continues from
-    s + max(H, W).
+    name = "qwen2_vl"
+    model_class = Qwen2VLForConditionalGeneration
+    config_class = Qwen2VLConfig
+    processor_class = Qwen2VLImageTextProcessor
+    prefill_class = Qwen2VLPrefill
+    decode_class = Qwen2VLDecodeStep
+    position_rows = 3
 
-    Args:
-        seq_len: T, the prompt length. image_start: position of the first of the H * W image tokens.
-        grid: (H, W), the merged token grid.
-    Returns:
-        position_ids: int64 [3, 1, T] (temporal, height, width rows).
-        rope_delta: the generated token s (s = 0, 1, ...) is at T + s + rope_delta on all rows.
-    """
-    height, width = grid
-    n = height * width
-    if not 0 <= image_start <= seq_len - n:
-        raise ValueError(f"an image block of {n} tokens at {image_start} does not fit a prompt of {seq_len} tokens")
-    rows, cols = np.divmod(np.arange(n), width)
-    image = image_start + np.stack([np.zeros(n, dtype=np.int64), rows, cols])  # [3, N]
-    suffix = image_start + max(height, width) + np.arange(seq_len - image_start - n)
-    position_ids = np.concatenate(
-        [np.broadcast_to(np.arange(image_start), (3, image_start)), image, np.broadcast_to(suffix, (3, suffix.size))],
-        axis=1,
-    ).astype(np.int64)
-    return position_ids[:, None], int(position_ids.max()) + 1 - seq_len
+    def config(self, spec: ModelSpec) -> Qwen2VLConfig:
+        text, ids = spec.text, special_token_ids(spec)
+        return Qwen2VLConfig(
+            vision_config=spec.vision.config(text.hidden_size),
+            text_config={
+                "hidden_size": text.hidden_size,
+                "intermediate_size": text.intermediate_size,
+                "num_hidden_layers": text.num_hidden_layers,
+                "num_attention_heads": text.num_attention_heads,
+                "num_key_value_heads": text.num_key_value_heads,
+                "vocab_size": text.vocab_size,
+                "rms_norm_eps": text.rms_norm_eps,
+                "max_position_embeddings": text.max_position_embeddings,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": text.rope_theta,
+                    "mrope_section": list(spec.mrope_section),
+                },
+                "initializer_range": text.initializer_range,
+                "bos_token_id": ids["<|endoftext|>"],
+                "eos_token_id": ids["<|im_end|>"],
+                "pad_token_id": spec.pad_token_id,
+            },
+            image_token_id=spec.image_token_id,
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        )
 
+    def config_mismatches(self, spec: ModelSpec, config: PretrainedConfig) -> list[str]:
+        vision, text = config.vision_config, config.text_config
+        checks = (
+            ("patch size", vision.patch_size, spec.vision.patch_size),
+            ("spatial merge size", vision.spatial_merge_size, spec.vision.spatial_merge_size),
+            ("temporal patch size", vision.temporal_patch_size, spec.vision.temporal_patch_size),
+            ("vision depth", vision.depth, spec.vision.depth),
+            ("image token id", config.image_token_id, spec.image_token_id),
+            ("text layers", text.num_hidden_layers, spec.text.num_hidden_layers),
+            ("text hidden size", text.hidden_size, spec.text.hidden_size),
+            ("M-RoPE sections", list(text.rope_parameters.get("mrope_section", [])), list(spec.mrope_section)),
+        )
+        return [f"{label}: checkpoint {found!r}, spec {want!r}" for label, found, want in checks if found != want]
 
-def conv3d_as_linear(conv: nn.Conv3d) -> nn.Linear:
-    """A patchifying Conv3d (stride = kernel, no padding) as the equivalent Linear on flattened patches.
+    def pixel_values_shape(self, spec: ModelSpec) -> tuple[int, ...]:
+        vision = spec.vision
+        patches = (spec.image_size // vision.patch_size) ** 2
+        return (patches, 3 * vision.temporal_patch_size * vision.patch_size**2)
 
-    The Linear's weight is a view of the Conv3d's, [out, C * kt * kh * kw]: input features in
-    (channel, time, row, column) order, the order of Qwen2-VL's flattened patches.
-    """
-    if (
-        tuple(conv.stride) != tuple(conv.kernel_size)
-        or any(conv.padding)
-        or any(d != 1 for d in conv.dilation)
-        or conv.groups != 1
-    ):
-        raise ValueError(f"only a patchifying Conv3d (stride = kernel, no padding) maps to a Linear, got {conv}")
-    weight = conv.weight.detach().flatten(1)  # [out, C * kt * kh * kw]
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=conv.bias is not None, device="meta", dtype=weight.dtype)
-    linear.weight = nn.Parameter(weight)
-    if conv.bias is not None:
-        linear.bias = nn.Parameter(conv.bias.detach())
-    return linear
+    def vision_encoder(self, model: Qwen2VLForConditionalGeneration, spec: ModelSpec) -> Qwen2VLVisionEncoder:
+        side = spec.image_size // spec.vision.patch_size
+        return Qwen2VLVisionEncoder(model, grid=(1, side, side))
+
+    def fit_processor(self, processor: ProcessorMixin, spec: ModelSpec) -> ProcessorMixin:
+        """min_pixels = max_pixels = S * S: a square image stays S x S, the export's one grid."""
+        pin_image_size(processor.image_processor, spec)
+        return processor
+
+    def synthetic_processor(self, spec: ModelSpec) -> Qwen2VLImageTextProcessor:
+        return build_processor(spec)
+
+    def generation_config(self, spec: ModelSpec) -> GenerationConfig:
+        ids = special_token_ids(spec)
+        # Qwen2-VL-Instruct's: stop at <|im_end|> or <|endoftext|>.
+        return GenerationConfig(
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+            pad_token_id=ids["<|endoftext|>"],
+        )
+
+    def preprocess_manifest(self, processor: ProcessorMixin, spec: ModelSpec) -> dict[str, Any]:
+        image_processor = processor.image_processor
+        return {
+            "image_size": spec.image_size,
+            "resize": "stretch",
+            "resample": Image.Resampling(image_processor.resample).name.lower(),
+            "rescale_factor": image_processor.rescale_factor,
+            "image_mean": list(image_processor.image_mean),
+            "image_std": list(image_processor.image_std),
+            "patch_size": image_processor.patch_size,
+            "temporal_patch_size": image_processor.temporal_patch_size,
+            "merge_size": image_processor.merge_size,
+        }
+
+    def vision_manifest(self, model: Qwen2VLForConditionalGeneration, spec: ModelSpec) -> dict[str, Any]:
+        vision = model.config.vision_config
+        patches, patch_features = self.pixel_values_shape(spec)
+        n, dv, d = spec.num_image_tokens, vision.embed_dim, model.config.text_config.hidden_size
+        mlp = int(dv * vision.mlp_ratio)
+        merged = dv * vision.spatial_merge_size**2
+        # One multiply-add is 2 FLOPs; attention over the one frame of P patches.
+        block = 2 * patches * dv * 4 * dv + 2 * 2 * patches * patches * dv + 2 * 2 * patches * dv * mlp
+        flops = 2 * patches * patch_features * dv + vision.depth * block + 2 * n * merged * (merged + d)
+        return {
+            "num_layers": vision.depth,
+            "hidden_size": dv,
+            "intermediate_size": mlp,
+            "patch_size": vision.patch_size,
+            "flops": flops,
+        }
 
 
 def _vision_block(block: Qwen2VLVisionBlock, hidden: Tensor, cos: Tensor, sin: Tensor, frames: int) -> Tensor:

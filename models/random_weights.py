@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlavaForConditionalGeneration
+from transformers import PreTrainedModel
 
 from models.registry import get_spec
 
 
 def build_random_model(
     name: str, *, materialize: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32
-) -> LlavaForConditionalGeneration:
+) -> PreTrainedModel:
     """Build the architecture registered as `name` from its spec, without any download.
 
     The model is first made on the meta device (no memory for the weights). With `materialize`,
@@ -28,7 +28,7 @@ def build_random_model(
     """
     spec = get_spec(name)
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(spec.llava_config())
+        model = spec.model_family.model_class(spec.hf_config())
     model = model.to(dtype)
     if materialize:
         model.to_empty(device="cpu")

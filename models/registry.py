@@ -1,16 +1,21 @@
 """Registry of the supported models: one frozen `ModelSpec` per short name.
 
-A spec is the single source of truth for a model: its architecture hyperparameters (so that a
-real-size model can be built without downloading anything), where its weights come from, the
-image geometry the pruner works on (N image tokens on an H x W grid), the pruning layer K and the
-conversation template.
+A spec is the single source of truth for a model: its family (`models.families`: the modules, the
+transformers classes), its architecture hyperparameters (so that a real-size model can be built
+without downloading anything), where its weights come from, the image geometry the pruner works on
+(N image tokens on an H x W grid), the pruning layer K and the conversation template.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from typing import TYPE_CHECKING
+
+from transformers import CLIPVisionConfig, PretrainedConfig
+
+if TYPE_CHECKING:
+    from models.families import ModelFamily
 
 # LLaVA-1.5 conversation template, one user turn with the image before the question.
 LLAVA_15_PROMPT = "USER: <image>\n{prompt} ASSISTANT:"
@@ -33,7 +38,7 @@ LLAVA_15_CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class VisionTowerSpec:
-    """CLIP vision transformer hyperparameters."""
+    """CLIP vision transformer hyperparameters (LLaVA-1.5)."""
 
     hidden_size: int
     num_hidden_layers: int
@@ -42,6 +47,11 @@ class VisionTowerSpec:
     image_size: int = 336
     patch_size: int = 14
     projection_dim: int = 768
+
+    @property
+    def token_size(self) -> int:
+        """Pixels per image token side: one token per patch."""
+        return self.patch_size
 
     def config(self) -> CLIPVisionConfig:
         return CLIPVisionConfig(
@@ -56,8 +66,45 @@ class VisionTowerSpec:
 
 
 @dataclass(frozen=True)
+class Qwen2VLVisionSpec:
+    """Qwen2-VL vision transformer hyperparameters; `image_size` is the export's fixed resolution.
+
+    An image of S x S pixels is cut into (S / patch)^2 patches of `temporal_patch_size` frames; the
+    merger joins `spatial_merge_size`^2 neighbouring patches into one image token.
+    """
+
+    depth: int
+    embed_dim: int
+    num_heads: int
+    mlp_ratio: int = 4
+    image_size: int = 672
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    initializer_range: float = 0.02
+
+    @property
+    def token_size(self) -> int:
+        """Pixels per image token side: a merged block of patches."""
+        return self.patch_size * self.spatial_merge_size
+
+    def config(self, text_hidden_size: int) -> dict:
+        return {
+            "depth": self.depth,
+            "embed_dim": self.embed_dim,
+            "hidden_size": text_hidden_size,  # the merger's output: the text width
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "patch_size": self.patch_size,
+            "spatial_merge_size": self.spatial_merge_size,
+            "temporal_patch_size": self.temporal_patch_size,
+            "initializer_range": self.initializer_range,
+        }
+
+
+@dataclass(frozen=True)
 class TextModelSpec:
-    """Llama decoder hyperparameters."""
+    """Decoder hyperparameters (Llama, Qwen2)."""
 
     hidden_size: int
     num_hidden_layers: int
@@ -70,21 +117,6 @@ class TextModelSpec:
     max_position_embeddings: int = 4096
     initializer_range: float = 0.02
 
-    def config(self, pad_token_id: int) -> LlamaConfig:
-        return LlamaConfig(
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            intermediate_size=self.intermediate_size,
-            vocab_size=self.vocab_size,
-            rms_norm_eps=self.rms_norm_eps,
-            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
-            max_position_embeddings=self.max_position_embeddings,
-            initializer_range=self.initializer_range,
-            pad_token_id=pad_token_id,
-        )
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -92,56 +124,59 @@ class ModelSpec:
 
     Attributes:
         name: short registry name.
+        family: the model family (`models.families`): "llava" or "qwen2_vl".
         hf_repo: Hugging Face repository of the weights; None for a model built locally.
-        vision: vision tower hyperparameters.
+        vision: vision tower hyperparameters, of the family's kind.
         text: language model hyperparameters.
-        image_token_id: id of the `<image>` placeholder token.
+        image_token_id: id of the image placeholder token.
         pad_token_id: id of the padding token.
-        vision_feature_layer: vision tower hidden state fed to the projector (-2: second to last).
-        vision_feature_select_strategy: "default" drops the CLS token.
-        projector_hidden_act: activation between the projector's two linears.
         prune_layer: K, the decoder layer at whose input the image tokens are pruned.
-        prompt_template: the conversation template, with `{prompt}` for the user's question.
+        prompt_template: the conversation template, with `{prompt}` for the user's question and
+            one image token.
         chat_template: the same template in the processor's Jinja form.
         quantization: the export's default weight format of the language model's linears
             ("none", "int4", "int8"; see `models.quantize`): int4 where float32 would not fit a
             24 GiB machine.
+        resizable: an export may choose another image resolution (`with_image_size`, any multiple
+            of the pixels of one image token); False: the vision tower's own only (CLIP's
+            position table is fixed).
+        mrope_section: Qwen2-VL's split of the rotary frequencies over (time, height, width).
     """
 
     name: str
+    family: str
     hf_repo: str | None
-    vision: VisionTowerSpec
+    vision: VisionTowerSpec | Qwen2VLVisionSpec
     text: TextModelSpec
     image_token_id: int = 32000
     pad_token_id: int = 32001
-    vision_feature_layer: int = -2
-    vision_feature_select_strategy: str = "default"
-    projector_hidden_act: str = "gelu"
     prune_layer: int = 2
     prompt_template: str = LLAVA_15_PROMPT
     chat_template: str = LLAVA_15_CHAT_TEMPLATE
     quantization: str = "none"
+    resizable: bool = False
+    mrope_section: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.vision.image_size % self.vision.patch_size:
+        if self.vision.image_size % self.vision.token_size:
             raise ValueError(
                 f"{self.name}: image size {self.vision.image_size} is not a multiple of "
-                f"patch size {self.vision.patch_size}"
+                f"{self.vision.token_size} (the pixels of one image token)"
             )
         if not 1 <= self.prune_layer < self.text.num_hidden_layers:
             raise ValueError(
                 f"{self.name}: prune_layer must be in [1, {self.text.num_hidden_layers - 1}], got {self.prune_layer}"
             )
-        if self.vision_feature_select_strategy != "default":
-            raise ValueError(
-                f"{self.name}: only the 'default' feature select strategy (CLS dropped) gives the "
-                f"H x W token grid, got {self.vision_feature_select_strategy!r}"
-            )
+
+    @property
+    def image_size(self) -> int:
+        """S, the side of the square image the vision graph takes."""
+        return self.vision.image_size
 
     @property
     def grid(self) -> tuple[int, int]:
         """(H, W) of the image tokens, row-major."""
-        side = self.vision.image_size // self.vision.patch_size
+        side = self.vision.image_size // self.vision.token_size
         return side, side
 
     @property
@@ -160,18 +195,35 @@ class ModelSpec:
         """The conversation text for one image and one question."""
         return self.prompt_template.format(prompt=prompt)
 
-    def llava_config(self) -> LlavaConfig:
+    def with_image_size(self, size: int) -> ModelSpec:
+        """The spec at another image resolution (an export's `--image-size`).
+
+        Raises:
+            ValueError: a model whose vision tower takes one resolution only, or a size that is
+                not a positive multiple of the pixels of one image token.
+        """
+        if size == self.vision.image_size:
+            return self
+        if not self.resizable:
+            raise ValueError(
+                f"{self.name} takes {self.vision.image_size} x {self.vision.image_size} images only "
+                f"(its vision tower has a fixed position table), got image size {size}"
+            )
+        step = self.vision.token_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < step or size % step:
+            raise ValueError(f"image size must be a positive multiple of {step} for {self.name}, got {size!r}")
+        return replace(self, vision=replace(self.vision, image_size=size))
+
+    @property
+    def model_family(self) -> ModelFamily:
+        """The family's modules and transformers classes (`models.families`)."""
+        from models.families import get_family
+
+        return get_family(self.family)
+
+    def hf_config(self) -> PretrainedConfig:
         """The transformers config of this architecture, built without any download."""
-        return LlavaConfig(
-            vision_config=self.vision.config(),
-            text_config=self.text.config(self.pad_token_id),
-            image_token_index=self.image_token_id,
-            image_seq_length=self.num_image_tokens,
-            projector_hidden_act=self.projector_hidden_act,
-            vision_feature_layer=self.vision_feature_layer,
-            vision_feature_select_strategy=self.vision_feature_select_strategy,
-            pad_token_id=self.pad_token_id,
-        )
+        return self.model_family.config(self)
 
 
 # CLIP ViT-L/14 at 336 px, LLaVA-1.5's vision tower.
@@ -186,12 +238,104 @@ _LLAMA_7B = TextModelSpec(
     intermediate_size=11008,
     vocab_size=32064,
 )
+# Qwen2-VL-7B-Instruct (its config.json): a 32-block ViT of width 1280, a 28-layer Qwen2 of width 3584.
+_QWEN2_VL_7B_VISION = Qwen2VLVisionSpec(depth=32, embed_dim=1280, num_heads=16)
+_QWEN2_7B = TextModelSpec(
+    hidden_size=3584,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    intermediate_size=18944,
+    vocab_size=152064,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    max_position_embeddings=32768,
+)
+# Qwen2-VL-Instruct's conversation for one image and one question: what its chat template renders
+# (default system turn, image before the text, generation prompt).
+QWEN2_VL_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+# Qwen2-VL-Instruct's chat template, images and text (its video branch included).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}"
+    "<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen2's special tokens in its tokenizer's order, the first at id 151643 in Qwen2-VL.
+QWEN2_VL_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def _qwen2_vl(
+    name: str,
+    hf_repo: str | None,
+    vision: Qwen2VLVisionSpec,
+    text: TextModelSpec,
+    *,
+    first_special: int,
+    mrope_section: tuple[int, int, int],
+    quantization: str = "none",
+) -> ModelSpec:
+    """A Qwen2-VL spec: its special tokens from id `first_special` on, in `QWEN2_VL_SPECIAL_TOKENS` order."""
+    return ModelSpec(
+        name=name,
+        family="qwen2_vl",
+        hf_repo=hf_repo,
+        vision=vision,
+        text=text,
+        image_token_id=first_special + QWEN2_VL_SPECIAL_TOKENS.index("<|image_pad|>"),
+        pad_token_id=first_special + QWEN2_VL_SPECIAL_TOKENS.index("<|endoftext|>"),
+        prompt_template=QWEN2_VL_PROMPT,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        quantization=quantization,
+        resizable=True,
+        mrope_section=mrope_section,
+    )
+
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec(
             name="llava-1.5-7b",
+            family="llava",
             hf_repo="llava-hf/llava-1.5-7b-hf",
             vision=_CLIP_VIT_L_336,
             text=_LLAMA_7B,
@@ -202,12 +346,14 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         # tests of the real widths. No checkpoint: random weights only.
         ModelSpec(
             name="llava-1.5-7b-3layers",
+            family="llava",
             hf_repo=None,
             vision=replace(_CLIP_VIT_L_336, num_hidden_layers=2),
             text=replace(_LLAMA_7B, num_hidden_layers=3),
         ),
         ModelSpec(
             name="llava-1.5-13b",
+            family="llava",
             hf_repo="llava-hf/llava-1.5-13b-hf",
             vision=_CLIP_VIT_L_336,
             text=TextModelSpec(
@@ -227,6 +373,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         # Its token ids are those of the tokenizer `models.tiny_llava` trains.
         ModelSpec(
             name="tiny-llava",
+            family="llava",
             hf_repo=None,
             vision=VisionTowerSpec(
                 hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, projection_dim=32
@@ -242,6 +389,50 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             ),
             image_token_id=3,
             pad_token_id=4,
+        ),
+        _qwen2_vl(
+            "qwen2-vl-7b",
+            "Qwen/Qwen2-VL-7B-Instruct",
+            _QWEN2_VL_7B_VISION,
+            _QWEN2_7B,
+            first_special=151643,
+            mrope_section=(16, 24, 24),
+            quantization="int4",
+        ),
+        # Qwen2-VL-7B at its full widths with 3 of its 28 decoder layers and 2 of its 32 vision
+        # blocks, at 448 px (256 image tokens): float32 parity tests of the real widths. Random
+        # weights only.
+        _qwen2_vl(
+            "qwen2-vl-7b-3layers",
+            None,
+            replace(_QWEN2_VL_7B_VISION, depth=2, image_size=448),
+            replace(_QWEN2_7B, num_hidden_layers=3),
+            first_special=151643,
+            mrope_section=(16, 24, 24),
+        ),
+        # Qwen2-VL at toy size: a 2-block vision tower of width 32, a 4-layer Qwen2 of width 64,
+        # 224 px images (8 x 8 = 64 image tokens). Grouped-query attention (4 query heads, 2 KV
+        # heads); head_dim 16 gives 8 rotary frequencies, split 2 / 3 / 3 over (time, height, width)
+        # like Qwen2-VL's 16 / 24 / 24 of 64. A wider initialisation than transformers' 0.02 keeps
+        # greedy decoding of the random weights from collapsing onto one repeated token. Its
+        # special tokens come first in the tokenizer `models.tiny_qwen2_vl` trains.
+        _qwen2_vl(
+            "tiny-qwen2-vl",
+            None,
+            Qwen2VLVisionSpec(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, image_size=224, initializer_range=0.1),
+            TextModelSpec(
+                hidden_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=128,
+                vocab_size=512,
+                rms_norm_eps=1e-6,
+                rope_theta=1000000.0,
+                initializer_range=0.1,
+            ),
+            first_special=0,
+            mrope_section=(2, 3, 3),
         ),
     )
 }

@@ -49,7 +49,7 @@ def generation_config(spec: ModelSpec) -> GenerationConfig:
     )
 
 
-def build_processor(spec: ModelSpec) -> LlavaProcessor:
+def build_processor(spec: ModelSpec, *, vision_feature_select_strategy: str) -> LlavaProcessor:
     """CLIP image processor + the trained tokenizer + the LLaVA-1.5 chat template."""
     side = spec.vision.image_size
     image_processor = CLIPImageProcessorPil(
@@ -59,7 +59,7 @@ def build_processor(spec: ModelSpec) -> LlavaProcessor:
         image_processor=image_processor,
         tokenizer=build_tokenizer(spec),
         patch_size=spec.vision.patch_size,
-        vision_feature_select_strategy=spec.vision_feature_select_strategy,
+        vision_feature_select_strategy=vision_feature_select_strategy,
         num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
         chat_template=spec.chat_template,
     )
@@ -68,39 +68,16 @@ def build_processor(spec: ModelSpec) -> LlavaProcessor:
 def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerFast:
     """A byte-level BPE of exactly `spec.text.vocab_size` tokens that prepends <s> like Llama's.
 
-    With <image> and <pad> right after </s> (ids 3 and 4, tiny-llava), all five are trained as
-    special tokens; otherwise (Llama's 32000 and 32001) they are added at their ids among placeholders.
+    <unk>, <s>, </s> at ids 0, 1, 2; <image> and <pad> at the spec's ids (3 and 4 in tiny-llava,
+    Llama's 32000 and 32001 among placeholders otherwise).
     """
-    tokenizer = Tokenizer(BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    late = {spec.image_token_id: "<image>", spec.pad_token_id: "<pad>"}
-    trained_specials = list(SPECIAL_TOKENS if sorted(late) == [3, 4] else SPECIAL_TOKENS[:3])
-    trainer = trainers.BpeTrainer(
-        vocab_size=min(spec.text.vocab_size, TRAINED_VOCAB_LIMIT),
-        special_tokens=trained_specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    # One call per run of placeholders: adding tokens one by one is quadratic.
-    start = tokenizer.get_vocab_size()
-    for index in sorted(i for i in late if i >= start) + [spec.text.vocab_size]:
-        tokenizer.add_tokens([AddedToken(f"<placeholder_{i}>", special=False) for i in range(start, index)])
-        if index < spec.text.vocab_size:
-            tokenizer.add_tokens([AddedToken(late[index], special=True)])
-        start = index + 1
+    specials = {token: i for i, token in enumerate(SPECIAL_TOKENS[:3])}
+    specials |= {"<image>": spec.image_token_id, "<pad>": spec.pad_token_id}
+    tokenizer = byte_level_bpe(spec.text.vocab_size, specials, unk_token="<unk>")
     bos_id = tokenizer.token_to_id("<s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
     )
-    if tokenizer.get_vocab_size() != spec.text.vocab_size:
-        raise ValueError(
-            f"the tiny tokenizer has {tokenizer.get_vocab_size()} tokens, the spec wants {spec.text.vocab_size}"
-        )
-    for token, expected in (("<image>", spec.image_token_id), ("<pad>", spec.pad_token_id)):
-        if tokenizer.token_to_id(token) != expected:
-            raise ValueError(f"{token} got id {tokenizer.token_to_id(token)}, the spec wants {expected}")
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -112,3 +89,42 @@ def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerFast:
     )
 
 
+def byte_level_bpe(vocab_size: int, specials: dict[str, int], *, unk_token: str | None = None) -> Tokenizer:
+    """A byte-level BPE of exactly `vocab_size` tokens trained on `CORPUS`, each special token at its id.
+
+    The special tokens at ids 0, 1, ... are trained in, in front of the merges; the others are
+    added at their ids among placeholder tokens `<placeholder_i>`, which fill a vocabulary larger
+    than the corpus' merges (`TRAINED_VOCAB_LIMIT`).
+
+    Raises:
+        ValueError: two special tokens at one id, or an id the vocabulary does not hold.
+    """
+    by_id = {i: token for token, i in specials.items()}
+    if len(by_id) != len(specials) or not all(0 <= i < vocab_size for i in by_id):
+        raise ValueError(f"special token ids {specials} must be distinct and below the vocabulary size {vocab_size}")
+    leading = []
+    while len(leading) in by_id:
+        leading.append(by_id.pop(len(leading)))
+    tokenizer = Tokenizer(BPE(unk_token=unk_token))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size, TRAINED_VOCAB_LIMIT),
+        special_tokens=leading,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    # One call per run of placeholders: adding tokens one by one is quadratic.
+    start = tokenizer.get_vocab_size()
+    for index in sorted(i for i in by_id if i >= start) + [vocab_size]:
+        tokenizer.add_tokens([AddedToken(f"<placeholder_{i}>", special=False) for i in range(start, index)])
+        if index < vocab_size:
+            tokenizer.add_tokens([AddedToken(by_id[index], special=True)])
+        start = index + 1
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise ValueError(f"the synthetic tokenizer has {tokenizer.get_vocab_size()} tokens, {vocab_size} were asked for")
+    wrong = {token: tokenizer.token_to_id(token) for token, i in specials.items() if tokenizer.token_to_id(token) != i}
+    if wrong:
+        raise ValueError(f"special tokens at the wrong ids: {wrong}, wanted {specials}")
+    return tokenizer

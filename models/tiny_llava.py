@@ -18,7 +18,7 @@ from transformers import LlavaForConditionalGeneration
 from models.random_weights import build_random_model
 from models.recipe_build import Recipe
 from models.registry import ModelSpec, get_spec
-from models.synthetic_processor import CORPUS, SPECIAL_TOKENS, build_processor, generation_config
+from models.synthetic_processor import CORPUS, SPECIAL_TOKENS
 
 NAME = "tiny-llava"
 SEED = 2  # with this seed, greedy decoding of the random weights does not repeat one token
@@ -38,14 +38,14 @@ def check_build(directory: str | os.PathLike) -> Path:
 
 def _write(folder: Path) -> None:
     spec = get_spec(NAME)
-    build_processor(spec).save_pretrained(folder)
+    spec.model_family.synthetic_processor(spec).save_pretrained(folder)
     build_model(spec).save_pretrained(folder)
 
 
 def build_model(spec: ModelSpec) -> LlavaForConditionalGeneration:
     """The tiny model with float32 random weights drawn from `SEED`."""
     model = build_random_model(spec.name, materialize=True, seed=SEED)
-    model.generation_config = generation_config(spec)
+    model.generation_config = spec.model_family.generation_config(spec)
     return model.eval()
 
 

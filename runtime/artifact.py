@@ -14,20 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-FORMAT_VERSION = 3
-MANIFEST = "manifest.json"
-TOKENIZER_FILE = "processor/tokenizer.json"
-# The file(s) each backend loads, relative to the artifact folder.
-BACKEND_FILES = {
-    "onnx": (
-        "onnx/vision_encoder.onnx",
-        "onnx/embed_tokens.onnx",
-        "onnx/prefill.onnx",
-        "onnx/decode.onnx",
-        "onnx/weights.data",
-    ),
-    "executorch": ("executorch/model.pte",),
-}
+from runtime.contract import BACKEND_FILES, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
+
 _HASH_CHUNK = 1 << 20
 
 
@@ -120,7 +108,8 @@ class Artifact:
         claimed = {
             "keep": self.keep,
             "num_image_tokens": self.num_image_tokens,
-            "image_size": self.image_size,
+            "pixel_values_shape": self.pixel_values_shape,
+            "position_rows": self.position_rows,
             "hidden_size": self.text.hidden_size,
             "vocab_size": self.text.vocab_size,
             "num_layers": self.text.num_layers,
@@ -141,13 +130,22 @@ class Artifact:
             )
 
     @property
-    def image_size(self) -> int:
-        """S, the side of the square image the vision encoder takes."""
-        crop = _field(self.manifest, "preprocess", dict).get("crop_size")
-        side = crop.get("height") if isinstance(crop, dict) else crop
-        if not isinstance(side, int) or isinstance(side, bool):
-            raise ArtifactError(f"{MANIFEST}: preprocess.crop_size must give an integer height, got {crop!r}")
-        return side
+    def family(self) -> str:
+        """The model family (`runtime.families`), e.g. "llava" or "qwen2_vl"."""
+        return _field(_field(self.manifest, "model", dict), "family", str, "model")
+
+    @property
+    def pixel_values_shape(self) -> list[int]:
+        """The shape of the vision encoder's input (the family's)."""
+        shape = _field(_field(self.manifest, "geometry", dict), "pixel_values_shape", list, "geometry")
+        if not shape or not all(isinstance(size, int) and not isinstance(size, bool) for size in shape):
+            raise ArtifactError(f"{MANIFEST}: geometry.pixel_values_shape must be a list of integers, got {shape!r}")
+        return shape
+
+    @property
+    def position_rows(self) -> int:
+        """Rows of the position ids: 1 (RoPE) or 3 (M-RoPE)."""
+        return _field(_field(self.manifest, "geometry", dict), "position_rows", int, "geometry")
 
     @property
     def prune_layer(self) -> int:

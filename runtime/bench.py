@@ -29,7 +29,7 @@ from tabulate import tabulate
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
 from runtime.cli import EXIT_OK, HelpFormatter, raise_for_exit_status, run_cli
-from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops, vision_flops
+from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops
 from runtime.measure import add_timing_flags
 from runtime.samples import DEFAULT_PROMPT
 
@@ -115,7 +115,7 @@ def run_bench(
 def flop_prediction(artifact: Artifact, *, prompt_tokens: int, reference_keep: int) -> dict[str, Any]:
     """Prefill FLOPs at the artifact's keep and at `reference_keep`, and the speed-ups they predict."""
     dims = ModelDims.from_manifest(artifact.manifest)
-    vision = vision_flops(dims)
+    vision = dims.vision_flops
     lm = {keep: lm_prefill_flops(dims, prompt_tokens=prompt_tokens, keep=keep) for keep in {artifact.keep, reference_keep}}
     return {
         "vision": vision,

@@ -6,9 +6,10 @@ norms, activations, softmax, RoPE, embedding lookups and the pruner's own select
 next to the matmuls.
 
 Language model prefill, T prompt tokens, N image tokens, R kept, pruning layer K of L:
-    layers < K run on T tokens, layers >= K on T - N + R tokens, then lm_head on the last token.
-Vision encoder: patch embedding, the CLIP layers up to the feature layer on N + 1 tokens (CLS),
-the two-linear projector on N tokens.
+    layers < K run on T tokens, layers >= K on T - N + R tokens, then lm_head on the last token
+    (Llama and Qwen2 decoder layers alike; Qwen2's q, k, v biases are not counted).
+Vision encoder: its count is the family's (`models.families.ModelFamily.vision_manifest`), stored
+in the manifest's `vision.flops` at export.
 """
 
 from __future__ import annotations
@@ -30,10 +31,7 @@ class ModelDims:
     vocab_size: int
     prune_layer: int
     num_image_tokens: int
-    vision_hidden_size: int
-    vision_intermediate_size: int
-    vision_num_layers: int
-    patch_size: int
+    vision_flops: int
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ModelDims:
@@ -48,15 +46,12 @@ class ModelDims:
             vocab_size=text["vocab_size"],
             prune_layer=manifest["pruning"]["prune_layer"],
             num_image_tokens=manifest["geometry"]["num_image_tokens"],
-            vision_hidden_size=vision["hidden_size"],
-            vision_intermediate_size=vision["intermediate_size"],
-            vision_num_layers=vision["num_layers"],
-            patch_size=vision["patch_size"],
+            vision_flops=vision["flops"],
         )
 
 
 def decoder_layer_flops(dims: ModelDims, tokens: int) -> int:
-    """One Llama decoder layer on `tokens` tokens, causal attention over themselves."""
+    """One decoder layer on `tokens` tokens, causal attention over themselves."""
     d, q_width, kv_width = dims.hidden_size, dims.num_attention_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim
     projections = 2 * tokens * d * (2 * q_width + 2 * kv_width)  # q, o; k, v
     attention = 2 * 2 * tokens * tokens * q_width  # Q K^T and A V over every head
@@ -70,19 +65,6 @@ def lm_prefill_flops(dims: ModelDims, *, prompt_tokens: int, keep: int) -> int:
     before = dims.prune_layer * decoder_layer_flops(dims, prompt_tokens)
     after = (dims.num_layers - dims.prune_layer) * decoder_layer_flops(dims, short)
     return before + after + 2 * dims.hidden_size * dims.vocab_size
-
-
-def vision_flops(dims: ModelDims) -> int:
-    """The vision encoder (tower up to the feature layer + projector) on one image."""
-    n, dv, d = dims.num_image_tokens, dims.vision_hidden_size, dims.hidden_size
-    tokens = n + 1  # CLS
-    patch_embedding = 2 * n * 3 * dims.patch_size**2 * dv
-    projections = 2 * tokens * dv * 4 * dv  # q, k, v, o
-    attention = 2 * 2 * tokens * tokens * dv
-    mlp = 2 * 2 * tokens * dv * dims.vision_intermediate_size  # fc1, fc2
-    layer = projections + attention + mlp
-    projector = 2 * n * dv * d + 2 * n * d * d
-    return patch_embedding + dims.vision_num_layers * layer + projector
 
 
 def kv_cache_bytes(dims: ModelDims, *, prompt_tokens: int, keep: int, new_tokens: int, dtype_bytes: int = 4) -> int:

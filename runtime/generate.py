@@ -1,12 +1,13 @@
-"""Greedy generation over an artifact: preprocess, tokenize, vision encoder, prefill, decode, detokenize.
+"""Greedy generation: the one loop that drives every session, exported (ONNX Runtime, ExecuTorch) or eager.
 
-    image ──preprocess──> pixel_values ──vision_encoder──> image_embeds [N, d] ─┐
-    prompt ──template + tokenizer──> input_ids ──embed_tokens──> [1, T, d] ─────┴─ splice at image_start
-        ──prefill (prunes N -> R)──> logits, kept_indices, cache ──argmax──> first token
-        ──decode at positions T, T + 1, ...──> one token per step until EOS or max_new_tokens
+    image ──family preprocess──> pixel_values ──vision_encoder──> image_embeds [N, d] ──┐
+    prompt ──template + tokenizer──> input_ids ──embed_tokens──> [1, T, d] ─────────────┴─ splice at
+        image_positions ──prefill (prunes N -> R; position_ids [rows, 1, T])──> logits, kept, cache
+        ──argmax──> first token ──decode at T + rope_delta, T + 1 + rope_delta, ...──> one token per
+        step until EOS or max_new_tokens
 
-The same steps as the eager `models.PrunedLlava`; numpy between the steps, no torch on the ONNX
-Runtime path.
+The family's host side (`runtime.families`) makes the pixel values and position ids; numpy between
+the steps, no torch on the ONNX Runtime path.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from runtime.artifact import TOKENIZER_FILE, Artifact, load_artifact
+from runtime.artifact import Artifact, load_artifact
 from runtime.backends import Session, open_session
-from runtime.preprocess import PreprocessConfig, load_image, preprocess_image
-from runtime.tokenizer import PromptTokenizer, find_image_block
+from runtime.contract import TOKENIZER_FILE
+from runtime.families import HostFamily, PromptInputs, host_family
+from runtime.preprocess import load_image
+from runtime.tokenizer import PromptTokenizer, find_image_positions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,36 +101,69 @@ class GenerationResult:
 
 
 class InputProcessor:
-    """Image and prompt -> model inputs, as the artifact's processor makes them; needs no session.
+    """Image and prompt -> `PromptInputs`, as the model's processor makes them; needs no session.
 
     Args:
-        artifact: a loaded artifact (its `preprocess` section, prompt template and tokenizer).
+        manifest: an artifact's manifest (or the same sections of an eager model, `runtime.eager`):
+            `model.family`, `geometry`, `preprocess`, `text.image_token_id`, `prompt_template`.
+        tokenizer_file: the processor's tokenizer.json; None when only prepared ids are given (`prepare`).
     """
 
-    def __init__(self, artifact: Artifact):
-        self.preprocess_config = PreprocessConfig.from_manifest(artifact.manifest["preprocess"])
-        self.tokenizer = PromptTokenizer(
-            artifact.path(TOKENIZER_FILE),
-            prompt_template=artifact.prompt_template,
-            image_token_id=artifact.text.image_token_id,
-            num_image_tokens=artifact.num_image_tokens,
-        )
+    def __init__(self, manifest: dict[str, Any], tokenizer_file: str | os.PathLike | None = None):
+        self.family: HostFamily = host_family(manifest)
+        self.image_token_id: int = manifest["text"]["image_token_id"]
+        self.tokenizer = None
+        if tokenizer_file is not None:
+            self.tokenizer = PromptTokenizer(
+                tokenizer_file,
+                prompt_template=manifest["prompt_template"],
+                image_token_id=self.image_token_id,
+                num_image_tokens=self.family.num_image_tokens,
+            )
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> InputProcessor:
+        return cls(artifact.manifest, artifact.path(TOKENIZER_FILE))
 
     def __call__(
         self, image: str | os.PathLike | Image.Image, prompt: str, *, on_note: Callable[[str], None] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """input_ids int64 [1, T] with the N image placeholders, pixel_values float32 [1, 3, S, S].
+    ) -> PromptInputs:
+        """Tokenize the templated prompt, preprocess the image, make the position ids.
 
         `on_note` receives what the user should know about the input (e.g. an animated image of
-        which only the first frame is used).
+        which only the first frame is used, an image stretched to the export's size).
 
         Raises:
             FileNotFoundError / ValueError: an image path that does not exist or cannot be read,
                 an empty prompt, or one holding the image token.
         """
+        if self.tokenizer is None:
+            raise ValueError("this InputProcessor has no tokenizer: give prepared input_ids to `prepare`")
         input_ids = self.tokenizer.encode(prompt)
-        pixel_values = preprocess_image(load_image(image, on_note=on_note), self.preprocess_config)
-        return input_ids, pixel_values
+        pixel_values = self.family.preprocess(load_image(image, on_note=on_note), on_note=on_note)
+        return self.prepare(input_ids, pixel_values)
+
+    def prepare(self, input_ids: np.ndarray, pixel_values: np.ndarray) -> PromptInputs:
+        """`PromptInputs` of prepared input_ids int64 [1, T] (with the N image placeholders) and pixel values.
+
+        Raises:
+            ValueError: not one image's worth of placeholders, pixel values of another shape.
+        """
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        pixel_values = np.asarray(pixel_values, dtype=np.float32)
+        image_positions = find_image_positions(input_ids, self.image_token_id, self.family.num_image_tokens)
+        self.family.check_pixel_values(pixel_values)
+        position_ids, rope_delta = self.family.position_ids(input_ids.shape[1], image_positions)
+        return PromptInputs(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_positions=image_positions,
+            position_ids=position_ids,
+            rope_delta=rope_delta,
+        )
+
+    def decode(self, token_ids: list[int]) -> str:
+        return "" if self.tokenizer is None else self.tokenizer.decode(token_ids)
 
 
 class Runner:
@@ -155,7 +192,7 @@ class Runner:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, verify=verify)
         self.artifact.require_parity(allow_failed=allow_failed_parity)
         self.session: Session = open_session(self.artifact, backend, num_threads=num_threads)
-        self.inputs = InputProcessor(self.artifact)
+        self.inputs = InputProcessor.from_artifact(self.artifact)
 
     @property
     def backend(self) -> str:
@@ -172,81 +209,97 @@ class Runner:
         """Answer `prompt` about `image` (a path or a PIL image) with greedy decoding; `on_note` as
         for `InputProcessor`."""
         start = time.perf_counter()
-        input_ids, pixel_values = self.inputs(image, prompt, on_note=on_note)
-        preprocess_ms = _ms_since(start)
-        return self._generate(input_ids, pixel_values, config, start=start, preprocess_ms=preprocess_ms)
+        inputs = self.inputs(image, prompt, on_note=on_note)
+        return self._generate(inputs, config, start=start, preprocess_ms=_ms_since(start))
 
     def generate_ids(
         self, input_ids: np.ndarray, pixel_values: np.ndarray, config: GenerationConfig = GenerationConfig()
     ) -> GenerationResult:
-        """Greedy decoding from prepared inputs: input_ids int64 [1, T], pixel_values float32 [1, 3, S, S]."""
-        return self._generate(input_ids, pixel_values, config, start=time.perf_counter(), preprocess_ms=0.0)
+        """Greedy decoding from prepared inputs: input_ids int64 [1, T], pixel_values of the family's shape."""
+        return self._generate(self.inputs.prepare(input_ids, pixel_values), config, start=time.perf_counter(), preprocess_ms=0.0)
 
     def _generate(
-        self,
-        input_ids: np.ndarray,
-        pixel_values: np.ndarray,
-        config: GenerationConfig,
-        *,
-        start: float,
-        preprocess_ms: float,
+        self, inputs: PromptInputs, config: GenerationConfig, *, start: float, preprocess_ms: float
     ) -> GenerationResult:
-        input_ids = np.asarray(input_ids, dtype=np.int64)
-        pixel_values = np.asarray(pixel_values, dtype=np.float32)
-        num_image_tokens = self.artifact.num_image_tokens
-        image_start = find_image_block(input_ids, self.artifact.text.image_token_id, num_image_tokens)
-        size = self.inputs.preprocess_config.crop_size
-        if pixel_values.shape != (1, 3, *size):
-            raise ValueError(f"pixel_values must be [1, 3, {size[0]}, {size[1]}], got {list(pixel_values.shape)}")
-        position = input_ids.shape[1]
-        check_sequence_fits(self.artifact, position, config.max_new_tokens)
-
-        tick = time.perf_counter()
-        image_embeds = self.session.vision_encoder(pixel_values)  # [N, d]
-        vision_ms = _ms_since(tick)
-
-        tick = time.perf_counter()
-        inputs_embeds = self.session.embed_tokens(input_ids)  # [1, T, d]
-        inputs_embeds[0, image_start : image_start + num_image_tokens] = image_embeds
-        embed_ms = _ms_since(tick)
-
-        tick = time.perf_counter()
-        logits, kept, cache = self.session.prefill(inputs_embeds, np.array([image_start], dtype=np.int64))
-        prefill_ms = _ms_since(tick)
-        token = int(logits[0].argmax())
-        time_to_first_token_ms = _ms_since(start)
-
-        tokens = [token]
-        all_logits = [logits[0]] if config.return_logits else None
-        tick = time.perf_counter()
-        eos = frozenset() if config.ignore_eos else self.artifact.text.eos_token_ids
-        while len(tokens) < config.max_new_tokens and token not in eos:
-            token_embeds = self.session.embed_tokens(np.array([[token]], dtype=np.int64))  # [1, 1, d]
-            logits, cache = self.session.decode(token_embeds, np.array([position], dtype=np.int64), cache)
-            position += 1
-            token = int(logits[0].argmax())
-            tokens.append(token)
-            if all_logits is not None:
-                all_logits.append(logits[0])
-        decode_ms = _ms_since(tick)
-
+        check_sequence_fits(self.artifact, inputs.num_tokens, config.max_new_tokens)
+        result = greedy(self.session, inputs, config, self.artifact.text.eos_token_ids)
         stats = Stats(
             preprocess_ms=preprocess_ms,
-            vision_ms=vision_ms,
-            embed_ms=embed_ms,
-            prefill_ms=prefill_ms,
-            time_to_first_token_ms=time_to_first_token_ms,
-            decode_ms=decode_ms,
-            num_prompt_tokens=input_ids.shape[1],
-            num_generated_tokens=len(tokens),
+            vision_ms=result.vision_ms,
+            embed_ms=result.embed_ms,
+            prefill_ms=result.prefill_ms,
+            time_to_first_token_ms=preprocess_ms + result.time_to_first_token_ms,
+            decode_ms=result.decode_ms,
+            num_prompt_tokens=inputs.num_tokens,
+            num_generated_tokens=len(result.token_ids),
         )
         return GenerationResult(
-            text=self.inputs.tokenizer.decode(tokens),
-            token_ids=tokens,
-            kept_indices=[int(i) for i in kept],
+            text=self.inputs.decode(result.token_ids),
+            token_ids=result.token_ids,
+            kept_indices=result.kept_indices,
             stats=stats,
-            logits=all_logits,
+            logits=result.logits,
         )
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """What `greedy` returns: the tokens, kept indices and logits (with `return_logits`) of one
+    prompt, and the milliseconds of each step (time to first token: vision + embed + prefill)."""
+
+    token_ids: list[int]
+    kept_indices: list[int]
+    logits: list[np.ndarray] | None
+    vision_ms: float
+    embed_ms: float
+    prefill_ms: float
+    decode_ms: float
+
+    @property
+    def time_to_first_token_ms(self) -> float:
+        return self.vision_ms + self.embed_ms + self.prefill_ms
+
+
+def greedy(session: Session, inputs: PromptInputs, config: GenerationConfig, eos_token_ids: frozenset[int]) -> Greedy:
+    """Greedy decoding of one prompt on `session`: the one generation loop of the project.
+
+    Stops after `config.max_new_tokens` tokens, or at a token of `eos_token_ids` (kept in the
+    result) unless `config.ignore_eos`.
+    """
+    tick = time.perf_counter()
+    image_embeds = session.vision_encoder(inputs.pixel_values)  # [N, d]
+    vision_ms = _ms_since(tick)
+
+    tick = time.perf_counter()
+    inputs_embeds = session.embed_tokens(inputs.input_ids)  # [1, T, d]
+    inputs_embeds[0, inputs.image_positions] = image_embeds
+    embed_ms = _ms_since(tick)
+
+    tick = time.perf_counter()
+    logits, kept, cache = session.prefill(inputs_embeds, inputs.position_ids, inputs.image_positions)
+    prefill_ms = _ms_since(tick)
+    token = int(logits[0].argmax())
+
+    tokens = [token]
+    all_logits = [logits[0]] if config.return_logits else None
+    tick = time.perf_counter()
+    eos = frozenset() if config.ignore_eos else eos_token_ids
+    while len(tokens) < config.max_new_tokens and token not in eos:
+        token_embeds = session.embed_tokens(np.array([[token]], dtype=np.int64))  # [1, 1, d]
+        logits, cache = session.decode(token_embeds, inputs.decode_position_ids(len(tokens) - 1), cache)
+        token = int(logits[0].argmax())
+        tokens.append(token)
+        if all_logits is not None:
+            all_logits.append(logits[0])
+    return Greedy(
+        token_ids=tokens,
+        kept_indices=[int(i) for i in kept],
+        logits=all_logits,
+        vision_ms=vision_ms,
+        embed_ms=embed_ms,
+        prefill_ms=prefill_ms,
+        decode_ms=_ms_since(tick),
+    )
 
 
 def check_sequence_fits(artifact: Artifact, prompt_tokens: int, new_tokens: int) -> None:

@@ -1,7 +1,8 @@
-"""Artifact vs eager parity: the exported graphs on each runtime against `models.PrunedLlava`.
+"""Artifact vs eager parity: the exported graphs on each runtime against eager PyTorch (`runtime.eager`).
 
 On the same input_ids and pixel_values (the runtime's own preprocessing of a fixed test image and
-prompt), both run greedy decoding for a fixed number of steps, end-of-sequence ignored. Checked:
+prompt), both run the same greedy loop (`runtime.generate.greedy`) for a fixed number of steps,
+end-of-sequence ignored. Checked:
   - kept indices identical;
   - prefill logits and each decode step's logits within the tolerance of (backend, quantization);
   - greedy tokens identical at every step;
@@ -9,7 +10,7 @@ prompt), both run greedy decoding for a fixed number of steps, end-of-sequence i
   indices shared, the first token equal, prefill logits within a fraction of their range; see
   STATISTICAL;)
   - the runtime's tokenization identical to the transformers processor's, its pixel values within
-    PREPROCESS_TOLERANCE.
+    PREPROCESS_TOLERANCE (of the image as the family fits it to the export's size, `fit_image`).
 
     python -m runtime.parity ARTIFACT_DIR [--backends onnx executorch] [--model-path DIR] [--json FILE]
 
@@ -28,9 +29,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -44,7 +43,7 @@ from runtime.preprocess import load_image
 from runtime.samples import DEFAULT_PROMPT, sample_image
 
 if TYPE_CHECKING:
-    from models import PrunedLlava
+    from runtime.eager import EagerModel
 
 # torch and the models are imported where the eager reference is needed, after the CLI has
 # checked its arguments and silenced third-party import noise (`runtime.cli`).
@@ -174,7 +173,7 @@ def check_parity(
     artifact_dir: str | os.PathLike,
     *,
     backends: list[str] | None = None,
-    reference: PrunedLlava | None = None,
+    reference: EagerModel | None = None,
     model_path: str | os.PathLike | None = None,
     image: str | os.PathLike | Image.Image | None = None,
     prompt: str = DEFAULT_PROMPT,
@@ -206,9 +205,10 @@ def check_parity(
     from models.quantize import weight_only
 
     image = sample_image() if image is None else load_image(image)
-    input_ids, pixel_values = InputProcessor(artifact)(image, prompt)
+    inputs = InputProcessor.from_artifact(artifact)(image, prompt)
+    input_ids, pixel_values = inputs.input_ids, inputs.pixel_values
     # Checked before the eager model runs: at 7B that takes minutes.
-    check_sequence_fits(artifact, input_ids.shape[1], steps)
+    check_sequence_fits(artifact, inputs.num_tokens, steps)
     if reference is None:
         reference = load_reference(artifact, model_path)
     if reference.keep != artifact.keep:
@@ -218,13 +218,14 @@ def check_parity(
     eager_runs = {}
     for twin in dict.fromkeys(_eager_twin(backend, artifact.quantization) for backend in backends):
         with weight_only(reference.model) if twin == "weight_only" else nullcontext():
-            eager_runs[twin] = eager_greedy(reference, input_ids, pixel_values, steps)
+            eager_runs[twin] = reference.generate_ids(input_ids, pixel_values, config)
     # Eager is done: a reference only this call holds is freed before the backends load theirs.
     del reference
     gc.collect()
     results = []
     for backend in backends:
-        eager_tokens, eager_logits, eager_kept = eager_runs[_eager_twin(backend, artifact.quantization)]
+        eager = eager_runs[_eager_twin(backend, artifact.quantization)]
+        eager_tokens, eager_logits, eager_kept = eager.token_ids, eager.logits, eager.kept_indices
         result = Runner(artifact, backend, allow_failed_parity=True).generate_ids(input_ids, pixel_values, config)
         diffs = [float(np.abs(ours - theirs).max()) for ours, theirs in zip(result.logits, eager_logits)]
         exact = (backend, artifact.quantization) in TOLERANCES
@@ -252,73 +253,47 @@ def check_parity(
         quantization=artifact.quantization,
         prompt=prompt,
         steps=steps,
-        input_ids_equal=bool(np.array_equal(hf_ids.numpy(), input_ids)),
-        pixel_values_max_abs=_max_abs(hf_pixels.float().numpy(), pixel_values),
+        input_ids_equal=bool(np.array_equal(hf_ids, input_ids)),
+        pixel_values_max_abs=_max_abs(hf_pixels, pixel_values),
         backends=results,
     )
 
 
-def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = None) -> PrunedLlava:
+def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = None) -> EagerModel:
     """The eager pruned model of the artifact: same weights (checkpoint, `model_path` or random seed),
-    quantization, keep and pruner config."""
-    from models import PrunedLlava, load_for_export
+    quantization, image size, keep and pruner config."""
+    from models import load_for_export
+    from models.checkpoints import TINY_RECIPES
     from models.quantize import Quantization
-    from models.tiny_llava import NAME as TINY_LLAVA
     from pruning_graph import VLMPrunerConfig
+    from runtime.eager import EagerModel
 
     model = artifact.manifest["model"]
     seed = None
     if model_path is None:
         if model.get("source") == "random":
             seed = model["seed"]
-        elif model["name"] == TINY_LLAVA:
+        elif model["name"] in TINY_RECIPES:
             pass  # built from its fixed recipe in the project's own cache: never where the manifest points
         elif model.get("checkpoint"):
             model_path = model["checkpoint"]  # only read
         else:
             raise ValueError(f"{artifact.root} names no checkpoint: pass the one the export used (--model-path)")
     loaded = load_for_export(
-        model["name"], quantization=Quantization(artifact.quantization), seed=seed, model_path=model_path
+        model["name"],
+        quantization=Quantization(artifact.quantization),
+        seed=seed,
+        model_path=model_path,
+        image_size=artifact.manifest["geometry"]["image_size"],
     )
     pruning = artifact.manifest["pruning"]
-    return PrunedLlava(
-        loaded.model,
-        loaded.processor,
-        loaded.spec,
-        keep=artifact.keep,
-        pruner_config=VLMPrunerConfig(**pruning.get("config", {})),
-    )
+    return EagerModel.from_loaded(loaded, keep=artifact.keep, pruner_config=VLMPrunerConfig(**pruning.get("config", {})))
 
 
 def _eager_twin(backend: str, quantization: str) -> str:
     """The eager math a backend's quantized linears follow: ONNX Runtime's MatMulNBits is weight-only
     (`export.onnx_weights`), ExecuTorch runs torchao's 8-bit dynamic activations as traced."""
     return "weight_only" if backend == "onnx" and quantization != "none" else "as_traced"
-
-
-def eager_greedy(
-    reference: PrunedLlava, input_ids: np.ndarray, pixel_values: np.ndarray, steps: int
-) -> tuple[list[int], list[np.ndarray], list[int]]:
-    """`steps` greedy tokens of the eager model, end-of-sequence ignored.
-
-    Returns:
-        the tokens, the logits float32 [V] that chose each one, the kept indices.
-    """
-    import torch
-
-    tokens, all_logits = [], []
-    with torch.no_grad():
-        embeds, image_start = reference.embed(torch.from_numpy(input_ids), torch.from_numpy(pixel_values))
-        position = embeds.shape[1]
-        logits, kept, cache = reference.prefill(embeds, image_start)
-        while True:
-            all_logits.append(logits[0].float().numpy())
-            tokens.append(int(logits.argmax(dim=-1)))
-            if len(tokens) == steps:
-                return tokens, all_logits, kept.tolist()
-            token_embeds = reference.token_embedding(torch.tensor([[tokens[-1]]], dtype=torch.int64))
-            logits, cache = reference.decode_step(token_embeds, torch.tensor([position], dtype=torch.int64), cache)
-            position += 1
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,29 +1,28 @@
-"""CLIP image preprocessing in PIL + numpy, step for step what transformers' PIL CLIP processor does.
+"""Image loading and the steps every family's preprocessing shares, in PIL + numpy as transformers' PIL
+image processors do them.
 
-    image ──8-bit RGB (alpha over white)──> resize shortest edge to `size` (PIL, bicubic)
-          ──> center crop to crop_size (zero padding if smaller) ──> x * rescale_factor (float64,
-          then float32) ──> (x - mean) / std (float32) ──> pixel_values float32 [1, 3, H, W]
+    path or PIL image ──load_image──> PIL image (size checked from the header before decoding)
+    ──to_rgb──> 8-bit RGB (alpha over white) ──(the family's resize and crop)──>
+    ──rescale_and_normalize──> x * rescale_factor (float64, then float32), (x - mean) / std (float32)
 
 `load_image` bounds what it decodes (`MAX_IMAGE_PIXELS`, `MAX_ASPECT_RATIO`); 16-bit, 32-bit and
-float images are scaled to 8 bits where transformers (PIL's convert) clips them.
+float images are scaled to 8 bits where transformers (PIL's convert) clips them. The family steps
+are in `runtime.families`.
 
 No torch: this runs on devices that only have ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-_RESAMPLE = {
+RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -41,46 +40,6 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 # 10:1) and long screenshots pass. It bounds the resize before the crop (1 x 30000 pixels would
 # become 336 x 10,080,000) to a longest edge of 20 x the shortest.
 MAX_ASPECT_RATIO = 20
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """The manifest's `preprocess` section.
-
-    Attributes:
-        size: the shortest edge after resizing.
-        crop_size: (height, width) of the center crop.
-        resample: PIL filter name, one of `_RESAMPLE`.
-        rescale_factor: multiplies the 0..255 pixel values (1/255).
-        image_mean, image_std: per-channel normalization, RGB order.
-    """
-
-    size: int
-    crop_size: tuple[int, int]
-    resample: str
-    rescale_factor: float
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
-
-    def __post_init__(self) -> None:
-        if self.resample not in _RESAMPLE:
-            raise ValueError(f"preprocess.resample {self.resample!r} is not one of {', '.join(_RESAMPLE)}")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError(f"image_mean and image_std need 3 channels, got {self.image_mean}, {self.image_std}")
-
-    @classmethod
-    def from_manifest(cls, section: dict[str, Any]) -> PreprocessConfig:
-        """Parse the manifest section; sizes may be ints or transformers' size dicts."""
-        size = section["size"]
-        crop = section["crop_size"]
-        return cls(
-            size=int(size["shortest_edge"] if isinstance(size, dict) else size),
-            crop_size=(int(crop["height"]), int(crop["width"])) if isinstance(crop, dict) else (int(crop), int(crop)),
-            resample=section["resample"],
-            rescale_factor=float(section["rescale_factor"]),
-            image_mean=tuple(float(v) for v in section["image_mean"]),
-            image_std=tuple(float(v) for v in section["image_std"]),
-        )
 
 
 def load_image(
@@ -117,7 +76,7 @@ def load_image(
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with _decoding(path):
             image = Image.open(file)
-        _check_size(image.size, f"image {path}")
+        check_size(image.size, f"image {path}")
         with _decoding(path):
             frames = getattr(image, "n_frames", 1)
             image.load()
@@ -155,7 +114,7 @@ def _decoding(path: str) -> Iterator[None]:
         raise ValueError(f"cannot read image {path}: the file is damaged or truncated ({error})") from None
 
 
-def _check_size(size: tuple[int, int], name: str) -> None:
+def check_size(size: tuple[int, int], name: str) -> None:
     """Raise unless an image of `size` (width, height) is within the bounds; `name` starts the message."""
     width, height = size
     if width < 1 or height < 1:
@@ -168,25 +127,7 @@ def _check_size(size: tuple[int, int], name: str) -> None:
         raise ValueError(f"{name} is too elongated: {width} x {height} pixels, the limit is {MAX_ASPECT_RATIO}:1")
 
 
-def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """pixel_values float32 [1, 3, crop_height, crop_width] of one image.
-
-    Raises:
-        ValueError: the image is empty, has more than `MAX_IMAGE_PIXELS` or is more elongated than
-            `MAX_ASPECT_RATIO`.
-    """
-    _check_size(image.size, "the image")
-    rgb = _to_rgb(image)
-    rgb = rgb.resize(_resized_size(rgb.width, rgb.height, config.size), resample=_RESAMPLE[config.resample])
-    pixels = np.asarray(rgb).transpose(2, 0, 1)  # [3, H, W] uint8
-    pixels = _center_crop(pixels, config.crop_size)
-    scaled = (pixels.astype(np.float64) * config.rescale_factor).astype(np.float32)
-    mean = np.asarray(config.image_mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(config.image_std, dtype=np.float32)[:, None, None]
-    return ((scaled - mean) / std)[None]
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB, transparency composited onto white.
 
     8-bit modes take transformers' path (`convert_to_rgb`: PIL's convert, alpha over white), so they
@@ -235,28 +176,17 @@ def _gray_to_8bit(image: Image.Image) -> Image.Image:
     return gray
 
 
-def _resized_size(width: int, height: int, shortest: int) -> tuple[int, int]:
-    """(width, height) with the shortest edge at `shortest`, the other truncated like torchvision.
+def rescale_and_normalize(
+    pixels: np.ndarray, rescale_factor: float, image_mean: tuple[float, ...], image_std: tuple[float, ...]
+) -> np.ndarray:
+    """float32 [3, H, W] of uint8 [3, H, W]: x * rescale_factor in float64 then float32, (x - mean) / std in float32."""
+    scaled = (pixels.astype(np.float64) * rescale_factor).astype(np.float32)
+    mean = np.asarray(image_mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(image_std, dtype=np.float32)[:, None, None]
+    return (scaled - mean) / std
 
-    Within `MAX_ASPECT_RATIO` (checked by `preprocess_image`) the longest edge is at most
-    `MAX_ASPECT_RATIO * shortest` (6720 pixels for 336), whatever the image's size.
-    """
-    if width <= height:
-        return shortest, int(shortest * height / width)
-    return int(shortest * width / height), shortest
 
-
-def _center_crop(pixels: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
-    """Center crop of [C, H, W] to [C, *crop], zero-padding an image smaller than the crop."""
-    crop_height, crop_width = crop
-    _, height, width = pixels.shape
-    top = (height - crop_height) // 2
-    left = (width - crop_width) // 2
-    if top >= 0 and left >= 0:
-        return pixels[:, top : top + crop_height, left : left + crop_width]
-    new_height, new_width = max(crop_height, height), max(crop_width, width)
-    padded = np.zeros((pixels.shape[0], new_height, new_width), dtype=pixels.dtype)
-    top_pad, left_pad = math.ceil((new_height - height) / 2), math.ceil((new_width - width) / 2)
-    padded[:, top_pad : top_pad + height, left_pad : left_pad + width] = pixels
-    top, left = top + top_pad, left + left_pad
-    return padded[:, max(0, top) : min(new_height, top + crop_height), max(0, left) : min(new_width, left + crop_width)]
+def check_resample(name: str) -> None:
+    """Raise ValueError unless `name` is a PIL filter of `RESAMPLE`."""
+    if name not in RESAMPLE:
+        raise ValueError(f"preprocess.resample {name!r} is not one of {', '.join(RESAMPLE)}")

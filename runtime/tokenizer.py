@@ -1,4 +1,4 @@
-"""Prompt tokenization with the `tokenizers` library, as transformers' LlavaProcessor does it.
+"""Prompt tokenization with the `tokenizers` library, as transformers' processors do it.
 
 The conversation template places one image token; it is expanded into N copies before encoding
 (what the processor does), then the text is encoded with the tokenizer's special tokens (<s>).
@@ -60,7 +60,7 @@ class PromptTokenizer:
         text = self.prompt_template.format(prompt=prompt)
         text = text.replace(self.image_token, self.image_token * self.num_image_tokens)
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=True).ids, dtype=np.int64)[None]
-        find_image_block(ids, self.image_token_id, self.num_image_tokens)
+        find_image_positions(ids, self.image_token_id, self.num_image_tokens)
         return ids
 
     def decode(self, token_ids: Sequence[int]) -> str:
@@ -68,13 +68,13 @@ class PromptTokenizer:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
 
-def find_image_block(input_ids: np.ndarray, image_token_id: int, num_image_tokens: int) -> int:
-    """Position of the first of the N image placeholders, which must form one contiguous block.
+def find_image_positions(input_ids: np.ndarray, image_token_id: int, num_image_tokens: int) -> np.ndarray:
+    """Positions of the N image placeholders in `input_ids`, int64 [N], ascending.
 
     Args:
         input_ids: int64 [1, T].
     Raises:
-        ValueError: batch size other than 1, or not exactly one contiguous block of N placeholders.
+        ValueError: batch size other than 1, or not exactly N placeholders.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"batch size 1 only: input_ids must be [1, T], got shape {input_ids.shape}")
@@ -84,7 +84,4 @@ def find_image_block(input_ids: np.ndarray, image_token_id: int, num_image_token
             f"expected one image ({num_image_tokens} image tokens, id {image_token_id}) in input_ids, "
             f"found {positions.size} image tokens"
         )
-    start = int(positions[0])
-    if int(positions[-1]) - start != num_image_tokens - 1:
-        raise ValueError(f"the {num_image_tokens} image tokens are not contiguous")
-    return start
+    return positions.astype(np.int64)

@@ -3,8 +3,9 @@ so that the ONNX Runtime path never imports torch."""
 
 from __future__ import annotations
 
-from runtime.artifact import BACKEND_FILES, Artifact
-from runtime.backends.base import GRAPHS, KVCache, Session
+from runtime.artifact import Artifact
+from runtime.backends.base import KVCache, Session
+from runtime.contract import BACKEND_FILES
 
 BACKENDS = tuple(BACKEND_FILES)
 
@@ -28,4 +29,4 @@ def open_session(artifact: Artifact, backend: str, *, num_threads: int | None = 
     return ExecuTorchSession(artifact)
 
 
-__all__ = ["BACKENDS", "GRAPHS", "KVCache", "Session", "open_session"]
+__all__ = ["BACKENDS", "KVCache", "Session", "open_session"]

@@ -1,4 +1,4 @@
-"""The session interface every backend implements: the four graphs of the artifact, numpy in and out."""
+"""The session interface every backend implements: the four graphs of the contract, numpy in and out."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ import numpy as np
 # float32 [1, n_kv_heads, length_i, head_dim].
 KVCache = tuple[np.ndarray, ...]
 
-GRAPHS = ("vision_encoder", "embed_tokens", "prefill", "decode")
-# The ONNX metadata key of the graphs' upper bound M of the sequence length (ExecuTorch keeps the
-# bounds of dynamic dimensions in its method metadata).
-MAX_SEQ_LEN_KEY = "max_seq_len"
-
 
 class Session(Protocol):
     """One loaded artifact on one runtime. Shapes: see `export/ARTIFACTS.md`."""
@@ -22,13 +17,16 @@ class Session(Protocol):
     backend: str
 
     def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        """pixel_values float32 [1, 3, S, S] -> image_embeds float32 [N, d]."""
+        """pixel_values float32 (the family's shape) -> image_embeds float32 [N, d]."""
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [1, T] -> inputs_embeds float32 [1, T, d]."""
 
-    def prefill(self, inputs_embeds: np.ndarray, image_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, KVCache]:
-        """inputs_embeds [1, T, d], image_start int64 [1] -> logits [1, V], kept_indices int64 [R], cache."""
+    def prefill(
+        self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, KVCache]:
+        """inputs_embeds [1, T, d], position_ids int64 [rows, 1, T], image_positions int64 [N] ->
+        logits [1, V], kept_indices int64 [R], cache."""
 
-    def decode(self, inputs_embeds: np.ndarray, position: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        """inputs_embeds [1, 1, d], position int64 [1], cache -> logits [1, V], cache one entry longer."""
+    def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """inputs_embeds [1, 1, d], position_ids int64 [rows, 1, 1], cache -> logits [1, V], cache one entry longer."""

@@ -1,4 +1,4 @@
-"""The artifact's .pte (methods vision_encoder, embed_tokens, prefill, decode) on the ExecuTorch runtime.
+"""The artifact's .pte (one method per graph of the contract) on the ExecuTorch runtime.
 
 Imports torch and executorch, so it is loaded only when the executorch backend is asked for.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
-from runtime.backends.base import GRAPHS, KVCache
+from runtime.backends.base import KVCache
+from runtime.contract import GRAPH_NAMES, PTE_PATH
 from runtime.cli import native_output_hidden
 
 try:
@@ -24,23 +25,23 @@ class ExecuTorchSession:
     backend = "executorch"
 
     def __init__(self, artifact: Artifact):
-        path = artifact.path("executorch/model.pte")
+        path = artifact.path(PTE_PATH)
         try:
             with native_output_hidden():
                 program = Runtime.get().load_program(path)
         except Exception as error:  # the pybindings raise RuntimeError/ValueError for unusable files
             raise ArtifactError(f"ExecuTorch cannot load {path}: {error}") from None
-        missing = [name for name in GRAPHS if name not in program.method_names]
+        missing = [name for name in GRAPH_NAMES if name not in program.method_names]
         if missing:
             raise ArtifactError(
                 f"{path} lacks the methods {missing} (has {sorted(program.method_names)}); see export/ARTIFACTS.md"
             )
         with native_output_hidden():
-            self._methods = {name: program.load_method(name) for name in GRAPHS}
+            self._methods = {name: program.load_method(name) for name in GRAPH_NAMES}
         # Largest size of each input tensor: a dynamic dimension's upper bound.
         self._input_sizes = {
             name: [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
-            for name, meta in ((name, program.metadata(name)) for name in GRAPHS)
+            for name, meta in ((name, program.metadata(name)) for name in GRAPH_NAMES)
         }
         artifact.check_graph_facts(self._graph_facts(program), "ExecuTorch")
 
@@ -51,13 +52,13 @@ class ExecuTorchSession:
         logits, kept, *cache = outputs
         lengths = [key[2] for key in cache[::2]]
         pruned = [i for i, length in enumerate(lengths) if length != lengths[0]]
-        pixel_values = self._input_sizes["vision_encoder"][0]
         image_embeds = tuple(program.metadata("vision_encoder").output_tensor_meta(0).sizes())
         inputs_embeds = self._input_sizes["prefill"][0]
         return {
             "keep": kept[0],
             "num_image_tokens": image_embeds[0],
-            "image_size": pixel_values[2],
+            "pixel_values_shape": list(self._input_sizes["vision_encoder"][0]),
+            "position_rows": self._input_sizes["prefill"][1][0],
             "hidden_size": inputs_embeds[2],
             "vocab_size": logits[1],
             "num_layers": len(cache) // 2,
@@ -85,10 +86,12 @@ class ExecuTorchSession:
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         return self._run("embed_tokens", input_ids)[0]
 
-    def prefill(self, inputs_embeds: np.ndarray, image_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, KVCache]:
-        logits, kept, *cache = self._run("prefill", inputs_embeds, image_start)
+    def prefill(
+        self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, KVCache]:
+        logits, kept, *cache = self._run("prefill", inputs_embeds, position_ids, image_positions)
         return logits, kept, tuple(cache)
 
-    def decode(self, inputs_embeds: np.ndarray, position: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        logits, *present = self._run("decode", inputs_embeds, position, *cache)
+    def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        logits, *present = self._run("decode", inputs_embeds, position_ids, *cache)
         return logits, tuple(present)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
-from runtime.backends.base import GRAPHS, MAX_SEQ_LEN_KEY, KVCache
+from runtime.backends.base import KVCache
+from runtime.contract import GRAPH_NAMES, MAX_SEQ_LEN_KEY, cache_names, graph_io, onnx_file
 
 try:
     import onnxruntime as ort
@@ -22,29 +23,22 @@ class OnnxSession:
 
     def __init__(self, artifact: Artifact, *, num_threads: int | None = None):
         layers = artifact.text.num_layers
-        cache_names = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-        self._present = [f"present.{name}" for name in cache_names]
-        self._past = [f"past.{name}" for name in cache_names]
-        expected = {
-            "vision_encoder": (["pixel_values"], ["image_embeds"]),
-            "embed_tokens": (["input_ids"], ["inputs_embeds"]),
-            "prefill": (["inputs_embeds", "image_start"], ["logits", "kept_indices", *self._present]),
-            "decode": (["inputs_embeds", "position", *self._past], ["logits", *self._present]),
-        }
+        self._present = list(cache_names("present", layers))
+        self._past = list(cache_names("past", layers))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: constant-folding notes are not the user's concern
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
         self._sessions = {}
-        for graph in GRAPHS:
-            path = artifact.path(f"onnx/{graph}.onnx")
+        for graph in GRAPH_NAMES:
+            path = artifact.path(onnx_file(graph))
             try:
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as error:  # ORT raises its own exception types, all of them unusable files
                 raise ArtifactError(f"ONNX Runtime cannot load {path}: {error}") from None
-            inputs, outputs = expected[graph]
-            _check_names(path, "inputs", [i.name for i in session.get_inputs()], inputs)
-            _check_names(path, "outputs", [o.name for o in session.get_outputs()], outputs)
+            inputs, outputs = graph_io(graph, layers)
+            _check_names(path, "inputs", [i.name for i in session.get_inputs()], list(inputs))
+            _check_names(path, "outputs", [o.name for o in session.get_outputs()], list(outputs))
             self._sessions[graph] = session
         artifact.check_graph_facts(self._graph_facts(), "ONNX")
 
@@ -66,7 +60,8 @@ class OnnxSession:
         return {
             "keep": shape["prefill", "kept_indices"][0],
             "num_image_tokens": image_embeds[0],
-            "image_size": shape["vision_encoder", "pixel_values"][2],
+            "pixel_values_shape": list(shape["vision_encoder", "pixel_values"]),
+            "position_rows": shape["prefill", "position_ids"][0],
             "hidden_size": shape["embed_tokens", "inputs_embeds"][2],
             "vocab_size": shape["prefill", "logits"][1],
             "num_kv_heads": key[1],
@@ -81,13 +76,15 @@ class OnnxSession:
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         return self._sessions["embed_tokens"].run(["inputs_embeds"], {"input_ids": input_ids})[0]
 
-    def prefill(self, inputs_embeds: np.ndarray, image_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, KVCache]:
-        feeds = {"inputs_embeds": inputs_embeds, "image_start": image_start}
+    def prefill(
+        self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, KVCache]:
+        feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "image_positions": image_positions}
         logits, kept, *cache = self._sessions["prefill"].run(["logits", "kept_indices", *self._present], feeds)
         return logits, kept, tuple(cache)
 
-    def decode(self, inputs_embeds: np.ndarray, position: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        feeds = {"inputs_embeds": inputs_embeds, "position": position, **dict(zip(self._past, cache))}
+    def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, **dict(zip(self._past, cache))}
         logits, *present = self._sessions["decode"].run(["logits", *self._present], feeds)
         return logits, tuple(present)
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.contract import GRAPH_NAMES, PTE_PATH, onnx_file
+
 
 class OnnxGraphs:
     """One ONNX Runtime session per graph, inputs given positionally in the contract's order."""
@@ -16,8 +18,7 @@ class OnnxGraphs:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self._sessions = {
-            name: ort.InferenceSession(str(artifact_dir / "onnx" / f"{name}.onnx"), options)
-            for name in ("vision_encoder", "embed_tokens", "prefill", "decode")
+            name: ort.InferenceSession(str(artifact_dir / onnx_file(name)), options) for name in GRAPH_NAMES
         }
 
     def run(self, graph: str, *inputs: np.ndarray) -> list[np.ndarray]:
@@ -31,7 +32,7 @@ class PteGraphs:
     def __init__(self, artifact_dir: Path):
         from executorch.runtime import Runtime
 
-        self._program = Runtime.get().load_program(artifact_dir / "executorch" / "model.pte")
+        self._program = Runtime.get().load_program(artifact_dir / PTE_PATH)
         self._methods = {}
 
     def run(self, graph: str, *inputs: np.ndarray) -> list[np.ndarray]:

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from export.graphs import cache_names
 from export.manifest import read_manifest, verify_files
 from export.onnx_weights import ALIGNMENT
-from models import PrunedLlava
-from runtime.artifact import FORMAT_VERSION
+from runtime.contract import FORMAT_VERSION, GRAPH_NAMES, graph_io
+from runtime.eager import EagerModel
 from tests.export.fixtures import TEST_KEEPS
 from tests.export.runners import open_graphs
+from tests.models.conftest import embed
 
 N = 576
 NUM_LAYERS = 4
@@ -34,7 +34,6 @@ PROMPTS = (
     "A chat between a curious user and an artificial intelligence assistant. USER: <image>\nWhy? ASSISTANT:",
 )
 BACKENDS = ("onnx", "executorch")
-GRAPHS = ("vision_encoder", "embed_tokens", "prefill", "decode")
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +46,18 @@ def image() -> Image.Image:
 def eager(tiny):
     models = {}
 
-    def build(keep: int) -> PrunedLlava:
+    def build(keep: int) -> EagerModel:
         if keep not in models:
-            models[keep] = PrunedLlava(tiny.model, tiny.processor, tiny.spec, keep=keep)
+            models[keep] = EagerModel.from_loaded(tiny, keep=keep)
         return models[keep]
 
     return build
 
 
-def prompt_inputs(model: PrunedLlava, image: Image.Image, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_inputs(model: EagerModel, image: Image.Image, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids [1, T] and pixel_values [1, 3, 336, 336]; a prompt holding <image> is used as is."""
     if "<image>" not in prompt:
-        return model.prepare_inputs(image, prompt)
+        return tuple(torch.from_numpy(x) for x in model.prepare_inputs(image, prompt))
     processed = model.processor(images=image, text=prompt, return_tensors="pt")
     return processed["input_ids"], processed["pixel_values"]
 
@@ -69,7 +68,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
     manifest = read_manifest(folder)
     assert verify_files(folder) == []
     assert set(manifest["files"]) == {
-        *(f"onnx/{name}.onnx" for name in GRAPHS),
+        *(f"onnx/{name}.onnx" for name in GRAPH_NAMES),
         "onnx/weights.data",
         "executorch/model.pte",
         "processor/tokenizer.json",
@@ -77,9 +76,10 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == FORMAT_VERSION == 3
+    assert manifest["format_version"] == FORMAT_VERSION == 4
     assert manifest["model"] == {
         "name": "tiny-llava",
+        "family": "llava",
         "source": "checkpoint",
         "checkpoint": str(tiny_dir.resolve()),
         "seed": None,
@@ -90,7 +90,13 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
     assert manifest["pruning"]["prune_layer"] == PRUNE_LAYER
     assert manifest["pruning"]["rate"] == pytest.approx(1 - keep / N, abs=1e-6)
     assert manifest["pruning"]["config"]["kappa"] == 4
-    assert manifest["geometry"] == {"num_image_tokens": N, "grid": [24, 24], "image_size": 336}
+    assert manifest["geometry"] == {
+        "num_image_tokens": N,
+        "grid": [24, 24],
+        "image_size": 336,
+        "pixel_values_shape": [1, 3, 336, 336],
+        "position_rows": 1,
+    }
     assert manifest["text"]["num_layers"] == NUM_LAYERS and manifest["text"]["max_seq_len"] == 2048
     assert manifest["preprocess"]["resample"] == "bicubic"
     assert set(manifest["versions"]) >= {"torch", "transformers", "onnx", "onnxruntime", "executorch"}
@@ -130,25 +136,20 @@ def test_corrupted_file_is_reported(exported_artifact, tmp_path):
 @pytest.mark.parametrize("keep", TEST_KEEPS)
 def test_onnx_graphs_follow_the_contract(exported_artifact, keep):
     folder = exported_artifact(keep) / "onnx"
-    expected = {
-        "vision_encoder": (["pixel_values"], ["image_embeds"]),
-        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
-        "prefill": (["inputs_embeds", "image_start"], ["logits", "kept_indices", *cache_names("present", NUM_LAYERS)]),
-        "decode": (
-            ["inputs_embeds", "position", *cache_names("past", NUM_LAYERS)],
-            ["logits", *cache_names("present", NUM_LAYERS)],
-        ),
-    }
-    for name, (inputs, outputs) in expected.items():
+    for name in GRAPH_NAMES:
+        inputs, outputs = graph_io(name, NUM_LAYERS)
         model = onnx.load(str(folder / f"{name}.onnx"))
-        assert [value.name for value in model.graph.input] == inputs
-        assert [value.name for value in model.graph.output] == outputs
+        assert tuple(value.name for value in model.graph.input) == inputs
+        assert tuple(value.name for value in model.graph.output) == outputs
+    assert graph_io("prefill", 1)[0] == ("inputs_embeds", "position_ids", "image_positions")
 
     prefill = onnx.load(str(folder / "prefill.onnx"))
     shapes = {value.name: _dims(value) for value in prefill.graph.output}
     assert shapes["kept_indices"] == [keep]
     assert shapes["logits"] == [1, 320]
     assert shapes["present.0.key"] == [1, 2, "sequence_length", 16]
+    inputs = {value.name: _dims(value) for value in prefill.graph.input}
+    assert inputs["position_ids"] == [1, 1, "sequence_length"] and inputs["image_positions"] == [N]
     pruned_length = "sequence_length" if keep == N else f"sequence_length - {N - keep}"
     assert shapes[f"present.{NUM_LAYERS - 1}.value"] == [1, 2, pruned_length, 16]
     scans = sum(node.op_type == "Scan" for node in prefill.graph.node)
@@ -167,7 +168,7 @@ def test_onnx_graphs_follow_the_contract(exported_artifact, keep):
 def test_onnx_graphs_share_one_weights_file(exported_artifact):
     folder = exported_artifact(64) / "onnx"
     regions = {}
-    for name in GRAPHS:
+    for name in GRAPH_NAMES:
         model = onnx.load(str(folder / f"{name}.onnx"), load_external_data=False)
         entries = [{e.key: e.value for e in tensor.external_data} for tensor in model.graph.initializer]
         external = [entry for entry in entries if entry]
@@ -188,7 +189,7 @@ def test_pte_has_the_four_methods(exported_artifact, keep):
     program = Runtime.get().load_program(exported_artifact(keep) / "executorch" / "model.pte")
     assert set(program.method_names) == {"vision_encoder", "embed_tokens", "prefill", "decode"}
     prefill = program.metadata("prefill")
-    assert (prefill.num_inputs(), prefill.num_outputs()) == (2, 2 + 2 * NUM_LAYERS)
+    assert (prefill.num_inputs(), prefill.num_outputs()) == (3, 2 + 2 * NUM_LAYERS)
     assert tuple(prefill.output_tensor_meta(1).sizes()) == (keep,)
     decode = program.metadata("decode")
     assert (decode.num_inputs(), decode.num_outputs()) == (2 + 2 * NUM_LAYERS, 1 + 2 * NUM_LAYERS)
@@ -202,18 +203,23 @@ def test_exported_graphs_match_eager(exported_artifact, eager, image, keep, back
     tolerance = TOLERANCE[backend]
     for prompt in PROMPTS:
         input_ids, pixel_values = prompt_inputs(model, image, prompt)
+        session = model.session
         with torch.no_grad():
-            expected_image = model.vision_encoder(pixel_values)
-            expected_text = model.token_embedding(input_ids)
-            inputs_embeds, image_start = model.embed(input_ids, pixel_values)
-            expected_logits, expected_kept, expected_cache = model.prefill(inputs_embeds, image_start)
+            expected_image = session.vision(pixel_values)
+            expected_text = session.embedding(input_ids)
+            inputs_embeds, position_ids, image_positions = embed(model, input_ids, pixel_values)
+            expected_logits, expected_kept, expected_cache = session.prefill_module(
+                inputs_embeds, position_ids, image_positions
+            )
 
         (image_embeds,) = graphs.run("vision_encoder", pixel_values.numpy())
         np.testing.assert_allclose(image_embeds, expected_image.numpy(), atol=tolerance, rtol=0)
         (text_embeds,) = graphs.run("embed_tokens", input_ids.numpy())
         np.testing.assert_allclose(text_embeds, expected_text.numpy(), atol=tolerance, rtol=0)
 
-        logits, kept, *cache = graphs.run("prefill", inputs_embeds.numpy(), image_start.numpy())
+        logits, kept, *cache = graphs.run(
+            "prefill", inputs_embeds.numpy(), position_ids.numpy(), image_positions.numpy()
+        )
         np.testing.assert_array_equal(kept, expected_kept.numpy())
         np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
         seq_len = inputs_embeds.shape[1]
@@ -227,10 +233,10 @@ def test_exported_graphs_match_eager(exported_artifact, eager, image, keep, back
         eager_cache = expected_cache
         for step in range(DECODE_STEPS):
             token = expected_logits.argmax(dim=-1, keepdim=True)  # [1, 1]
-            position = torch.tensor([seq_len + step])
+            position = torch.tensor([[[seq_len + step]]])
             with torch.no_grad():
-                token_embeds = model.token_embedding(token)
-                expected_logits, eager_cache = model.decode_step(token_embeds, position, eager_cache)
+                token_embeds = session.embedding(token)
+                expected_logits, eager_cache = session.decode_module(token_embeds, position, eager_cache)
             logits, *cache = graphs.run("decode", token_embeds.numpy(), position.numpy(), *cache)
             np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
             assert [entry.shape[2] for entry in cache] == [length + step + 1 for length in lengths for _ in range(2)]

@@ -78,7 +78,7 @@ def test_backends_from_strings():
         (
             {"model": "llava-9b"},
             "unknown model 'llava-9b'; registered models: "
-            "llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, tiny-llava",
+            "llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, qwen2-vl-7b, qwen2-vl-7b-3layers, tiny-llava, tiny-qwen2-vl",
         ),
         ({"keep": 64, "rate": 0.5}, r"give keep or rate, not both \(keep=64, rate=0.5\)"),
         ({"keep": 0}, r"keep must be an integer in \[1, N\] = \[1, 576\]"),

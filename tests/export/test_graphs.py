@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from export.graphs import GRAPH_NAMES, build_graphs, cache_names, find_graph
+from export.graphs import build_graphs, find_graph
+from runtime.contract import GRAPH_NAMES, cache_names
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +23,14 @@ def test_graph_names_and_interface(graphs):
 def test_dynamic_dimensions(graphs):
     assert find_graph(graphs, "vision_encoder").dim_names() == {}
     assert find_graph(graphs, "embed_tokens").dim_names() == {"input_ids": {1: "sequence_length"}}
-    assert find_graph(graphs, "prefill").dim_names() == {"inputs_embeds": {1: "sequence_length"}}
+    assert find_graph(graphs, "prefill").dim_names() == {
+        "inputs_embeds": {1: "sequence_length"},
+        "position_ids": {2: "sequence_length"},
+    }
     decode = find_graph(graphs, "decode").dim_names()
     assert decode["past.1.value"] == {2: "past_length"}
     assert decode["past.2.key"] == {2: "pruned_past_length"}
-    assert "inputs_embeds" not in decode and "position" not in decode
+    assert "inputs_embeds" not in decode and "position_ids" not in decode
 
 
 def test_bounds_follow_max_seq_len(graphs):

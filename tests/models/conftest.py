@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import PrunedLlava
+from runtime.eager import EagerModel
 
 
 @pytest.fixture(scope="session")
@@ -24,17 +24,28 @@ def prompt() -> str:
 
 
 @pytest.fixture(scope="session")
-def unpruned(tiny) -> PrunedLlava:
-    return PrunedLlava(tiny.model, tiny.processor, tiny.spec)
+def unpruned(tiny) -> EagerModel:
+    return EagerModel.from_loaded(tiny)
 
 
 @pytest.fixture(scope="session")
-def pruned(tiny) -> PrunedLlava:
+def pruned(tiny) -> EagerModel:
     """Keeps 64 of the 576 image tokens (88.9 % pruning)."""
-    return PrunedLlava(tiny.model, tiny.processor, tiny.spec, keep=64)
+    return EagerModel.from_loaded(tiny, keep=64)
 
 
 @pytest.fixture(scope="session")
 def inputs(unpruned, image, prompt) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids [1, T] and pixel_values [1, 3, 336, 336] of the test prompt."""
-    return unpruned.prepare_inputs(image, prompt)
+    return tuple(torch.from_numpy(x) for x in unpruned.prepare_inputs(image, prompt))
+
+
+@torch.no_grad()
+def embed(model: EagerModel, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The prefill's inputs as the runtime's loop makes them (`runtime.generate.greedy`), as tensors:
+    inputs_embeds [1, T, d] with the image spliced in, position_ids int64 [rows, 1, T],
+    image_positions int64 [N]."""
+    prepared = model.inputs.prepare(input_ids.numpy(), pixel_values.numpy())
+    embeds = model.session.embed_tokens(prepared.input_ids)
+    embeds[0, prepared.image_positions] = model.session.vision_encoder(prepared.pixel_values)
+    return tuple(torch.from_numpy(x) for x in (embeds, prepared.position_ids, prepared.image_positions))

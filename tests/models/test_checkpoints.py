@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from models import PrunedLlava, get_spec, load_for_export, load_model, resolve_checkpoint
+from models import get_spec, load_for_export, load_model, resolve_checkpoint
+from runtime.eager import EagerModel
 from models.checkpoints import check_config
 from models.quantize import Quantization, quantized_weights
 from tests.quantization import model_quantization
@@ -71,7 +72,7 @@ def test_checkpoint_contradicting_the_spec_is_rejected(tiny_dir):
 
 def test_check_config_names_every_mismatch():
     spec = get_spec("llava-1.5-7b")
-    config = spec.llava_config()
+    config = spec.hf_config()
     config.vision_config.patch_size = 16
     config.text_config.num_hidden_layers = 30
     with pytest.raises(ValueError, match=r"patch size: checkpoint 16, spec 14; text layers: checkpoint 30, spec 32"):
@@ -79,7 +80,7 @@ def test_check_config_names_every_mismatch():
 
 
 def test_unknown_model_name_everywhere():
-    for load in (load_model, resolve_checkpoint, PrunedLlava.from_registry):
+    for load in (load_model, resolve_checkpoint, EagerModel.from_registry):
         with pytest.raises(ValueError, match=r"unknown model 'llava-1.6'"):
             load("llava-1.6")
 

@@ -7,8 +7,11 @@ import torch
 from torch.export import Dim, export
 from transformers import DynamicCache
 
-from models import Prefill, PrunedLlava
+from models import Prefill
 from pruning_graph import reference_select
+from runtime.eager import EagerModel
+from runtime.generate import GenerationConfig
+from tests.models.conftest import embed
 
 ATOL = 1e-5
 DECODE_STEPS = 8
@@ -51,28 +54,38 @@ def reference_pruned_logits(model, inputs_embeds, image_start, *, grid, keep, pr
 
 @pytest.fixture(scope="module")
 def embedded(pruned, inputs):
-    return pruned.embed(*inputs)
+    return embed(pruned, *inputs)
 
 
 @pytest.fixture(scope="module")
 def pruned_prefill(pruned, embedded):
     with torch.no_grad():
-        return pruned.prefill(*embedded)
+        return pruned.session.prefill_module(*embedded)
+
+
+def greedy_tokens(model: EagerModel, input_ids, pixel_values, steps: int) -> list[int]:
+    return model.generate_ids(input_ids.numpy(), pixel_values.numpy(), GenerationConfig(max_new_tokens=steps)).token_ids
+
+
+def decode_position(position: int) -> torch.Tensor:
+    return torch.tensor([[[position]]])
 
 
 def test_vision_encoder_matches_transformers(tiny, unpruned, inputs):
     _, pixel_values = inputs
     with torch.no_grad():
         expected = tiny.model.model.get_image_features(pixel_values=pixel_values).pooler_output[0]
-        got = unpruned.vision_encoder(pixel_values)
+        got = unpruned.session.vision(pixel_values)
     assert got.shape == (576, tiny.spec.text.hidden_size)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
 def test_image_block_comes_from_token_ids(tiny, unpruned, inputs):
     input_ids, _ = inputs
-    _, image_start = unpruned.embed(*inputs)
-    start = int(image_start)
+    _, position_ids, image_positions = embed(unpruned, *inputs)
+    start = int(image_positions[0])
+    assert torch.equal(image_positions, start + torch.arange(576))
+    assert torch.equal(position_ids, torch.arange(input_ids.shape[1])[None, None])
     # BOS, then "USER: " before the placeholders.
     assert input_ids[0, start - 1] != tiny.spec.image_token_id
     assert (input_ids[0, start : start + 576] == tiny.spec.image_token_id).all()
@@ -83,7 +96,7 @@ def test_unpruned_prefill_matches_transformers(tiny, unpruned, inputs):
     input_ids, pixel_values = inputs
     with torch.no_grad():
         expected = tiny.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True)
-        logits, kept, cache = unpruned.prefill(*unpruned.embed(input_ids, pixel_values))
+        logits, kept, cache = unpruned.session.prefill_module(*embed(unpruned, input_ids, pixel_values))
     torch.testing.assert_close(logits, expected.logits[:, -1], atol=ATOL, rtol=0)
     assert torch.equal(kept, torch.arange(576))
     assert len(cache) == tiny.spec.text.num_hidden_layers
@@ -105,22 +118,24 @@ def test_unpruned_greedy_generation_matches_transformers(tiny, unpruned, inputs)
             return_dict_in_generate=True,
         )
     expected_tokens = expected.sequences[0, input_ids.shape[1] :].tolist()
-    tokens, _ = unpruned.generate_ids(input_ids, pixel_values, max_new_tokens=steps)
+    tokens = greedy_tokens(unpruned, input_ids, pixel_values, steps)
     assert len(expected_tokens) == steps  # no early end of sequence: all 16 steps are compared
     assert tokens == expected_tokens
     assert len(set(tokens)) > 4  # the random model does not repeat one token
 
     # Every step's logits, not only their argmax.
     with torch.no_grad():
-        logits, _, cache = unpruned.prefill(*unpruned.embed(input_ids, pixel_values))
+        logits, _, cache = unpruned.session.prefill_module(*embed(unpruned, input_ids, pixel_values))
         for step, token in enumerate(expected_tokens):
             torch.testing.assert_close(logits, expected.logits[step], atol=ATOL, rtol=0)
-            position = torch.tensor([input_ids.shape[1] + step])
-            logits, cache = unpruned.decode_step(unpruned.token_embedding(torch.tensor([[token]])), position, cache)
+            position = decode_position(input_ids.shape[1] + step)
+            token_embeds = unpruned.session.embedding(torch.tensor([[token]]))
+            logits, cache = unpruned.session.decode_module(token_embeds, position, cache)
 
 
 def test_pruned_prefill_matches_hand_composition(tiny, pruned, embedded, pruned_prefill):
-    inputs_embeds, image_start = embedded
+    inputs_embeds, _, image_positions = embedded
+    image_start = image_positions[0]
     logits, kept, cache = pruned_prefill
     expected_logits, expected_kept, expected_cache = reference_pruned_logits(
         tiny.model,
@@ -146,10 +161,11 @@ def test_pruned_prefill_with_the_image_further_in(tiny, pruned, image):
     """A system prompt before the conversation moves the image block; the offset follows the ids."""
     text = "A chat between a curious user and an artificial intelligence assistant. " + tiny.spec.format_prompt("Why?")
     processed = tiny.processor(images=image, text=text, return_tensors="pt")
-    inputs_embeds, image_start = pruned.embed(processed["input_ids"], processed["pixel_values"])
+    inputs_embeds, position_ids, image_positions = embed(pruned, processed["input_ids"], processed["pixel_values"])
+    image_start = image_positions[0]
     assert int(image_start) > 10
     with torch.no_grad():
-        logits, kept, cache = pruned.prefill(inputs_embeds, image_start)
+        logits, kept, cache = pruned.session.prefill_module(inputs_embeds, position_ids, image_positions)
     expected_logits, expected_kept, _ = reference_pruned_logits(
         tiny.model,
         inputs_embeds,
@@ -165,19 +181,20 @@ def test_pruned_prefill_with_the_image_further_in(tiny, pruned, image):
 
 def test_pruning_changes_the_output(unpruned, embedded, pruned_prefill):
     with torch.no_grad():
-        full_logits, _, _ = unpruned.prefill(*embedded)
+        full_logits, _, _ = unpruned.session.prefill_module(*embedded)
     assert (pruned_prefill[0] - full_logits).abs().max() > 1e-2
 
 
 def test_decode_steps_match_recomputation_without_cache(tiny, pruned, embedded, pruned_prefill):
-    inputs_embeds, image_start = embedded
+    inputs_embeds, _, image_positions = embedded
+    image_start = image_positions[0]
     logits, kept, cache = pruned_prefill
     seq_len = inputs_embeds.shape[1]
     sequence = inputs_embeds
     for step in range(DECODE_STEPS):
         with torch.no_grad():
-            token_embeds = pruned.token_embedding(logits.argmax(dim=-1, keepdim=True))  # [1, 1, d]
-            logits, cache = pruned.decode_step(token_embeds, torch.tensor([seq_len + step]), cache)
+            token_embeds = pruned.session.embedding(logits.argmax(dim=-1, keepdim=True))  # [1, 1, d]
+            logits, cache = pruned.session.decode_module(token_embeds, decode_position(seq_len + step), cache)
         sequence = torch.cat([sequence, token_embeds], dim=1)
         expected, expected_kept, _ = reference_pruned_logits(
             tiny.model,
@@ -205,39 +222,44 @@ def test_generate_returns_text_and_kept_tokens(tiny, pruned, image, prompt):
 
 
 def test_generate_stops_at_end_of_sequence(tiny, unpruned, inputs, monkeypatch):
-    tokens, _ = unpruned.generate_ids(*inputs, max_new_tokens=6)
+    tokens = greedy_tokens(unpruned, *inputs, 6)
     # Declare the third generated token the end of sequence: generation ends right after it.
     eos = tokens[2]
     monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", eos)
-    stopping = PrunedLlava(tiny.model, tiny.processor, tiny.spec)
-    stopped, _ = stopping.generate_ids(*inputs, max_new_tokens=6)
+    stopped = greedy_tokens(EagerModel.from_loaded(tiny), *inputs, 6)
     assert stopped == tokens[: tokens.index(eos) + 1]
     assert len(stopped) < len(tokens)
 
 
 def test_export_unpruned_prefill_and_decode_with_dynamic_lengths(unpruned, inputs):
     """Exportability of the interface; the pruned prefill is exported by the export tests."""
-    embeds, image_start = unpruned.embed(*inputs)
+    embeds, position_ids, image_positions = embed(unpruned, *inputs)
     seq_len = embeds.shape[1]
+    prefill_module, decode_module = unpruned.session.prefill_module, unpruned.session.decode_module
     with torch.no_grad():
         seq_len_dim = Dim("T", min=577, max=4096)
         prefill = export(
-            unpruned.prefill, (embeds, image_start), dynamic_shapes=({1: seq_len_dim}, None), strict=False
+            prefill_module,
+            (embeds, position_ids, image_positions),
+            dynamic_shapes=({1: seq_len_dim}, {2: seq_len_dim}, None),
+            strict=False,
         ).module()
         longer = torch.cat([embeds, embeds[:, -3:]], dim=1)
         for sequence in (embeds, longer):
-            expected, got = unpruned.prefill(sequence, image_start), prefill(sequence, image_start)
+            positions = torch.arange(sequence.shape[1])[None, None]
+            expected = prefill_module(sequence, positions, image_positions)
+            got = prefill(sequence, positions, image_positions)
             torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
             assert [k.shape[2] for k, _ in got[2]] == [sequence.shape[1]] * len(got[2])
 
-        _, _, cache = unpruned.prefill(embeds, image_start)
+        _, _, cache = prefill_module(embeds, position_ids, image_positions)
         length = Dim("cache", min=2, max=4096)
-        step_args = (embeds[:, -1:], torch.tensor([seq_len]), cache)
+        step_args = (embeds[:, -1:], decode_position(seq_len), cache)
         cache_dims = tuple(({2: length}, {2: length}) for _ in cache)
-        decode = export(unpruned.decode_step, step_args, dynamic_shapes=(None, None, cache_dims), strict=False).module()
+        decode = export(decode_module, step_args, dynamic_shapes=(None, None, cache_dims), strict=False).module()
         for past in (cache, tuple((k[:, :, :-5], v[:, :, :-5]) for k, v in cache)):
-            args = (embeds[:, -1:], torch.tensor([seq_len]), past)
-            expected, got = unpruned.decode_step(*args), decode(*args)
+            args = (embeds[:, -1:], decode_position(seq_len), past)
+            expected, got = decode_module(*args), decode(*args)
             torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
             assert got[1][0][0].shape[2] == past[0][0].shape[2] + 1
 

@@ -18,7 +18,7 @@ SPEC = get_spec("tiny-llava")
 def meta_model(config: LlavaConfig | None = None) -> LlavaForConditionalGeneration:
     """tiny-llava (or `config`) on the meta device: shapes only."""
     with torch.device("meta"):
-        return LlavaForConditionalGeneration(config or SPEC.llava_config())
+        return LlavaForConditionalGeneration(config or SPEC.hf_config())
 
 
 def block_tensors(block: nn.Module, recurse: bool) -> list[torch.Tensor]:
@@ -69,7 +69,7 @@ def test_a_block_gets_the_same_weights_whatever_the_other_blocks():
     # One decoder layer fewer, and the global RNG drawn from between blocks.
     shallow = replace(SPEC, text=replace(SPEC.text, num_hidden_layers=3))
     other = materialize(
-        meta_model(shallow.llava_config()), fill_random(0), transform=lambda name, block: torch.rand(100)
+        meta_model(shallow.hf_config()), fill_random(0), transform=lambda name, block: torch.rand(100)
     ).state_dict()
     assert set(other) < set(full)
     assert all(torch.equal(full[key], other[key]) for key in other)

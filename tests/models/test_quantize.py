@@ -34,7 +34,7 @@ def tiny_model() -> Callable[[Quantization], LlavaForConditionalGeneration]:
     def build(quantization: Quantization) -> LlavaForConditionalGeneration:
         if quantization not in models:
             with torch.device("meta"):
-                model = LlavaForConditionalGeneration(get_spec("tiny-llava").llava_config())
+                model = LlavaForConditionalGeneration(get_spec("tiny-llava").hf_config())
             transform = partial(quantize_block, quantization=quantization)
             models[quantization] = materialize(model, fill_random(0), transform=transform)
         return models[quantization]

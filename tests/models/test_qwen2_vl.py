@@ -13,16 +13,14 @@ from PIL import Image
 from torch.export import Dim, export
 from transformers import DynamicCache, Qwen2VLForConditionalGeneration
 
-from models.qwen2_vl import (
-    Qwen2VLDecodeStep,
-    Qwen2VLPrefill,
-    Qwen2VLTokenEmbedding,
-    Qwen2VLVisionEncoder,
-    conv3d_as_linear,
-    mrope_position_ids,
-)
-from models.tiny_qwen2_vl import Qwen2VLImageTextProcessor, build_tiny_qwen2_vl
+from models import TokenEmbedding, get_spec
+from models.qwen2_vl import PatchEmbedding, Qwen2VLDecodeStep, Qwen2VLPrefill, Qwen2VLVisionEncoder
+from models.qwen2_vl_processor import Qwen2VLImageTextProcessor
+from models.tiny_qwen2_vl import build_tiny_qwen2_vl
 from pruning_graph import reference_select
+from runtime.eager import EagerModel
+from runtime.families.qwen2_vl import mrope_position_ids
+from runtime.generate import GenerationConfig
 
 ATOL = 1e-5
 PATCH_GRID = (1, 16, 16)  # (t, h, w) in patches of the 224 x 224 image
@@ -38,24 +36,24 @@ class Modules:
     def __init__(self, model: Qwen2VLForConditionalGeneration, keep: int):
         self.image_token_id = model.config.image_token_id
         self.vision_encoder = Qwen2VLVisionEncoder(model, grid=PATCH_GRID).eval()
-        self.token_embedding = Qwen2VLTokenEmbedding(model).eval()
+        self.token_embedding = TokenEmbedding(model).eval()
         self.prefill = Qwen2VLPrefill(model, grid=GRID, keep=keep, prune_layer=PRUNE_LAYER).eval()
         self.decode_step = Qwen2VLDecodeStep(model).eval()
 
     @torch.no_grad()
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """-> inputs_embeds [1, T, d], position_ids int64 [3, 1, T], image_start int64 [1], rope_delta."""
+        """-> inputs_embeds [1, T, d], position_ids int64 [3, 1, T], image_positions int64 [N], rope_delta."""
         image_start = int((input_ids[0] == self.image_token_id).nonzero()[0, 0])
         embeds = self.token_embedding(input_ids)
         embeds[0, image_start : image_start + N] = self.vision_encoder(pixel_values)
         position_ids, delta = mrope_position_ids(input_ids.shape[1], image_start, GRID)
-        return embeds, torch.from_numpy(position_ids), torch.tensor([image_start]), delta
+        return embeds, torch.from_numpy(position_ids), image_start + torch.arange(N), delta
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, steps: int) -> tuple[list[int], list]:
         """Greedy tokens and the logits [1, V] of each step."""
-        embeds, position_ids, image_start, delta = self.embed(input_ids, pixel_values)
-        logits, _, cache = self.prefill(embeds, position_ids, image_start)
+        embeds, position_ids, image_positions, delta = self.embed(input_ids, pixel_values)
+        logits, _, cache = self.prefill(embeds, position_ids, image_positions)
         tokens, all_logits = [], []
         for step in range(steps):
             all_logits.append(logits)
@@ -157,11 +155,11 @@ def test_linear_patch_embedding_matches_conv3d(qwen, processed):
     pixel_values = processed["pixel_values"]
     with torch.no_grad():
         torch.testing.assert_close(
-            conv3d_as_linear(patch_embed.proj)(pixel_values), patch_embed(pixel_values), atol=5e-5, rtol=0
+            PatchEmbedding(patch_embed.proj)(pixel_values), patch_embed(pixel_values), atol=5e-5, rtol=0
         )
         exact = copy.deepcopy(patch_embed).double()
         torch.testing.assert_close(
-            conv3d_as_linear(exact.proj)(pixel_values.double()), exact(pixel_values.double()), atol=1e-12, rtol=0
+            PatchEmbedding(exact.proj)(pixel_values.double()), exact(pixel_values.double()), atol=1e-12, rtol=0
         )
 
 
@@ -228,14 +226,29 @@ def test_unpruned_greedy_generation_matches_transformers(qwen, unpruned, process
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
+def test_eager_model_runs_the_runtime_loop_like_transformers(qwen, qwen_dir, processed):
+    """`runtime.eager.EagerModel`: the family's modules driven by the one generation loop, the
+    host side's position ids (`runtime.families.qwen2_vl`) and its decode positions with the rope delta."""
+    eager = EagerModel(qwen, Qwen2VLImageTextProcessor.from_pretrained(qwen_dir), get_spec("tiny-qwen2-vl"))
+    config = GenerationConfig(max_new_tokens=STEPS, ignore_eos=True, return_logits=True)
+    result = eager.generate_ids(processed["input_ids"].numpy(), processed["pixel_values"].numpy(), config)
+    with torch.no_grad():
+        expected = qwen.generate(
+            **processed, max_new_tokens=STEPS, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+    assert result.token_ids == expected.sequences[0, processed["input_ids"].shape[1] :].tolist()
+    for got, want in zip(result.logits, expected.logits, strict=True):
+        np.testing.assert_allclose(got, want[0].numpy(), atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("keep", [16, 4])
 def test_pruned_prefill_matches_hand_composition(qwen, processed, keep):
     modules = Modules(qwen, keep=keep)
-    embeds, position_ids, image_start, _ = modules.embed(processed["input_ids"], processed["pixel_values"])
+    embeds, position_ids, image_positions, _ = modules.embed(processed["input_ids"], processed["pixel_values"])
     with torch.no_grad():
-        logits, kept, cache = modules.prefill(embeds, position_ids, image_start)
+        logits, kept, cache = modules.prefill(embeds, position_ids, image_positions)
     expected_logits, expected_kept, expected_cache = reference_pruned(
-        qwen, embeds, position_ids, int(image_start), keep
+        qwen, embeds, position_ids, int(image_positions[0]), keep
     )
     assert torch.equal(kept, expected_kept)
     assert kept.shape == (keep,) and bool((kept[1:] > kept[:-1]).all())
@@ -249,10 +262,11 @@ def test_pruned_prefill_matches_hand_composition(qwen, processed, keep):
 
 def test_pruned_decode_matches_recomputation(qwen, pruned, processed):
     """Decode positions continue from T + rope_delta, never renumbered after pruning."""
-    embeds, position_ids, image_start, delta = pruned.embed(processed["input_ids"], processed["pixel_values"])
+    embeds, position_ids, image_positions, delta = pruned.embed(processed["input_ids"], processed["pixel_values"])
+    image_start = image_positions[0]
     seq_len = embeds.shape[1]
     with torch.no_grad():
-        logits, kept, cache = pruned.prefill(embeds, position_ids, image_start)
+        logits, kept, cache = pruned.prefill(embeds, position_ids, image_positions)
         for step in range(2):
             token_embeds = pruned.token_embedding(logits.argmax(dim=-1, keepdim=True))  # [1, 1, d]
             position = torch.full((3, 1, 1), seq_len + step + delta)
@@ -271,33 +285,33 @@ def test_pruning_changes_the_output(unpruned, pruned, processed):
     assert (full - short).abs().max() > 1e-2
 
 
-def longer(embeds, position_ids, image_start):
+def longer(embeds, position_ids, image_positions):
     """The prefill inputs with three more text tokens at the end: another sequence length."""
     more = torch.cat([position_ids, position_ids[:, :, -3:] + 3], dim=2)
-    return torch.cat([embeds, embeds[:, -3:]], dim=1), more, image_start
+    return torch.cat([embeds, embeds[:, -3:]], dim=1), more, image_positions
 
 
 @pytest.fixture(scope="module")
 def exported(pruned, processed):
     """torch.export of the three graphs (pruned prefill with a dynamic T, decode with dynamic cache lengths)."""
-    embeds, position_ids, image_start, delta = pruned.embed(processed["input_ids"], processed["pixel_values"])
+    embeds, position_ids, image_positions, delta = pruned.embed(processed["input_ids"], processed["pixel_values"])
     seq_len = Dim("T", min=N + 1, max=4096)
     with torch.no_grad():
         vision = export(pruned.vision_encoder, (processed["pixel_values"],), strict=False)
         prefill = export(
             pruned.prefill,
-            (embeds, position_ids, image_start),
+            (embeds, position_ids, image_positions),
             dynamic_shapes=({1: seq_len}, {2: seq_len}, None),
             strict=False,
         )
-        _, _, cache = pruned.prefill(embeds, position_ids, image_start)
+        _, _, cache = pruned.prefill(embeds, position_ids, image_positions)
         past, pruned_past = Dim("past", min=N + 1, max=4095), Dim("pruned_past", min=17, max=4095 - N + 16)
         cache_dims = tuple(
             ({2: dim}, {2: dim}) for dim in [past] * PRUNE_LAYER + [pruned_past] * (len(cache) - PRUNE_LAYER)
         )
         step_args = (embeds[:, -1:], torch.full((3, 1, 1), embeds.shape[1] + delta), cache)
         decode = export(pruned.decode_step, step_args, dynamic_shapes=(None, None, cache_dims), strict=False)
-    return vision, prefill, decode, (embeds, position_ids, image_start), step_args
+    return vision, prefill, decode, (embeds, position_ids, image_positions), step_args
 
 
 def test_exported_graphs_match_eager(pruned, processed, exported):
@@ -322,13 +336,13 @@ def test_exported_graphs_match_eager(pruned, processed, exported):
 def test_onnx_prefill_matches_eager(pruned, exported, tmp_path):
     import onnxruntime as ort
 
-    _, prefill, _, (embeds, position_ids, image_start), _ = exported
+    _, prefill, _, prefill_args, _ = exported
     path = tmp_path / "prefill.onnx"
     torch.onnx.export(prefill, dynamo=True, opset_version=18, optimize=False, verbose=False).save(str(path))
     options = ort.SessionOptions()
     options.log_severity_level = 3  # no warnings about constant folding
     session = ort.InferenceSession(str(path), options)
-    for args in ((embeds, position_ids, image_start), longer(embeds, position_ids, image_start)):
+    for args in (prefill_args, longer(*prefill_args)):
         feed = {value.name: x.numpy() for value, x in zip(session.get_inputs(), args, strict=True)}
         got = session.run(None, feed)
         with torch.no_grad():

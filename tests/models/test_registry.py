@@ -11,8 +11,17 @@ from models import MODEL_SPECS, build_random_model, get_spec
 
 
 def test_registered_names():
-    assert set(MODEL_SPECS) == {"llava-1.5-7b", "llava-1.5-7b-3layers", "llava-1.5-13b", "tiny-llava"}
+    assert set(MODEL_SPECS) == {
+        "llava-1.5-7b",
+        "llava-1.5-7b-3layers",
+        "llava-1.5-13b",
+        "tiny-llava",
+        "qwen2-vl-7b",
+        "qwen2-vl-7b-3layers",
+        "tiny-qwen2-vl",
+    }
     assert get_spec("llava-1.5-7b").hf_repo == "llava-hf/llava-1.5-7b-hf"
+    assert get_spec("qwen2-vl-7b").hf_repo == "Qwen/Qwen2-VL-7B-Instruct"
     assert get_spec("llava-1.5-13b").hf_repo == "llava-hf/llava-1.5-13b-hf"
     assert get_spec("tiny-llava").hf_repo is None and get_spec("llava-1.5-7b-3layers").hf_repo is None
 
@@ -24,24 +33,61 @@ def test_default_quantization():
         "llava-1.5-13b": "int4",
         "llava-1.5-7b-3layers": "none",
         "tiny-llava": "none",
+        "qwen2-vl-7b": "int4",
+        "qwen2-vl-7b-3layers": "none",
+        "tiny-qwen2-vl": "none",
     }
 
 
 def test_unknown_model_name():
     expected = (
-        r"unknown model 'llava-2-70b'; registered models: llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, tiny-llava"
+        r"unknown model 'llava-2-70b'; registered models: llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, "
+        r"qwen2-vl-7b, qwen2-vl-7b-3layers, tiny-llava, tiny-qwen2-vl"
     )
     with pytest.raises(ValueError, match=expected):
         get_spec("llava-2-70b")
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
-def test_image_geometry_and_pruning_layer(name):
+@pytest.mark.parametrize(
+    ("name", "side"),
+    [
+        ("llava-1.5-7b", 24),
+        ("llava-1.5-7b-3layers", 24),
+        ("llava-1.5-13b", 24),
+        ("tiny-llava", 24),
+        ("qwen2-vl-7b", 24),  # 672 px: 48 x 48 patches of 14, merged 2 x 2
+        ("qwen2-vl-7b-3layers", 16),  # 448 px
+        ("tiny-qwen2-vl", 8),  # 224 px
+    ],
+)
+def test_image_geometry_and_pruning_layer(name, side):
     spec = get_spec(name)
-    assert spec.grid == (24, 24)
-    assert spec.num_image_tokens == 576
+    assert spec.grid == (side, side)
+    assert spec.num_image_tokens == side * side
     assert spec.prune_layer == 2
-    assert spec.llava_config().image_seq_length == 576
+
+
+def test_image_size_of_an_export():
+    spec = get_spec("qwen2-vl-7b")
+    assert spec.with_image_size(448).grid == (16, 16) and spec.with_image_size(672) is spec
+    assert spec.with_image_size(448).keep_for_rate(0.889) == 28
+    with pytest.raises(ValueError, match="image size must be a positive multiple of 28 for qwen2-vl-7b, got 500"):
+        spec.with_image_size(500)
+    with pytest.raises(ValueError, match=r"llava-1.5-7b takes 336 x 336 images only"):
+        get_spec("llava-1.5-7b").with_image_size(448)
+
+
+def test_qwen2_vl_7b_config_without_download():
+    config = get_spec("qwen2-vl-7b").hf_config()
+    vision, text = config.vision_config, config.text_config
+    assert (vision.depth, vision.embed_dim, vision.num_heads, vision.mlp_ratio) == (32, 1280, 16, 4)
+    assert (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (14, 2, 2)
+    assert vision.hidden_size == text.hidden_size == 3584
+    assert (text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (28, 28, 4)
+    assert (text.intermediate_size, text.vocab_size, text.max_position_embeddings) == (18944, 152064, 32768)
+    assert text.rope_parameters["mrope_section"] == [16, 24, 24] and text.rope_parameters["rope_theta"] == 1e6
+    assert (config.image_token_id, config.video_token_id) == (151655, 151656)
+    assert (config.vision_start_token_id, config.vision_end_token_id) == (151652, 151653)
 
 
 def test_keep_for_rate():
@@ -52,7 +98,7 @@ def test_keep_for_rate():
 
 
 def test_llava_15_7b_config_without_download():
-    config = get_spec("llava-1.5-7b").llava_config()
+    config = get_spec("llava-1.5-7b").hf_config()
     vision, text = config.vision_config, config.text_config
     assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (1024, 24, 16)
     assert (vision.intermediate_size, vision.image_size, vision.patch_size) == (4096, 336, 14)
@@ -67,13 +113,13 @@ def test_llava_15_7b_config_without_download():
 
 
 def test_llava_15_13b_config_without_download():
-    text = get_spec("llava-1.5-13b").llava_config().text_config
+    text = get_spec("llava-1.5-13b").hf_config().text_config
     assert (text.hidden_size, text.num_hidden_layers) == (5120, 40)
     assert (text.num_attention_heads, text.intermediate_size) == (40, 13824)
 
 
 def test_llava_15_7b_3layers_has_the_real_widths():
-    full, short = get_spec("llava-1.5-7b").llava_config(), get_spec("llava-1.5-7b-3layers").llava_config()
+    full, short = get_spec("llava-1.5-7b").hf_config(), get_spec("llava-1.5-7b-3layers").hf_config()
     assert (short.text_config.num_hidden_layers, short.vision_config.num_hidden_layers) == (3, 2)
     for config, reference in ((short.text_config, full.text_config), (short.vision_config, full.vision_config)):
         widths = ("hidden_size", "intermediate_size", "num_attention_heads")
@@ -82,7 +128,14 @@ def test_llava_15_7b_3layers_has_the_real_widths():
 
 
 @pytest.mark.parametrize(
-    ("name", "billions"), [("llava-1.5-7b", 7.063), ("llava-1.5-13b", 13.351), ("llava-1.5-7b-3layers", 0.917)]
+    ("name", "billions"),
+    [
+        ("llava-1.5-7b", 7.063),
+        ("llava-1.5-13b", 13.351),
+        ("llava-1.5-7b-3layers", 0.917),
+        ("qwen2-vl-7b", 8.291),  # Qwen2-VL-7B-Instruct's published 8,291,375,616
+        ("qwen2-vl-7b-3layers", 1.875),
+    ],
 )
 def test_real_size_model_on_meta_device(name, billions):
     model = build_random_model(name, dtype=torch.float16)

@@ -16,7 +16,7 @@ PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
 @pytest.fixture(scope="module")
 def llava_7b_processor() -> LlavaProcessor:
     """LLaVA-1.5-7B's: 32064 tokens, most of them placeholders."""
-    return build_processor(get_spec("llava-1.5-7b"))
+    return build_processor(get_spec("llava-1.5-7b"), vision_feature_select_strategy="default")
 
 
 def test_llava_7b_vocabulary_and_special_ids(llava_7b_processor):

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from transformers import LlavaProcessor
 
-from models import LoadedModel, PrunedLlava
+from models import LoadedModel
 from runtime.artifact import Artifact, load_artifact
+from runtime.eager import EagerModel
 from runtime.samples import sample_image
 
 
@@ -32,13 +33,13 @@ def image() -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def eager(tiny: LoadedModel) -> Callable[[int], PrunedLlava]:
+def eager(tiny: LoadedModel) -> Callable[[int], EagerModel]:
     """keep -> the eager pruned model (one per keep, sharing the weights)."""
-    models: dict[int, PrunedLlava] = {}
+    models: dict[int, EagerModel] = {}
 
-    def build(keep: int) -> PrunedLlava:
+    def build(keep: int) -> EagerModel:
         if keep not in models:
-            models[keep] = PrunedLlava(tiny.model, tiny.processor, tiny.spec, keep=keep)
+            models[keep] = EagerModel.from_loaded(tiny, keep=keep)
         return models[keep]
 
     return build

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from export.manifest import file_entries, read_manifest, write_manifest
-from runtime.artifact import TOKENIZER_FILE
+from runtime.contract import TOKENIZER_FILE
 from tests.runtime.test_images import bilevel_png
 
 REPO = Path(__file__).resolve().parents[2]

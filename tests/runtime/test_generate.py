@@ -90,7 +90,8 @@ def test_bad_generation_settings(artifact_dirs, image):
         GenerationConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="exceeds the artifact's"):
         runner.generate(image, DEFAULT_PROMPT, GenerationConfig(max_new_tokens=10**6))
-    input_ids, pixel_values = runner.inputs(image, DEFAULT_PROMPT)
+    prepared = runner.inputs(image, DEFAULT_PROMPT)
+    input_ids, pixel_values = prepared.input_ids, prepared.pixel_values
     with pytest.raises(ValueError, match="pixel_values must be"):
         runner.generate_ids(input_ids, pixel_values[:, :, :100])
     with pytest.raises(ValueError, match="found 0 image tokens"):

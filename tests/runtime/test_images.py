@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from runtime.preprocess import MAX_ASPECT_RATIO, PreprocessConfig, load_image, preprocess_image
+from runtime.families.llava import PreprocessConfig, preprocess_image
+from runtime.preprocess import MAX_ASPECT_RATIO, load_image
 
 ROOT = Path(__file__).resolve().parents[2]
 WHITE = (255, 255, 255)
@@ -301,7 +302,8 @@ CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
 from PIL import Image
-from runtime.preprocess import PreprocessConfig, load_image, preprocess_image
+from runtime.families.llava import PreprocessConfig, preprocess_image
+from runtime.preprocess import load_image
 config = PreprocessConfig(336, (336, 336), "bicubic", 1 / 255, (0.5,) * 3, (0.5,) * 3)
 for path in sys.argv[2:]:
     try:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.preprocess import PreprocessConfig, preprocess_image
+from runtime.families.llava import PreprocessConfig, preprocess_image
 
 
 def _image(shape: tuple[int, ...], mode: str, seed: int) -> Image.Image:

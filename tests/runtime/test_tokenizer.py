@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.tokenizer import PromptTokenizer, find_image_block
+from runtime.tokenizer import PromptTokenizer, find_image_positions
 
 PROMPTS = ["What is in the image?", "  Describe {this} picture, please.\nTwo lines ", "a", "héllo wörld 😀"]
 
@@ -51,11 +51,11 @@ def test_prompt_not_a_string(tokenizer):
         tokenizer.encode(None)
 
 
-def test_image_block_checks():
-    assert find_image_block(np.array([[1, 5, 3, 3, 3, 7]]), 3, 3) == 2
+def test_image_positions_checks():
+    np.testing.assert_array_equal(find_image_positions(np.array([[1, 5, 3, 3, 3, 7]]), 3, 3), [2, 3, 4])
+    # Positions given by the ids, not only one block (the graphs take them as an input).
+    np.testing.assert_array_equal(find_image_positions(np.array([[3, 3, 1, 3]]), 3, 3), [0, 1, 3])
     with pytest.raises(ValueError, match="found 2 image tokens"):
-        find_image_block(np.array([[1, 3, 3, 7]]), 3, 3)
-    with pytest.raises(ValueError, match="not contiguous"):
-        find_image_block(np.array([[3, 3, 1, 3]]), 3, 3)
+        find_image_positions(np.array([[1, 3, 3, 7]]), 3, 3)
     with pytest.raises(ValueError, match="batch size 1"):
-        find_image_block(np.array([[3, 3, 3], [3, 3, 3]]), 3, 3)
+        find_image_positions(np.array([[3, 3, 3], [3, 3, 3]]), 3, 3)

@@ -1,0 +1,236 @@
+"""The language model side shared by every family: prefill with the selector at layer K, decode step.
+
+    Prefill(keep=R): inputs_embeds [1, T, d], position_ids [rows, 1, T], image_positions [N]
+        layers 0..K-1 on all T tokens ──> keys of layer K-1 (post-RoPE) + hidden states
+        selector on the N image tokens ──> R kept (ascending) + fused states
+        sequence = the T tokens less the N - R dropped image tokens, in order, each with its
+        original position ids
+        layers K..L-1 on the short sequence ──> logits of the last token, KV cache
+
+    DecodeStep: one token at position ids [rows, 1, 1], attends to the whole cache of every layer.
+
+The modules call the transformers decoder layers' submodules (attention projections, norms, MLPs,
+rotary embedding, lm_head) directly, so that the KV cache is a tuple of explicit tensors, one
+(key, value) pair per layer, each [1, n_kv_heads, length, head_dim], and the traced graph holds
+neither HF's cache object nor its attention-mask builders. Control flow is static: the keep count
+R, the pruning layer K and the image geometry are constructor ints; only the sequence length T and
+the cache length vary. A family whose positions are not one row of 0..T-1 overrides `rotary`
+(Qwen2-VL's M-RoPE: three rows).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb, repeat_kv
+
+from pruning_graph import VLMPrunerConfig, VLMPrunerSelect
+from pruning_graph.validation import Grid, check_grid_and_keep
+
+KVCache = tuple[tuple[Tensor, Tensor], ...]
+
+
+class Prefill(nn.Module):
+    """The prompt pass, pruning the image tokens at the input of layer K.
+
+    forward(inputs_embeds [1, T, d], position_ids int64 [rows, 1, T], image_positions int64 [N]) ->
+    (logits [1, vocab], kept int64 [R], cache), with `cache[i]` = (key, value) of layer i, each
+    [1, n_kv_heads, length_i, head_dim]: length T for layers < K, T - N + R for layers >= K.
+    `image_positions` are the sequence positions of the N image tokens, ascending, in the order of
+    the selector's geometry; `kept` indexes them, ascending. Every remaining token keeps its
+    original position ids: nothing is renumbered after pruning.
+
+    With keep == N no selection runs: the module is then exactly the unpruned model.
+
+    Args:
+        model: a transformers VLM with `model.model.language_model` (embed_tokens, layers, norm,
+            rotary_emb) and `model.lm_head`.
+        grid: the selector's geometry of the N image tokens: (H, W), or a sequence of views.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        grid: Grid,
+        keep: int,
+        prune_layer: int,
+        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+    ):
+        super().__init__()
+        text = model.model.language_model
+        views = check_grid_and_keep(grid, keep)
+        self.num_image_tokens = sum(height * width for height, width in views)
+        if not 1 <= prune_layer < len(text.layers):
+            raise ValueError(f"prune_layer must be in [1, {len(text.layers) - 1}], got {prune_layer}")
+        self.keep = keep
+        self.prune_layer = prune_layer
+        self.layers = text.layers
+        self.norm = text.norm
+        self.rotary_emb = text.rotary_emb
+        self.lm_head = model.lm_head
+        self.selector = None
+        if keep < self.num_image_tokens:
+            # On the weights' device, so that the selector's constant tables follow the model.
+            self.selector = VLMPrunerSelect(grid, keep, pruner_config).to(model.lm_head.weight.device)
+
+    def rotary(self, inputs_embeds: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin [1, q, head_dim] of position_ids [1, 1, q] (one row: RoPE)."""
+        return self.rotary_emb(inputs_embeds, position_ids[0])
+
+    def forward(
+        self, inputs_embeds: Tensor, position_ids: Tensor, image_positions: Tensor
+    ) -> tuple[Tensor, Tensor, KVCache]:
+        check_batch_of_one("inputs_embeds", inputs_embeds)
+        cos, sin = self.rotary(inputs_embeds, position_ids)  # [1, T, head_dim] each
+        hidden = inputs_embeds
+        cache = []
+        for layer in self.layers[: self.prune_layer]:
+            hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
+            cache.append((key, value))
+
+        if self.selector is None:
+            kept = torch.arange(self.num_image_tokens, device=hidden.device)
+        else:
+            kept, hidden, gather = self._prune(hidden, cache[-1][0], image_positions)
+            cos, sin = cos.index_select(1, gather), sin.index_select(1, gather)
+
+        for layer in self.layers[self.prune_layer :]:
+            hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
+            cache.append((key, value))
+        logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
+        return logits, kept, tuple(cache)
+
+    def _prune(self, hidden: Tensor, keys: Tensor, image_positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Select and fuse the image tokens, then drop the others from the sequence.
+
+        Args:
+            hidden: [1, T, d], layer K-1's output. keys: [1, n_kv_heads, T, head_dim], its
+                post-RoPE keys. image_positions: int64 [N].
+        Returns:
+            kept: int64 [R]; hidden: [1, T - N + R, d], the input of layer K; gather: int64
+            [T - N + R], the original position of each remaining token.
+        """
+        n, r = self.num_image_tokens, self.keep
+        length = hidden.shape[1]
+        # Un-repeated KV heads concatenated per token: [N, n_kv_heads * head_dim].
+        image_keys = keys[0].index_select(1, image_positions).transpose(0, 1).reshape(n, -1)
+        image_states = hidden[0].index_select(0, image_positions)  # [N, d]
+        kept, fused = self.selector(image_keys, image_states)  # [R], [R, d]
+        rows = image_positions.index_select(0, kept)[:, None].expand(r, fused.shape[1])  # [R, d]
+        states = hidden[0].scatter(0, rows, fused)  # [T, d], the kept image tokens fused
+
+        # The remaining tokens in order, by scatter, not nonzero (a data-dependent size): token t
+        # goes to slot rank(t) if it remains, to a spare slot past the end if it was dropped.
+        image_kept = torch.zeros(n, dtype=torch.int64, device=hidden.device).scatter(0, kept, torch.ones_like(kept))
+        remains = torch.ones(length, dtype=torch.int64, device=hidden.device).scatter(0, image_positions, image_kept)
+        short = length - n + r
+        slot = torch.where(remains > 0, remains.cumsum(0) - 1, short)  # [T]
+        positions = torch.arange(length, device=hidden.device)
+        gather = torch.zeros(short + 1, dtype=torch.int64, device=hidden.device).scatter(0, slot, positions)[:short]
+        return kept, states.index_select(0, gather)[None], gather
+
+
+class DecodeStep(nn.Module):
+    """One generated token through every layer, attending to the whole cache.
+
+    forward(inputs_embeds [1, 1, d], position_ids int64 [rows, 1, 1], cache) -> (logits [1, vocab],
+    cache with one more entry per layer). `cache[i]` = (key, value), each [1, n_kv_heads, length_i,
+    head_dim]; lengths differ between the layers before and after the pruning layer, positions do
+    not: they continue from the last prompt position (the host says which, `runtime.families`).
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        text = model.model.language_model
+        self.layers = text.layers
+        self.norm = text.norm
+        self.rotary_emb = text.rotary_emb
+        self.lm_head = model.lm_head
+
+    rotary = Prefill.rotary
+
+    def forward(self, inputs_embeds: Tensor, position_ids: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+        check_batch_of_one("inputs_embeds", inputs_embeds)
+        if len(cache) != len(self.layers):
+            raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.layers)}")
+        cos, sin = self.rotary(inputs_embeds, position_ids)  # [1, 1, head_dim] each
+        hidden = inputs_embeds
+        present = []
+        for layer, (past_key, past_value) in zip(self.layers, cache):
+            hidden, key, value = _decoder_layer(layer, hidden, cos, sin, past_key, past_value)
+            present.append((key, value))
+        logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
+        return logits, tuple(present)
+
+
+def _decoder_layer(
+    layer: LlamaDecoderLayer,
+    hidden: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    past_key: Tensor | None = None,
+    past_value: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One Llama decoder layer with an explicit cache.
+
+    Without a past: causal attention over the q tokens themselves (prefill). With a past: the q
+    tokens are one new token, which attends to the past and itself (decode).
+
+    Args:
+        hidden: [1, q, d]. cos, sin: [1, q, head_dim], rotary tables of the q tokens' positions.
+        past_key, past_value: [1, n_kv_heads, p, head_dim] or None.
+    Returns:
+        hidden [1, q, d], key and value [1, n_kv_heads, p + q, head_dim] (keys after RoPE).
+    """
+    attn = layer.self_attn
+    batch, length, _ = hidden.shape
+    # Explicit head counts, not -1: inferring a size from a symbolic length adds guards to the
+    # exported graph that torch.export cannot always prove.
+    heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
+    x = layer.input_layernorm(hidden)
+    query = attn.q_proj(x).view(batch, length, heads, attn.head_dim).transpose(1, 2)  # [1, n_heads, q, head_dim]
+    key = attn.k_proj(x).view(batch, length, kv_heads, attn.head_dim).transpose(1, 2)  # [1, n_kv_heads, q, head_dim]
+    value = attn.v_proj(x).view(batch, length, kv_heads, attn.head_dim).transpose(1, 2)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if past_key is None:
+        out = _causal_attention(query, key, value, attn.scaling)
+    else:
+        key = torch.cat([past_key, key], dim=2)
+        value = torch.cat([past_value, value], dim=2)
+        out = _single_query_attention(query, key, value, attn.scaling)
+    out = out.transpose(1, 2).reshape(batch, length, heads * attn.head_dim)
+    hidden = hidden + attn.o_proj(out)
+    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return hidden, key, value
+
+
+def _causal_attention(query: Tensor, key: Tensor, value: Tensor, scale: float) -> Tensor:
+    """Causal self-attention of q tokens: query [1, n_heads, q, hd], key/value [1, n_kv_heads, q, hd]."""
+    groups = query.shape[1] // key.shape[1]
+    return F.scaled_dot_product_attention(
+        query, repeat_kv(key, groups), repeat_kv(value, groups), is_causal=True, scale=scale
+    )  # [1, n_heads, q, hd]
+
+
+def _single_query_attention(query: Tensor, key: Tensor, value: Tensor, scale: float) -> Tensor:
+    """One token attending to every cache entry: query [1, n_heads, 1, hd], key/value [1, n_kv_heads, p, hd].
+
+    The query heads sharing a KV head are stacked as that head's queries ([1, n_kv_heads,
+    groups, hd]), so the cache is never repeated: repeating it costs memory, and reshaping a
+    cache of symbolic length puts a guard into the exported graph that torch.export cannot prove.
+    """
+    batch, heads, _, head_dim = query.shape
+    grouped = query.reshape(batch, key.shape[1], heads // key.shape[1], head_dim)
+    out = F.scaled_dot_product_attention(grouped, key, value, scale=scale)
+    # An explicit copy, not a view: ExecuTorch's decomposition of SDPA returns another layout than
+    # the one traced, and a traced view of it fails to lower.
+    return out.clone(memory_format=torch.contiguous_format).reshape(batch, heads, 1, head_dim)
+
+
+def check_batch_of_one(name: str, x: Tensor) -> None:
+    if x.shape[0] != 1:
+        raise ValueError(f"batch size 1 only: {name} has batch size {x.shape[0]} (shape {tuple(x.shape)})")
+

@@ -1,0 +1,148 @@
+"""The model-family seam: what one family of VLMs adds to the shared machinery, registered by name.
+
+A family is one file in `models/` (its vision encoder and its position scheme; the language model
+side is `models.decoder`'s) and one file of host-side input preparation in `runtime/families/`
+(image preprocessing, position ids), both registered under the same name. The registry, checkpoint
+loading, export pipeline, manifest, parity, bench and generation loop read what they need from
+here and from the manifest.
+
+    spec.family ──get_family──> ModelFamily
+        config(spec)                       transformers config, no download
+        vision_encoder / token_embedding / prefill / decode_step   the four exported modules
+        pixel_values_shape(spec)           the vision graph's input
+        synthetic_processor(spec)          processor of a random-weights model
+        preprocess_manifest / vision_manifest   what the runtime and the bench need to know
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from importlib import import_module
+from typing import Any, ClassVar
+
+from torch import nn
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, ProcessorMixin
+
+from models.decoder import DecodeStep, Prefill
+from models.registry import ModelSpec
+from pruning_graph import VLMPrunerConfig
+
+
+class TokenEmbedding(nn.Module):
+    """forward(input_ids int64 [1, T]) -> embeds [1, T, d]."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.embed_tokens = model.model.language_model.embed_tokens
+
+    def forward(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+
+class ModelFamily(ABC):
+    """One family of VLMs: its transformers classes and exportable modules.
+
+    Class attributes:
+        name: the family's name (`ModelSpec.family`, the manifest's `model.family`, the host side's
+            `runtime.families` entry).
+        model_class, config_class, processor_class: the transformers classes of its checkpoints.
+        prefill_class, decode_class: the language model modules (`models.decoder`'s, or the
+            family's subclasses with its own position scheme).
+    """
+
+    name: ClassVar[str]
+    model_class: ClassVar[type[PreTrainedModel]]
+    config_class: ClassVar[type[PretrainedConfig]]
+    processor_class: ClassVar[type[ProcessorMixin]]
+    prefill_class: ClassVar[type[Prefill]] = Prefill
+    decode_class: ClassVar[type[DecodeStep]] = DecodeStep
+    # Rows of the position ids: 1 (RoPE) or 3 (M-RoPE).
+    position_rows: ClassVar[int] = 1
+
+    @abstractmethod
+    def config(self, spec: ModelSpec) -> PretrainedConfig:
+        """The transformers config of `spec`'s architecture."""
+
+    @abstractmethod
+    def config_mismatches(self, spec: ModelSpec, config: PretrainedConfig) -> list[str]:
+        """What a checkpoint's config says differently from the spec, one line each; [] if nothing."""
+
+    @abstractmethod
+    def pixel_values_shape(self, spec: ModelSpec) -> tuple[int, ...]:
+        """The shape of the vision encoder's float32 input for one image."""
+
+    @abstractmethod
+    def vision_encoder(self, model: PreTrainedModel, spec: ModelSpec) -> nn.Module:
+        """forward(pixel_values) -> image_embeds [N, d], in the order of the image tokens."""
+
+    def token_embedding(self, model: PreTrainedModel) -> nn.Module:
+        return TokenEmbedding(model)
+
+    def prefill(
+        self, model: PreTrainedModel, spec: ModelSpec, *, keep: int, pruner_config: VLMPrunerConfig = VLMPrunerConfig()
+    ) -> Prefill:
+        return self.prefill_class(
+            model, grid=spec.grid, keep=keep, prune_layer=spec.prune_layer, pruner_config=pruner_config
+        )
+
+    def decode_step(self, model: PreTrainedModel) -> DecodeStep:
+        return self.decode_class(model)
+
+    def fit_processor(self, processor: ProcessorMixin, spec: ModelSpec) -> ProcessorMixin:
+        """A checkpoint's processor set to the export's fixed image geometry (in place); returns it."""
+        return processor
+
+    @abstractmethod
+    def synthetic_processor(self, spec: ModelSpec) -> ProcessorMixin:
+        """The processor of a model built with random weights (no checkpoint, no download)."""
+
+    @abstractmethod
+    def generation_config(self, spec: ModelSpec) -> GenerationConfig:
+        """bos, eos and pad ids of `synthetic_processor`'s tokenizer."""
+
+    @abstractmethod
+    def preprocess_manifest(self, processor: ProcessorMixin, spec: ModelSpec) -> dict[str, Any]:
+        """The manifest's `preprocess` section: what the host side needs to make pixel_values."""
+
+    def input_sections(self, spec: ModelSpec, processor: ProcessorMixin) -> dict[str, Any]:
+        """The manifest sections the host side reads (`runtime.families`, `runtime.generate.InputProcessor`)."""
+        return {
+            "model": {"family": self.name},
+            "geometry": {
+                "num_image_tokens": spec.num_image_tokens,
+                "grid": list(spec.grid),
+                "image_size": spec.image_size,
+                "pixel_values_shape": list(self.pixel_values_shape(spec)),
+                "position_rows": self.position_rows,
+            },
+            "text": {"image_token_id": spec.image_token_id},
+            "prompt_template": spec.prompt_template,
+            "preprocess": self.preprocess_manifest(processor, spec),
+        }
+
+    @abstractmethod
+    def vision_manifest(self, model: PreTrainedModel, spec: ModelSpec) -> dict[str, Any]:
+        """The manifest's `vision` section: the tower's sizes and `flops`, the vision encoder's
+        matmul FLOPs for one image (`runtime.flops`)."""
+
+
+# name -> family, filled by `register` as the family modules are imported (`get_family`).
+FAMILIES: dict[str, ModelFamily] = {}
+# The modules that define the families: a new family is one more module here.
+FAMILY_MODULES = ("models.llava", "models.qwen2_vl")
+
+
+def register(family: type[ModelFamily]) -> type[ModelFamily]:
+    """Class decorator: make `family` known under its name."""
+    FAMILIES[family.name] = family()
+    return family
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family registered under `name`."""
+    for module in FAMILY_MODULES:
+        import_module(module)
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; families: {', '.join(sorted(FAMILIES))}") from None

@@ -1,0 +1,165 @@
+"""Eager PyTorch behind the runtime's `Session` interface: the reference that parity compares against.
+
+    EagerSession   the family's four modules (`models.families`) on a transformers model, numpy in
+                   and out like an exported backend; the KV cache stays torch tensors between steps
+    EagerModel     a loaded model with its processor, generating through `runtime.generate.greedy`,
+                   the loop every backend runs, so that eager and exported differ in the graphs only
+
+Imports torch and the models: used by parity, the export's parity check and the tests, never by the
+ONNX Runtime path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedModel, ProcessorMixin
+
+from models import LoadedModel, ModelSpec, load_model
+from pruning_graph import VLMPrunerConfig
+from runtime.families import PromptInputs
+from runtime.generate import GenerationConfig, Greedy, InputProcessor, greedy
+
+
+class EagerSession:
+    """The four graphs as eager modules of `model` pruned to `keep` image tokens (None: all N)."""
+
+    backend = "eager"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        spec: ModelSpec,
+        *,
+        keep: int | None = None,
+        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+    ):
+        family = spec.model_family
+        self.keep = spec.num_image_tokens if keep is None else keep
+        self.vision = family.vision_encoder(model, spec).eval()
+        self.embedding = family.token_embedding(model).eval()
+        self.prefill_module = family.prefill(model, spec, keep=self.keep, pruner_config=pruner_config).eval()
+        self.decode_module = family.decode_step(model).eval()
+        weight = self.embedding.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+
+    @torch.no_grad()
+    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
+        return _numpy(self.vision(self._float(pixel_values)))
+
+    @torch.no_grad()
+    def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
+        return _numpy(self.embedding(self._int(input_ids)))
+
+    @torch.no_grad()
+    def prefill(
+        self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]:
+        logits, kept, cache = self.prefill_module(
+            self._float(inputs_embeds), self._int(position_ids), self._int(image_positions)
+        )
+        return _numpy(logits), kept.cpu().numpy(), tuple(cache)
+
+    @torch.no_grad()
+    def decode(
+        self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: tuple[torch.Tensor, ...]
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
+        logits, cache = self.decode_module(self._float(inputs_embeds), self._int(position_ids), cache)
+        return _numpy(logits), cache
+
+    def _float(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
+
+    def _int(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(self.device)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Output of `EagerModel.generate`: the answer, the generated ids (EOS included when produced)
+    and the image tokens the pruner kept."""
+
+    text: str
+    token_ids: list[int]
+    kept_indices: list[int]
+
+
+class EagerModel:
+    """A transformers VLM with VLM-Pruner at decoder layer K, greedy decoding, batch size 1.
+
+    Args:
+        model, processor, spec: a loaded model (`models.load_model`), its processor and spec.
+        keep: R, image tokens kept; None or N keeps all (the unpruned model).
+        pruner_config: VLM-Pruner hyperparameters.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        processor: ProcessorMixin,
+        spec: ModelSpec,
+        *,
+        keep: int | None = None,
+        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+    ):
+        self.model, self.processor, self.spec = model, processor, spec
+        self.session = EagerSession(model, spec, keep=keep, pruner_config=pruner_config)
+        self.keep = self.session.keep
+        self.inputs = InputProcessor(spec.model_family.input_sections(spec, processor))
+        eos = model.generation_config.eos_token_id
+        self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        self.max_positions = model.config.text_config.max_position_embeddings
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, **kwargs) -> EagerModel:
+        return cls(loaded.model, loaded.processor, loaded.spec, **kwargs)
+
+    @classmethod
+    def from_registry(
+        cls,
+        name: str,
+        *,
+        keep: int | None = None,
+        model_path: str | os.PathLike | None = None,
+        dtype: torch.dtype = torch.float32,
+        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+    ) -> EagerModel:
+        """Load the registered model `name` (see `models.load_model`) and wrap it."""
+        return cls.from_loaded(load_model(name, model_path, dtype=dtype), keep=keep, pruner_config=pruner_config)
+
+    def prepare_inputs(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """The transformers processor's input_ids int64 [1, T] and pixel values (the family's shape)
+        of the templated prompt and the image, as the host side brings it to the export's geometry
+        (`HostFamily.fit_image`)."""
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"one PIL image per request, got {type(image).__name__}")
+        image_token = self.processor.image_token
+        if image_token in prompt:
+            raise ValueError(f"the prompt must not contain {image_token}: the conversation template places the image")
+        text = self.spec.format_prompt(prompt)
+        inputs = self.processor(images=self.inputs.family.fit_image(image), text=text, return_tensors="np")
+        return inputs["input_ids"].astype(np.int64), inputs["pixel_values"].astype(np.float32)
+
+    def generate_ids(self, input_ids: np.ndarray, pixel_values: np.ndarray, config: GenerationConfig) -> Greedy:
+        """Greedy decoding from prepared inputs (see `runtime.generate.greedy`)."""
+        inputs: PromptInputs = self.inputs.prepare(input_ids, pixel_values)
+        if inputs.num_tokens + config.max_new_tokens > self.max_positions:
+            raise ValueError(
+                f"prompt ({inputs.num_tokens} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the "
+                f"model's {self.max_positions} positions"
+            )
+        return greedy(self.session, inputs, config, self.eos_token_ids)
+
+    def generate(self, image: Image.Image, prompt: str, max_new_tokens: int = 32) -> Generation:
+        """Answer `prompt` about `image` with greedy decoding."""
+        result = self.generate_ids(*self.prepare_inputs(image, prompt), GenerationConfig(max_new_tokens=max_new_tokens))
+        text = self.processor.decode(result.token_ids, skip_special_tokens=True)
+        return Generation(text=text, token_ids=result.token_ids, kept_indices=result.kept_indices)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy()

@@ -1,0 +1,55 @@
+"""The model-family seam: registration, the manifest sections each family writes, vision FLOPs by hand."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+from models import MODEL_SPECS, build_random_model, get_family, get_spec
+from runtime.families import HOST_FAMILIES
+
+
+def test_every_model_has_a_family_on_both_sides():
+    families = {spec.family for spec in MODEL_SPECS.values()}
+    assert families == {"llava", "qwen2_vl"}
+    assert set(HOST_FAMILIES) == families
+    assert get_family("llava").model_class is LlavaForConditionalGeneration
+    assert get_family("qwen2_vl").model_class is Qwen2VLForConditionalGeneration
+    with pytest.raises(ValueError, match="unknown model family 'blip'; families: llava, qwen2_vl"):
+        get_family("blip")
+
+
+@pytest.mark.parametrize(
+    ("name", "pixel_values_shape", "rows"),
+    [("tiny-llava", [1, 3, 336, 336], 1), ("tiny-qwen2-vl", [256, 1176], 3), ("qwen2-vl-7b", [2304, 1176], 3)],
+)
+def test_input_sections(name, pixel_values_shape, rows):
+    spec = get_spec(name)
+    family = spec.model_family
+    sections = family.input_sections(spec, family.synthetic_processor(spec))
+    assert sections["model"] == {"family": spec.family}
+    assert sections["geometry"]["pixel_values_shape"] == pixel_values_shape
+    assert sections["geometry"]["position_rows"] == rows
+    assert sections["geometry"]["num_image_tokens"] == spec.num_image_tokens
+    assert sections["text"]["image_token_id"] == spec.image_token_id
+    assert sections["prompt_template"] == spec.prompt_template
+
+
+def test_llava_vision_flops_by_hand():
+    spec = get_spec("tiny-llava")
+    vision = spec.model_family.vision_manifest(build_random_model(spec.name), spec)
+    # CLIP width 32, MLP 64, 1 of 2 layers up to the feature layer (-2), 577 tokens with CLS.
+    tokens = 577
+    layer = 2 * tokens * 32 * 128 + 2 * 2 * tokens * tokens * 32 + 2 * 2 * tokens * 32 * 64
+    expected = 2 * 576 * 3 * 14 * 14 * 32 + layer + 2 * 576 * 32 * 64 + 2 * 576 * 64 * 64
+    assert vision == {"num_layers": 1, "hidden_size": 32, "intermediate_size": 64, "patch_size": 14, "flops": expected}
+
+
+def test_qwen2_vl_vision_flops_by_hand():
+    spec = get_spec("tiny-qwen2-vl")
+    vision = spec.model_family.vision_manifest(build_random_model(spec.name), spec)
+    # 256 patches of 1176 features, width 32, MLP 64, 2 blocks; merger: 64 tokens, 128 -> 128 -> 64.
+    patches = 256
+    block = 2 * patches * 32 * 128 + 2 * 2 * patches * patches * 32 + 2 * 2 * patches * 32 * 64
+    expected = 2 * patches * 1176 * 32 + 2 * block + 2 * 64 * 128 * 128 + 2 * 64 * 128 * 64
+    assert vision == {"num_layers": 2, "hidden_size": 32, "intermediate_size": 64, "patch_size": 14, "flops": expected}
