@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from runtime.cli import raise_for_exit_status
+from runtime.contract import MANIFEST
 
 
 def add_artifact_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def ensure_artifact(args: argparse.Namespace, keep: int) -> Path:
         model=args.model, keep=keep, quantization=args.quantize, image_size=args.image_size, output_dir=args.output_dir
     )
     folder = config.artifact_dir
-    if (folder / "manifest.json").is_file():
+    if (folder / MANIFEST).is_file():
         return folder
     flags = ["--model", args.model, "-o", str(args.output_dir), "--keep", str(keep), "--skip-parity"]
     flags += ["--random-weights"] if args.random_weights else []

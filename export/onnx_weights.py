@@ -26,8 +26,8 @@ import onnx_ir as ir
 import torch
 
 from models.quantize import GROUP_SIZE, is_quantized
+from runtime.contract import ONNX_WEIGHTS_FILE
 
-WEIGHTS_FILE = "weights.data"
 # Tensor offsets in the data file: page-aligned, so that a runtime can map them from disk.
 ALIGNMENT = 4096
 ACCURACY_LEVEL = 0
@@ -43,7 +43,7 @@ class WeightFile:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / WEIGHTS_FILE
+        self.path = self.directory / ONNX_WEIGHTS_FILE
         self._file = open(self.path, "wb")
         self._stored: dict[str, tuple[int, int, ir.DataType, tuple[int, ...]]] = {}
 
@@ -66,7 +66,7 @@ class WeightFile:
             self._stored[key] = (offset, array.nbytes, ir.DataType.from_numpy(array.dtype), array.shape)
         offset, length, dtype, shape = self._stored[key]
         return ir.ExternalTensor(
-            WEIGHTS_FILE, offset, length, dtype, shape=ir.Shape(shape), name=name, base_dir=self.directory
+            ONNX_WEIGHTS_FILE, offset, length, dtype, shape=ir.Shape(shape), name=name, base_dir=self.directory
         )
 
 

@@ -1,8 +1,8 @@
 """Vision-language models with VLM-Pruner inside the language model, as exportable modules."""
 
 from models.checkpoints import LoadedModel, load_for_export, load_model, resolve_checkpoint
-from models.decoder import DecodeStep, KVCache, Prefill
-from models.families import ModelFamily, TokenEmbedding, get_family
+from models.decoder import DecodeStep, KVCache, Prefill, TokenEmbedding
+from models.families import ModelFamily, get_family
 from models.random_weights import build_random_model
 from models.registry import MODEL_SPECS, ModelSpec, get_spec
 from models.tiny_llava import build_tiny_llava

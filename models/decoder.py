@@ -32,6 +32,17 @@ from pruning_graph.validation import Grid, check_grid_and_keep
 KVCache = tuple[tuple[Tensor, Tensor], ...]
 
 
+class TokenEmbedding(nn.Module):
+    """forward(input_ids int64 [1, T]) -> embeds [1, T, d]."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.embed_tokens = model.model.language_model.embed_tokens
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.embed_tokens(input_ids)
+
+
 class Prefill(nn.Module):
     """The prompt pass, pruning the image tokens at the input of layer K.
 

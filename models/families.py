@@ -23,20 +23,9 @@ from typing import Any, ClassVar
 from torch import nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
-from models.decoder import DecodeStep, Prefill
+from models.decoder import DecodeStep, Prefill, TokenEmbedding
 from models.registry import ModelSpec
 from pruning_graph import VLMPrunerConfig
-
-
-class TokenEmbedding(nn.Module):
-    """forward(input_ids int64 [1, T]) -> embeds [1, T, d]."""
-
-    def __init__(self, model: PreTrainedModel):
-        super().__init__()
-        self.embed_tokens = model.model.language_model.embed_tokens
-
-    def forward(self, input_ids):
-        return self.embed_tokens(input_ids)
 
 
 class ModelFamily(ABC):

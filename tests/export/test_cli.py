@@ -260,6 +260,7 @@ def test_random_weights_int4_onnx_export_with_parity_end_to_end(tmp_path, capsys
     assert verify_files(folder) == []
     assert manifest["model"] == {
         "name": "tiny-llava",
+        "family": "llava",
         "source": "random",
         "checkpoint": None,
         "seed": 5,

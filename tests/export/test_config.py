@@ -72,6 +72,14 @@ def test_backends_from_strings():
     assert ExportConfig(backends="onnx").backends == (Backend.ONNX,)
 
 
+def test_image_size_sets_the_geometry_and_the_folder():
+    config = ExportConfig(model="tiny-qwen2-vl", image_size=448, keep=64)
+    assert config.spec.grid == (16, 16) and config.spec.num_image_tokens == 256
+    assert config.artifact_dir == Path("artifacts/tiny-qwen2-vl/keep64-448px")
+    assert ExportConfig(model="tiny-qwen2-vl", image_size=224, keep=64).artifact_dir.name == "keep64"
+    assert ExportConfig(model="tiny-qwen2-vl", rate=0.5, image_size=448).keep_count == 128
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -96,6 +104,10 @@ def test_backends_from_strings():
         ({"quantization": "int2"}, "unknown quantization 'int2'; choose from none, int4, int8"),
         ({"quantization": 4}, "unknown quantization 4; choose from none, int4, int8"),
         ({"random_weights": True, "model_path": "ckpt"}, r"give a checkpoint \(model_path\) or random weights"),
+        ({"model": "tiny-qwen2-vl", "keep": 65}, r"keep must be an integer in \[1, N\] = \[1, 64\] for tiny-qwen2-vl"),
+        ({"model": "tiny-qwen2-vl", "image_size": 250}, "image size must be a positive multiple of 28"),
+        ({"model": "tiny-qwen2-vl", "image_size": 0}, "image size must be a positive multiple of 28"),
+        ({"model": "tiny-llava", "image_size": 448}, r"tiny-llava takes 336 x 336 images only"),
     ],
 )
 def test_invalid_configs_are_rejected(kwargs, message):

@@ -12,7 +12,8 @@ from torch import nn
 from torch.export import Dim
 
 from export.onnx import save_onnx
-from export.onnx_weights import WEIGHTS_FILE, WeightFile, attach_weights
+from export.onnx_weights import WeightFile, attach_weights
+from runtime.contract import ONNX_WEIGHTS_FILE
 
 
 class Scale(nn.Module):
@@ -59,7 +60,7 @@ def test_weights_callback_gets_the_model_before_it_is_written(tmp_path):
             tmp_path / "scale.onnx",
             weights=partial(attach_weights, weights=dict(module.named_parameters()), names=names, store=store),
         )
-    assert path.stat().st_size < 64 * 64 * 4 <= (tmp_path / WEIGHTS_FILE).stat().st_size
+    assert path.stat().st_size < 64 * 64 * 4 <= (tmp_path / ONNX_WEIGHTS_FILE).stat().st_size
     session = ort.InferenceSession(str(path))
     x = np.random.default_rng(0).standard_normal((1, 5, 64), dtype=np.float32)
     (scaled, _) = session.run(None, {session.get_inputs()[0].name: x})

@@ -21,7 +21,8 @@ from torch import nn
 from torch.export import Dim
 
 from export.onnx import save_onnx
-from export.onnx_weights import ALIGNMENT, WEIGHTS_FILE, WeightFile, attach_weights
+from export.onnx_weights import ALIGNMENT, WeightFile, attach_weights
+from runtime.contract import ONNX_WEIGHTS_FILE
 from models.quantize import GROUP_SIZE, Quantization, quantize_block, weight_only
 from tests.quantization import BITS
 
@@ -139,7 +140,7 @@ def test_quantized_linears_become_matmul_nbits(case, quantization, tmp_path):
     assert not {"MatMul", "Gemm", "Transpose"} & {node.op_type for node in model.graph.node}
     entries = external_entries(path)
     assert not {"inner.fc1.weight", "inner.fc2.weight"} & set(entries)
-    assert all(entry["location"] == WEIGHTS_FILE for entry in entries.values())
+    assert all(entry["location"] == ONNX_WEIGHTS_FILE for entry in entries.values())
 
     x = case.example(1)
     with weight_only(real):
@@ -172,7 +173,7 @@ def test_graphs_sharing_a_weight_file_store_each_tensor_once(tmp_path):
         first = export_graph(real, hollow, MATMUL, tmp_path / "two" / "a.onnx", store)
         second = export_graph(real, hollow, MATMUL, tmp_path / "two" / "b.onnx", store)
 
-    assert (tmp_path / "two" / WEIGHTS_FILE).stat().st_size == (tmp_path / "one" / WEIGHTS_FILE).stat().st_size
+    assert (tmp_path / "two" / ONNX_WEIGHTS_FILE).stat().st_size == (tmp_path / "one" / ONNX_WEIGHTS_FILE).stat().st_size
     assert external_entries(first) == external_entries(second)
     x = MATMUL.example(1)
     np.testing.assert_array_equal(run(first, x), run(second, x))
@@ -185,10 +186,10 @@ def test_float_weights_are_external_and_exact(tmp_path):
 
     entries = external_entries(path)
     assert set(entries) == {"inner.fc1.weight", "inner.fc1.bias", "inner.fc2.weight"}
-    assert all(entry["location"] == WEIGHTS_FILE for entry in entries.values())
+    assert all(entry["location"] == ONNX_WEIGHTS_FILE for entry in entries.values())
     assert all(int(entry.get("offset", 0)) % ALIGNMENT == 0 for entry in entries.values())
     weight_bytes = sum(tensor.numel() * 4 for _, tensor in named_tensors(real))
-    assert path.stat().st_size < weight_bytes <= (tmp_path / WEIGHTS_FILE).stat().st_size
+    assert path.stat().st_size < weight_bytes <= (tmp_path / ONNX_WEIGHTS_FILE).stat().st_size
     x = MATMUL.example(1)
     np.testing.assert_allclose(run(path, x), real(x).numpy(), atol=1e-6, rtol=0)
 
@@ -211,7 +212,7 @@ def test_weight_file_writes_a_key_once_at_aligned_offsets(tmp_path):
     assert len(calls) == 2
     assert (first.offset, again.offset, other.offset) == (0, 0, ALIGNMENT)
     assert (first.name, again.name) == ("graph1.a", "graph2.a")
-    assert (tmp_path / WEIGHTS_FILE).stat().st_size == ALIGNMENT + b.nbytes
+    assert (tmp_path / ONNX_WEIGHTS_FILE).stat().st_size == ALIGNMENT + b.nbytes
     np.testing.assert_array_equal(again.numpy(), a)
     np.testing.assert_array_equal(other.numpy(), b)
     assert tuple(other.shape) == (2, 3)
