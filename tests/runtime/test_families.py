@@ -1,0 +1,97 @@
+"""The host side of each family (runtime/families): preprocessing against transformers, position ids,
+the manifest sections it reads, and no torch on the ONNX Runtime path."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models import get_spec
+from runtime.artifact import ArtifactError
+from runtime.families import host_family
+from runtime.families.qwen2_vl import patchify
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sections(name: str) -> dict:
+    spec = get_spec(name)
+    family = spec.model_family
+    return family.input_sections(spec, family.synthetic_processor(spec))
+
+
+def random_image(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    pixels = np.random.default_rng(width * height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.mark.parametrize(("size", "mode"), [((224, 224), "RGB"), ((500, 300), "RGB"), ((90, 160), "RGBA")])
+def test_qwen2_vl_patches_equal_transformers(size, mode):
+    """Bit-exact with transformers' Qwen2-VL image processor on the image fitted to S x S."""
+    spec = get_spec("tiny-qwen2-vl")
+    processor = spec.model_family.synthetic_processor(spec)
+    host = host_family(sections("tiny-qwen2-vl"))
+    image = random_image(*size, mode)
+    expected = processor.image_processor(images=host.fit_image(image), return_tensors="np")
+    assert expected["image_grid_thw"].tolist() == [[1, 16, 16]]
+    got = host.preprocess(image)
+    assert got.dtype == np.float32 and got.shape == (256, 1176)
+    np.testing.assert_array_equal(got, expected["pixel_values"])
+
+
+def test_qwen2_vl_stretch_is_noted():
+    host = host_family(sections("tiny-qwen2-vl"))
+    notes = []
+    host.preprocess(random_image(500, 300), on_note=notes.append)
+    host.preprocess(random_image(224, 224), on_note=notes.append)
+    host.preprocess(random_image(100, 100), on_note=notes.append)  # square: resized, not distorted
+    assert notes == [
+        "the image (500 x 300) is stretched to 224 x 224, the one size this artifact was exported for "
+        "(export another size with --image-size)"
+    ]
+
+
+def test_patchify_order():
+    """Patches in 2 x 2 merge blocks, row-major; features (channel, frame, row, column)."""
+    image = np.arange(3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4)
+    patches = patchify(image, patch_size=1, merge_size=2, temporal_patch_size=2)
+    assert patches.shape == (16, 3 * 2)
+    # Block (0, 0) holds pixels (0, 0), (0, 1), (1, 0), (1, 1); then block (0, 1) starts at (0, 2).
+    assert [int(p[0]) for p in patches[:5]] == [0, 1, 4, 5, 2]
+    np.testing.assert_array_equal(patches[1], [1, 1, 17, 17, 33, 33])
+
+
+def test_position_ids_per_family():
+    llava, qwen = host_family(sections("tiny-llava")), host_family(sections("tiny-qwen2-vl"))
+    positions, delta = llava.position_ids(600, np.arange(5, 581))
+    assert positions.shape == (1, 1, 600) and delta == 0
+    np.testing.assert_array_equal(positions[0, 0], np.arange(600))
+    positions, delta = qwen.position_ids(80, np.arange(10, 74))
+    assert positions.shape == (3, 1, 80) and delta == 8 - 64
+    with pytest.raises(ValueError, match="one contiguous block"):
+        qwen.position_ids(80, np.r_[np.arange(10, 41), np.arange(42, 75)])
+
+
+def test_unknown_family_in_a_manifest():
+    manifest = sections("tiny-llava") | {"model": {"family": "blip"}}
+    with pytest.raises(ArtifactError, match="unknown model family 'blip' in the manifest"):
+        host_family(manifest)
+
+
+def test_onnx_runtime_path_imports_no_torch():
+    """The runtime, its families and the ONNX Runtime backend import numpy, PIL, tokenizers and
+    onnxruntime only: a device with ONNX Runtime alone runs the artifacts."""
+    modules = "runtime.generate, runtime.families, runtime.backends.onnx, runtime.__main__"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {modules}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = re.findall(r"\|\s+(\S+)$", result.stderr, re.MULTILINE)
+    assert "runtime.families.qwen2_vl" in imported
+    assert not [name for name in imported if name.split(".")[0] in ("torch", "transformers", "executorch")]
