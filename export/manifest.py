@@ -80,7 +80,7 @@ def build_manifest(
             "hidden_size": text.hidden_size,
             "intermediate_size": text.intermediate_size,
             "vocab_size": text.vocab_size,
-            "image_token_id": spec.image_token_id,
+            **inputs["text"],
             "eos_token_id": generation.eos_token_id,
             "bos_token_id": generation.bos_token_id,
             "max_seq_len": max_seq_len,

@@ -199,8 +199,7 @@ def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
         _check_file(root, relative, entry, verify=verify)
 
     text = _field(manifest, "text", dict)
-    eos = text.get("eos_token_id")
-    eos_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    eos_ids = token_id_set(text.get("eos_token_id"))
     return Artifact(
         root=root,
         manifest=manifest,
@@ -221,6 +220,11 @@ def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
         backends=backends,
         parity=_parity_status(manifest),
     )
+
+
+def token_id_set(ids: int | list[int] | None) -> frozenset[int]:
+    """A generation config's token id field (one id, a list of ids, or none) as a set."""
+    return frozenset([] if ids is None else [ids] if isinstance(ids, int) else ids)
 
 
 def sha256_file(path: Path) -> str:

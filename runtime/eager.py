@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from models import LoadedModel, ModelSpec, load_model
 from pruning_graph import VLMPrunerConfig
+from runtime.artifact import token_id_set
 from runtime.families import PromptInputs
 from runtime.generate import GenerationConfig, Greedy, InputProcessor, greedy
 
@@ -110,8 +111,7 @@ class EagerModel:
         self.session = EagerSession(model, spec, keep=keep, pruner_config=pruner_config)
         self.keep = self.session.keep
         self.inputs = InputProcessor(spec.model_family.input_sections(spec, processor))
-        eos = model.generation_config.eos_token_id
-        self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        self.eos_token_ids = token_id_set(model.generation_config.eos_token_id)
         self.max_positions = model.config.text_config.max_position_embeddings
 
     @classmethod
