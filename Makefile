@@ -15,9 +15,17 @@ RANDOM_WEIGHTS ?=
 QUANTIZE ?=
 # IMAGE_SIZE=S: the side of the square image the graphs take (Qwen2-VL: a multiple of 28; default the model's).
 IMAGE_SIZE ?=
+# make bench: the pruned keeps, the baseline's keep (default N) and flags of runtime.bench.
+BENCH_KEEPS    ?= 64 128 192
+BENCH_BASELINE ?=
+BENCH_FLAGS    ?=
+# make bench-soak: generations per backend.
+SOAK_RUNS ?= 1000
+# Defined before this line: `export` of a variable not yet defined defines it empty, and a later
+# `?=` would then keep it empty.
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS
+export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
                $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
@@ -46,17 +54,12 @@ bench-select: setup
 # backend, artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS,
 # QUANTIZE, BACKENDS as for export, without the parity check: `make export` checks). BENCH_FLAGS
 # go to runtime.bench (e.g. --runs 1 --max-new-tokens 8 at 7B). Writes bench/results/runtime-*.json.
-BENCH_KEEPS    ?= 64 128 192
-BENCH_BASELINE ?=
-BENCH_FLAGS    ?=
 bench: setup
 	$(PY) -m bench.runtime_speed $(COMMON_FLAGS) --keeps $$BENCH_KEEPS $${BENCH_BASELINE:+--baseline "$$BENCH_BASELINE"} \
 	  -- $$BENCH_FLAGS
 
 # 1000 generations in one process per backend (SOAK_RUNS): resident memory must not grow, outputs
 # must not change. Writes bench/results/soak-*.json.
-SOAK_RUNS ?= 1000
-export SOAK_RUNS
 bench-soak: setup
 	$(PY) -m bench.soak $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} --runs "$$SOAK_RUNS"
 

@@ -328,5 +328,8 @@ def test_make_variables_are_arguments_not_code(tmp_path, target, variable):
                 os.killpg(child.pid, signal.SIGKILL)
                 raise
         assert not pwned.exists(), f"{variable}={value!r} ran as code"
-        # Refused by the command itself (argparse or runtime.cli), not by make or the shell.
-        assert child.returncode != 0 and re.search(r"^(python -m \S+: )?error: ", stderr, re.M), stdout + stderr
+        # Refused by the command itself (argparse or runtime.cli), not by make or the shell, and for
+        # this variable's value: not for another argument the target failed to pass.
+        refusal = re.search(r"^(python -m \S+: )?error: .*", stderr, re.M)
+        assert child.returncode != 0 and refusal, stdout + stderr
+        assert variable.lower().removeprefix("bench_") in refusal.group(), refusal.group()
