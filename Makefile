@@ -15,6 +15,9 @@ RANDOM_WEIGHTS ?=
 QUANTIZE ?=
 # IMAGE_SIZE=S: the side of the square image the graphs take (Qwen2-VL: a multiple of 28; default the model's).
 IMAGE_SIZE ?=
+# METHOD=vlm-pruner|fastv|dart: the token selection (default vlm-pruner); make bench takes several
+# ("vlm-pruner fastv dart") and puts them side by side.
+METHOD ?=
 # make bench: the pruned keeps, the baseline's keep (default N) and flags of runtime.bench.
 BENCH_KEEPS    ?= 64 128 192
 BENCH_BASELINE ?=
@@ -25,11 +28,11 @@ SOAK_RUNS ?= 1000
 # `?=` would then keep it empty.
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
+export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE METHOD BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
                $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
-.PHONY: setup test export bench bench-select bench-soak clean clean-staging
+.PHONY: setup test export bench bench-select bench-quality bench-soak clean clean-staging
 
 setup: $(VENV)/.installed
 
@@ -44,18 +47,27 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) check
 	touch $@
 
+# Two passes (tests/conftest.py): everything but the real-width exports on two workers, then those
+# alone, so that their ~10 GB never meets another test's memory.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not real_width" tests
+	$(PY) -m pytest -q -m real_width tests
 
 bench-select: setup
 	$(PY) -m bench.select_speed
 
-# Pruned (each keep of BENCH_KEEPS) next to unpruned (keep BENCH_BASELINE, default N) on every
-# backend, artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS,
+# Which tokens each method keeps on synthetic scenes with known objects: coverage, contiguity,
+# redundancy (bench/select_quality.py). Writes bench/results/select_quality.{json,png}.
+bench-quality: setup
+	$(PY) -m bench.select_quality
+
+# Pruned (each keep of BENCH_KEEPS, each method of METHOD) next to unpruned (keep BENCH_BASELINE,
+# default N) on every backend, artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS,
 # QUANTIZE, BACKENDS as for export, without the parity check: `make export` checks). BENCH_FLAGS
 # go to runtime.bench (e.g. --runs 1 --max-new-tokens 8 at 7B). Writes bench/results/runtime-*.json.
 bench: setup
-	$(PY) -m bench.runtime_speed $(COMMON_FLAGS) --keeps $$BENCH_KEEPS $${BENCH_BASELINE:+--baseline "$$BENCH_BASELINE"} \
+	$(PY) -m bench.runtime_speed $(COMMON_FLAGS) --keeps $$BENCH_KEEPS $${METHOD:+--methods $$METHOD} \
+	  $${BENCH_BASELINE:+--baseline "$$BENCH_BASELINE"} \
 	  -- $$BENCH_FLAGS
 
 # 1000 generations in one process per backend (SOAK_RUNS): resident memory must not grow, outputs
@@ -63,11 +75,11 @@ bench: setup
 bench-soak: setup
 	$(PY) -m bench.soak $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} --runs "$$SOAK_RUNS"
 
-# make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [BACKENDS=onnx,executorch] [RANDOM_WEIGHTS=1]
-#             [QUANTIZE=int4] [IMAGE_SIZE=672]
-# -> artifacts/<MODEL>/keep<R>/ (export/ARTIFACTS.md), parity-checked against the eager model.
+# make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [METHOD=vlm-pruner] [BACKENDS=onnx,executorch]
+#             [RANDOM_WEIGHTS=1] [QUANTIZE=int4] [IMAGE_SIZE=672]
+# -> artifacts/<MODEL>/keep<R>[-<METHOD>]/ (export/ARTIFACTS.md), parity-checked against the eager model.
 export: setup
-	$(PY) -m export $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${RATE:+--rate "$$RATE"}
+	$(PY) -m export $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${RATE:+--rate "$$RATE"} $${METHOD:+--method "$$METHOD"}
 
 # Staging folders that killed exports left under artifacts/ (each export and run names them).
 clean-staging: setup

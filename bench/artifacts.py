@@ -34,18 +34,26 @@ def num_image_tokens(args: argparse.Namespace) -> int:
     return (spec if args.image_size is None else spec.with_image_size(args.image_size)).num_image_tokens
 
 
-def ensure_artifact(args: argparse.Namespace, keep: int) -> Path:
-    """The artifact folder of `args.model` at `keep`, exported in a child process (without the
-    parity check: `make export` checks) when it holds no manifest."""
+def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = None) -> Path:
+    """The artifact folder of `args.model` at `keep` with `method` (default the default method),
+    exported in a child process (without the parity check: `make export` checks) when it holds no
+    manifest."""
     from export.config import ExportConfig  # imports torch: after the arguments are checked
+    from models.selectors import DEFAULT_METHOD
 
+    method = method or DEFAULT_METHOD
     config = ExportConfig(
-        model=args.model, keep=keep, quantization=args.quantize, image_size=args.image_size, output_dir=args.output_dir
+        model=args.model,
+        keep=keep,
+        method=method,
+        quantization=args.quantize,
+        image_size=args.image_size,
+        output_dir=args.output_dir,
     )
     folder = config.artifact_dir
     if (folder / MANIFEST).is_file():
         return folder
-    flags = ["--model", args.model, "-o", str(args.output_dir), "--keep", str(keep), "--skip-parity"]
+    flags = ["--model", args.model, "-o", str(args.output_dir), "--keep", str(keep), "--method", method, "--skip-parity"]
     flags += ["--random-weights"] if args.random_weights else []
     flags += ["--quantize", args.quantize] if args.quantize else []
     flags += ["--image-size", str(args.image_size)] if args.image_size else []

@@ -22,10 +22,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, MODEL_NAMES, QUANTIZATIONS, Backend
+from export.options import (
+    DEFAULT_MAX_SEQ_LEN,
+    DEFAULT_MODEL,
+    DEFAULT_RATE,
+    METHOD_NAMES,
+    MODEL_NAMES,
+    QUANTIZATIONS,
+    Backend,
+)
 from export.staging import format_bytes, remove_leftovers
 from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, import_torch_quietly, run_cli
 
@@ -82,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         metavar="MODEL",
         help=f"registered model: {', '.join(MODEL_NAMES)} (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHOD_NAMES,
+        default=METHOD_NAMES[0],
+        help="token selection at the pruning layer: VLM-Pruner or one of the paper's baselines FastV and DART "
+        f"(both read the question: the prompt's text after the image) (default {METHOD_NAMES[0]})",
     )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
@@ -143,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-parity", action="store_true", help="do not run the parity check after the export (default: run it)"
     )
     parser.add_argument(
+        "--parity-steps",
+        type=_number(int, lambda steps: steps >= 1, "at least 1"),
+        metavar="N",
+        help="greedy tokens the parity check compares (default: runtime.parity's, 16)",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="export nothing: remove the staging folders that killed exports left under --output-dir "
@@ -164,6 +186,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 
     config = ExportConfig(
         model=args.model,
+        method=args.method,
         keep=args.keep,
         rate=args.rate,
         backends=tuple(args.backends or BACKEND_CHOICES),
@@ -188,8 +211,9 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     return config
 
 
-def run_parity(pipeline: ExportPipeline) -> dict[str, Any]:
-    """The parity check of the fresh artifact against the already loaded eager model (`runtime.parity`).
+def run_parity(pipeline: ExportPipeline, steps: int | None = None) -> dict[str, Any]:
+    """The parity check of the fresh artifact against the already loaded eager model (`runtime.parity`),
+    over `steps` greedy tokens (default the check's).
 
     Only this driver imports the runtime's parity check: the export library itself does not depend on it.
     """
@@ -197,7 +221,9 @@ def run_parity(pipeline: ExportPipeline) -> dict[str, Any]:
 
     backends = [backend.value for backend in pipeline.config.backends]
     # Handed over, not shared: check_parity frees the eager model before the runtimes load the artifact.
-    report = check_parity(pipeline.artifact_dir, backends=backends, reference=take_reference(pipeline))
+    reference = take_reference(pipeline)
+    options = {} if steps is None else {"steps": steps}
+    report = check_parity(pipeline.artifact_dir, backends=backends, reference=reference, **options)
     print(format_report(report))
     return report.to_dict()
 
@@ -221,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
     from export.manifest import read_manifest
     from export.pipeline import ExportPipeline
 
-    folder = ExportPipeline(config_from_args(args)).run(parity=None if args.skip_parity else run_parity)
+    parity = None if args.skip_parity else partial(run_parity, steps=args.parity_steps)
+    folder = ExportPipeline(config_from_args(args)).run(parity=parity)
     return EXIT_PARITY_FAILED if read_manifest(folder)["parity"]["status"] == "failed" else EXIT_OK
 
 
@@ -237,7 +264,7 @@ def take_reference(pipeline: ExportPipeline) -> EagerModel:
 
     loaded, config = pipeline.loaded, pipeline.config
     pipeline.loaded = None
-    return EagerModel.from_loaded(loaded, keep=config.keep_count, pruner_config=config.pruner)
+    return EagerModel.from_loaded(loaded, keep=config.keep_count, method=config.method)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Checks of the exported graphs against the artifact contract (export/ARTIFACTS.md).
 
 Run after every export: the interface (names, input and output counts), the static keep count R
-of `kept_indices`, and the presence of the selection in a pruned prefill (its greedy passes are
-`scan` loops: torch's higher-order `scan`, ONNX `Scan`). No numerics here: those are the parity
+of `kept_indices`, and the presence of the selection where its method loops (VLM-Pruner's greedy
+passes in the prefill are `scan` loops: torch's higher-order `scan`, ONNX `Scan`;
+`SelectionMethod.loop_graph`), and no loop elsewhere. No numerics here: those are the parity
 check's (`runtime.parity`).
 """
 
@@ -35,16 +36,16 @@ def count_scans(program: ExportedProgram) -> int:
     )
 
 
-def check_program(program: ExportedProgram, graph: GraphSpec, *, pruned: bool) -> None:
-    """The traced program of `graph`: a pruned prefill holds the selection's scans, nothing else does."""
+def check_program(program: ExportedProgram, graph: GraphSpec, *, loops: bool) -> None:
+    """The traced program of `graph`: it holds the selection's scans if `loops`, none otherwise."""
     scans = count_scans(program)
-    if graph.name == "prefill" and pruned and scans == 0:
-        raise ExportCheckError("the pruned prefill program holds no scan: the selection is not in the graph")
-    if (graph.name != "prefill" or not pruned) and scans:
-        raise ExportCheckError(f"{graph.name} holds {scans} scans, expected none (no selection)")
+    if loops and scans == 0:
+        raise ExportCheckError(f"the {graph.name} program holds no scan: the selection is not in the graph")
+    if not loops and scans:
+        raise ExportCheckError(f"{graph.name} holds {scans} scans, expected none (no selection loop)")
 
 
-def check_onnx(path: Path, graph: GraphSpec, *, keep: int, pruned: bool) -> None:
+def check_onnx(path: Path, graph: GraphSpec, *, keep: int, loops: bool) -> None:
     """ONNX checker, input and output names, static [R] kept_indices, loops in a pruned prefill."""
     import onnx
 
@@ -59,6 +60,11 @@ def check_onnx(path: Path, graph: GraphSpec, *, keep: int, pruned: bool) -> None
         raise ExportCheckError(f"{path}: inputs {list(inputs)}, the contract says {list(graph.input_names)}")
     if outputs != graph.output_names:
         raise ExportCheckError(f"{path}: outputs {list(outputs)}, the contract says {list(graph.output_names)}")
+    count = sum(1 for node in model.graph.node if node.op_type in _ONNX_LOOP_OPS)
+    if loops and count == 0:
+        raise ExportCheckError(f"{path}: no Scan/Loop node: the selection is missing")
+    if not loops and count:
+        raise ExportCheckError(f"{path}: {count} Scan/Loop nodes, expected none (no selection loop)")
     if graph.name != "prefill":
         return
 
@@ -68,11 +74,6 @@ def check_onnx(path: Path, graph: GraphSpec, *, keep: int, pruned: bool) -> None
         raise ExportCheckError(
             f"{path}: kept_indices is {dims} of type {kept.type.tensor_type.elem_type}, expected int64 [{keep}]"
         )
-    loops = sum(1 for node in model.graph.node if node.op_type in _ONNX_LOOP_OPS)
-    if pruned and loops == 0:
-        raise ExportCheckError(f"{path}: the pruned prefill holds no Scan/Loop node: the selection is missing")
-    if not pruned and loops:
-        raise ExportCheckError(f"{path}: the unpruned prefill holds {loops} Scan/Loop nodes")
 
 
 def check_pte(path: Path, graphs: tuple[GraphSpec, ...], *, keep: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, Backend
 from models import ModelSpec, get_spec
 from models.quantize import Quantization
-from pruning_graph import VLMPrunerConfig
+from models.selectors import DEFAULT_METHOD, SelectionMethod, get_method
 
 __all__ = ["DEFAULT_MAX_SEQ_LEN", "DEFAULT_MODEL", "DEFAULT_RATE", "Backend", "ExportConfig"]
 
@@ -29,14 +29,15 @@ class ExportConfig:
             default min(`DEFAULT_MAX_SEQ_LEN`, the model's position limit).
         image_size: S, the side of the square image the graphs take (`ModelSpec.with_image_size`);
             default the model's. Only models whose vision tower takes several sizes accept another.
-        pruner: VLM-Pruner hyperparameters.
+        method: the selection method (`models.selectors`): a name (its default settings) or a
+            configured `SelectionMethod`.
         quantization: weight format of the language model's linears (`models.quantize.Quantization`
             or its value); default the model's (`ModelSpec.quantization`).
         random_weights: export the architecture with random weights (drawn from `seed`) instead
             of a checkpoint, for speed and memory work where the weights are not at hand.
         seed: seed of the random weights.
     Raises:
-        ValueError: unknown model, keep and rate both given, either out of range, no or unknown
+        ValueError: unknown model or method, keep and rate both given, either out of range, no or unknown
             or repeated backends, max_seq_len out of range, unknown quantization, an image size the
             model does not take.
     """
@@ -49,7 +50,7 @@ class ExportConfig:
     output_dir: Path = Path("artifacts")
     max_seq_len: int | None = None
     image_size: int | None = None
-    pruner: VLMPrunerConfig = field(default_factory=VLMPrunerConfig)
+    method: SelectionMethod | str = DEFAULT_METHOD
     quantization: Quantization | str | None = None
     random_weights: bool = False
     seed: int = 0
@@ -62,6 +63,10 @@ class ExportConfig:
             choices = ", ".join(q.value for q in Quantization)
             raise ValueError(f"unknown quantization {self.quantization!r}; choose from {choices}") from None
         object.__setattr__(self, "quantization", quantization)
+        if isinstance(self.method, str):
+            object.__setattr__(self, "method", get_method(self.method))
+        elif not isinstance(self.method, SelectionMethod):
+            raise ValueError(f"method must be a method name or a SelectionMethod, got {self.method!r}")
         if self.random_weights and self.model_path is not None:
             raise ValueError("give a checkpoint (model_path) or random weights, not both")
         n = spec.num_image_tokens
@@ -132,12 +137,14 @@ class ExportConfig:
 
     @property
     def artifact_dir(self) -> Path:
-        """`output_dir/<model>/keep<R>`, with `-<S>px` appended when the image size is not the model's
-        default, and `-<quantization>` when the quantization is not."""
+        """`output_dir/<model>/keep<R>`, with `-<method>` appended when the method is not the default,
+        `-<S>px` when the image size is not the model's default, and `-<quantization>` when the
+        quantization is not."""
         spec = self.spec
         size = "" if spec.image_size == get_spec(self.model).image_size else f"-{spec.image_size}px"
         quantization = "" if self.quantization.value == spec.quantization else f"-{self.quantization.value}"
-        return self.output_dir / self.model / f"keep{self.keep_count}{size}{quantization}"
+        method = "" if self.method.name == DEFAULT_METHOD else f"-{self.method.name}"
+        return self.output_dir / self.model / f"keep{self.keep_count}{method}{size}{quantization}"
 
     def wants(self, backend: Backend) -> bool:
         return backend in self.backends

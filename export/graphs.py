@@ -28,7 +28,7 @@ from torch.export import Dim
 from transformers import PreTrainedModel
 
 from models import KVCache, ModelSpec, Prefill
-from pruning_graph import VLMPrunerConfig
+from models.selectors import SelectionMethod
 from runtime.contract import GRAPH_NAMES, MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, SEQUENCE_DIM, graph_io
 
 # Text tokens around the image in the example prompt: any length inside the bounds would do,
@@ -115,7 +115,7 @@ def build_graphs(
     *,
     keep: int,
     max_seq_len: int,
-    pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+    method: SelectionMethod | None = None,
 ) -> tuple[GraphSpec, ...]:
     """The four graphs of `model` pruned to `keep` image tokens, in `GRAPH_NAMES` order.
 
@@ -167,7 +167,7 @@ def build_graphs(
     sequence = Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)
     prefill = graph(
         "prefill",
-        ContiguousPrefill(family.prefill(model, spec, keep=keep, pruner_config=pruner_config)),
+        ContiguousPrefill(family.prefill(model, spec, keep=keep, method=method)),
         (
             torch.zeros(1, prompt_len, hidden),
             torch.arange(prompt_len).expand(rows, 1, prompt_len).contiguous(),

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from models import ModelSpec
 from models.quantize import Quantization
-from pruning_graph import VLMPrunerConfig
+from models.selectors import SelectionMethod
 from runtime.artifact import sha256_file  # the reader's own, so writer and reader agree
 from runtime.contract import FORMAT_VERSION, MANIFEST
 # `parity.status`: "skipped" (not run), "pending" (from the moment the artifact is in place until the
@@ -31,7 +31,7 @@ def build_manifest(
     seed: int | None,
     quantization: Quantization,
     keep: int,
-    pruner_config: VLMPrunerConfig,
+    method: SelectionMethod,
     max_seq_len: int,
     files: dict[str, dict[str, int | str]],
     export_seconds: dict[str, float],
@@ -67,10 +67,13 @@ def build_manifest(
         },
         "geometry": inputs["geometry"],
         "pruning": {
+            "method": method.name,
             "keep": keep,
             "prune_layer": spec.prune_layer,
             "rate": round(1.0 - keep / n, 6),
-            "config": pruner_config.to_dict(),
+            "config": method.settings(),
+            # What the runtime must check of a prompt: only a selection that runs needs it.
+            "min_text_after_image": method.min_text_after_image if keep < n else 0,
         },
         "text": {
             "num_layers": text.num_hidden_layers,

@@ -1,8 +1,9 @@
 """The choices and defaults of an export, torch-free: `python -m export` parses its flags before it
 imports torch (seconds), so that --help and usage errors answer at once.
 
-`MODEL_NAMES` and `QUANTIZATIONS` name what `models.MODEL_SPECS` and `models.quantize.Quantization`
-define (both import torch); tests/export/test_cli.py checks that they agree.
+`MODEL_NAMES`, `METHOD_NAMES` and `QUANTIZATIONS` name what `models.MODEL_SPECS`,
+`models.selectors.method_names()` and `models.quantize.Quantization` define (all import torch);
+tests/export/test_cli.py checks that they agree.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ MODEL_NAMES = (
     "tiny-llava",
     "tiny-qwen2-vl",
 )
+# The default first.
+METHOD_NAMES = ("vlm-pruner", "dart", "fastv")
 QUANTIZATIONS = ("none", "int4", "int8")
 DEFAULT_MODEL = "tiny-llava"
 # The paper's headline pruning rate: 64 of LLaVA-1.5's 576 image tokens kept.

@@ -173,13 +173,13 @@ class ExportPipeline:
         return self
 
     def trace(self) -> ExportPipeline:
-        """torch.export (non-strict) of each hollow graph; checks that only a pruned prefill holds scans."""
+        """torch.export (non-strict) of each hollow graph; checks that only the selection's graph holds scans."""
         self._require(self.graphs is not None, "wrap")
         self.programs = {}
         for graph in self.graphs:
             with self._stage(f"torch_export.{graph.name}"):
                 self.programs[graph.name] = _export(graph)
-            check_program(self.programs[graph.name], graph, pruned=self.pruned)
+            check_program(self.programs[graph.name], graph, loops=self.loops_in(graph.name))
         return self
 
     def to_onnx(self) -> ExportPipeline:
@@ -219,7 +219,7 @@ class ExportPipeline:
         for graph in graphs:
             with self._stage(f"executorch.torch_export.{graph.name}"):
                 programs[graph.name] = _export(graph)
-            check_program(programs[graph.name], graph, pruned=self.pruned)
+            check_program(programs[graph.name], graph, loops=self.loops_in(graph.name))
         with self._stage("executorch.lower"):
             save_pte(programs, self._staging / PTE_PATH)
         if self.graphs is None:
@@ -234,7 +234,7 @@ class ExportPipeline:
         with self._stage("check"):
             if Backend.ONNX in self._written:
                 for graph in self.graphs:
-                    check_onnx(self._staging / onnx_file(graph.name), graph, keep=keep, pruned=self.pruned)
+                    check_onnx(self._staging / onnx_file(graph.name), graph, keep=keep, loops=self.loops_in(graph.name))
             if Backend.EXECUTORCH in self._written:
                 check_pte(self._staging / PTE_PATH, self.graphs, keep=keep)
         return self
@@ -265,7 +265,7 @@ class ExportPipeline:
             seed=self.config.seed if self.config.random_weights else None,
             quantization=self.config.quantization,
             keep=self.config.keep_count,
-            pruner_config=self.config.pruner,
+            method=self.config.method,
             max_seq_len=self.config.seq_len_limit,
             files=files,
             export_seconds=self.export_seconds,
@@ -305,6 +305,10 @@ class ExportPipeline:
     @property
     def pruned(self) -> bool:
         return self.config.keep_count < self.config.spec.num_image_tokens
+
+    def loops_in(self, graph: str) -> bool:
+        """Whether `graph` holds the selection's loops (`SelectionMethod.loop_graph`)."""
+        return self.pruned and graph == self.config.method.loop_graph
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -353,7 +357,7 @@ class ExportPipeline:
             self.config.spec,
             keep=self.config.keep_count,
             max_seq_len=self.config.seq_len_limit,
-            pruner_config=self.config.pruner,
+            method=self.config.method,
         )
 
     @staticmethod

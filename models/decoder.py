@@ -2,7 +2,7 @@
 
     Prefill(keep=R): inputs_embeds [1, T, d], position_ids [rows, 1, T], image_positions [N]
         layers 0..K-1 on all T tokens ──> keys of layer K-1 (post-RoPE) + hidden states
-        selector on the N image tokens ──> R kept (ascending) + fused states
+        selector on the N image tokens ──> R kept (ascending) + their states (fused or not)
         sequence = the T tokens less the N - R dropped image tokens, in order, each with its
         original position ids
         layers K..L-1 on the short sequence ──> logits of the last token, KV cache
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb, repeat_kv
 
-from pruning_graph import VLMPrunerConfig, VLMPrunerSelect
+from models.selectors import DEFAULT_METHOD, LayerOutputs, SelectionMethod, get_method
 from pruning_graph.validation import Grid, check_grid_and_keep
 
 KVCache = tuple[tuple[Tensor, Tensor], ...]
@@ -59,6 +59,7 @@ class Prefill(nn.Module):
         model: a transformers VLM with `model.model.language_model` (embed_tokens, layers, norm,
             rotary_emb) and `model.lm_head`.
         grid: the selector's geometry of the N image tokens: (H, W), or a sequence of views.
+        method: the selection method (`models.selectors`), VLM-Pruner by default.
     """
 
     def __init__(
@@ -68,7 +69,7 @@ class Prefill(nn.Module):
         grid: Grid,
         keep: int,
         prune_layer: int,
-        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+        method: SelectionMethod | None = None,
     ):
         super().__init__()
         text = model.model.language_model
@@ -84,8 +85,9 @@ class Prefill(nn.Module):
         self.lm_head = model.lm_head
         self.selector = None
         if keep < self.num_image_tokens:
+            method = method or get_method(DEFAULT_METHOD)
             # On the weights' device, so that the selector's constant tables follow the model.
-            self.selector = VLMPrunerSelect(grid, keep, pruner_config).to(model.lm_head.weight.device)
+            self.selector = method.prefill_selector(grid, keep).to(model.lm_head.weight.device)
 
     def rotary(self, inputs_embeds: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """cos, sin [1, q, head_dim] of position_ids [1, 1, q] (one row: RoPE)."""
@@ -99,13 +101,15 @@ class Prefill(nn.Module):
         hidden = inputs_embeds
         cache = []
         for layer in self.layers[: self.prune_layer]:
+            layer_input = hidden
             hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
             cache.append((key, value))
 
         if self.selector is None:
             kept = torch.arange(self.num_image_tokens, device=hidden.device)
         else:
-            kept, hidden, gather = self._prune(hidden, cache[-1][0], image_positions)
+            outputs = LayerOutputs(layer, layer_input, hidden, key, cos, sin, self.norm, image_positions)
+            kept, hidden, gather = self._prune(outputs)
             cos, sin = cos.index_select(1, gather), sin.index_select(1, gather)
 
         for layer in self.layers[self.prune_layer :]:
@@ -114,22 +118,17 @@ class Prefill(nn.Module):
         logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
         return logits, kept, tuple(cache)
 
-    def _prune(self, hidden: Tensor, keys: Tensor, image_positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Select and fuse the image tokens, then drop the others from the sequence.
+    def _prune(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
+        """Select the image tokens (their states fused or not), then drop the others from the sequence.
 
-        Args:
-            hidden: [1, T, d], layer K-1's output. keys: [1, n_kv_heads, T, head_dim], its
-                post-RoPE keys. image_positions: int64 [N].
         Returns:
             kept: int64 [R]; hidden: [1, T - N + R, d], the input of layer K; gather: int64
             [T - N + R], the original position of each remaining token.
         """
         n, r = self.num_image_tokens, self.keep
+        hidden, image_positions = outputs.hidden, outputs.image_positions
         length = hidden.shape[1]
-        # Un-repeated KV heads concatenated per token: [N, n_kv_heads * head_dim].
-        image_keys = keys[0].index_select(1, image_positions).transpose(0, 1).reshape(n, -1)
-        image_states = hidden[0].index_select(0, image_positions)  # [N, d]
-        kept, fused = self.selector(image_keys, image_states)  # [R], [R, d]
+        kept, fused = self.selector(outputs)  # [R], [R, d]
         rows = image_positions.index_select(0, kept)[:, None].expand(r, fused.shape[1])  # [R, d]
         states = hidden[0].scatter(0, rows, fused)  # [T, d], the kept image tokens fused
 

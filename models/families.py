@@ -25,7 +25,7 @@ from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, Pr
 
 from models.decoder import DecodeStep, Prefill, TokenEmbedding
 from models.registry import ModelSpec
-from pruning_graph import VLMPrunerConfig
+from models.selectors import SelectionMethod
 
 
 class ModelFamily(ABC):
@@ -68,11 +68,9 @@ class ModelFamily(ABC):
         return TokenEmbedding(model)
 
     def prefill(
-        self, model: PreTrainedModel, spec: ModelSpec, *, keep: int, pruner_config: VLMPrunerConfig = VLMPrunerConfig()
+        self, model: PreTrainedModel, spec: ModelSpec, *, keep: int, method: SelectionMethod | None = None
     ) -> Prefill:
-        return self.prefill_class(
-            model, grid=spec.grid, keep=keep, prune_layer=spec.prune_layer, pruner_config=pruner_config
-        )
+        return self.prefill_class(model, grid=spec.grid, keep=keep, prune_layer=spec.prune_layer, method=method)
 
     def decode_step(self, model: PreTrainedModel) -> DecodeStep:
         return self.decode_class(model)

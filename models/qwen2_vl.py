@@ -39,7 +39,7 @@ from models.decoder import DecodeStep, Prefill
 from models.families import ModelFamily, register
 from models.registry import ModelSpec
 from models.qwen2_vl_processor import Qwen2VLImageTextProcessor, build_processor, pin_image_size, special_token_ids
-from pruning_graph import VLMPrunerConfig
+from models.selectors import SelectionMethod
 from pruning_graph.validation import Grid
 
 
@@ -118,10 +118,10 @@ class Qwen2VLPrefill(Prefill):
         grid: Grid,
         keep: int,
         prune_layer: int,
-        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+        method: SelectionMethod | None = None,
     ):
         _check_full_attention(model)
-        super().__init__(model, grid=grid, keep=keep, prune_layer=prune_layer, pruner_config=pruner_config)
+        super().__init__(model, grid=grid, keep=keep, prune_layer=prune_layer, method=method)
 
     def rotary(self, inputs_embeds: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """cos, sin [1, q, head_dim] of position_ids [3, 1, q], the sections interleaved."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning_graph.definitions import DECISION_DTYPE, cosine_similarity, l1_norms
-from pruning_graph.static_ops import mask_to_indices, one_hot, order_ascending, top_k_mask
+from pruning_graph.static_ops import mask_to_indices, one_hot, top_k_mask, top_k_order
 from pruning_graph.validation import check_finite, check_keep, check_matrix, check_same_size
 
 PIVOTS = 4  # per group: image pivots, then text pivots
@@ -107,15 +107,35 @@ def _check(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_sta
     return image_keys.shape[0]
 
 
-def _select(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int) -> Tensor:
-    """On validated inputs. The pivot orders are stable argsorts of the negated norms."""
+def dart_text_pivots(keys: Tensor, after_image: Tensor | None = None) -> Tensor:
+    """The text pivots: the `PIVOTS` tokens with the largest key L1 norms, descending, ties to the
+    lowest index, among the tokens marked `after_image` (default all).
+
+    Args:
+        keys: float [M, dk]; M may be a dynamic length (the model passes every prompt token).
+        after_image: bool [M], the text tokens after the image; at least `PIVOTS` of them.
+    Returns:
+        int64 [PIVOTS], rows of `keys`.
+    """
+    norms = l1_norms(keys.to(DECISION_DTYPE))
+    # Norms are >= 0: -1 puts every other token behind the candidates.
+    return top_k_order(norms if after_image is None else torch.where(after_image, norms, -1.0), PIVOTS)
+
+
+def dart_select_pivoted(image_keys: Tensor, image_states: Tensor, text_pivot_states: Tensor, keep: int) -> Tensor:
+    """DART once its text pivots are chosen (`dart_text_pivots`), on validated inputs.
+
+    Args:
+        image_keys: float [N, dk]. image_states: float [N, d], final-normed.
+        text_pivot_states: float [PIVOTS, d], the text pivots' final-normed states, in pivot order.
+        keep: R.
+    Returns:
+        int64 [R], ascending.
+    """
     n = image_keys.shape[0]
-    image_pivots = order_ascending(-l1_norms(image_keys.to(DECISION_DTYPE)))[: min(PIVOTS, keep)]
-    text_pivots = order_ascending(-l1_norms(text_keys.to(DECISION_DTYPE)))[:PIVOTS]
+    image_pivots = top_k_order(l1_norms(image_keys.to(DECISION_DTYPE)), min(PIVOTS, keep))
     states = image_states.to(DECISION_DTYPE)
-    pivot_states = torch.cat(
-        [states.index_select(0, image_pivots), text_states.to(DECISION_DTYPE).index_select(0, text_pivots)]
-    )
+    pivot_states = torch.cat([states.index_select(0, image_pivots), text_pivot_states.to(DECISION_DTYPE)])
     similarity = cosine_similarity(pivot_states, states)  # [P + 4, N], one row per pivot, in order
     kept = one_hot(image_pivots, n).any(dim=0)
     for p, budget in enumerate(dart_budgets(keep)):
@@ -123,3 +143,9 @@ def _select(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_st
             # The pool is every token not kept yet; kept tokens score -inf and are never taken again.
             kept = kept | top_k_mask(torch.where(kept, -math.inf, -similarity[p]), budget)
     return mask_to_indices(kept, keep)
+
+
+def _select(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int) -> Tensor:
+    """On validated inputs."""
+    text_pivot_states = text_states.index_select(0, dart_text_pivots(text_keys))
+    return dart_select_pivoted(image_keys, image_states, text_pivot_states, keep)

@@ -8,6 +8,7 @@ index arithmetic, never left to a kernel (ONNX TopK and PyTorch topk order ties 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -47,6 +48,21 @@ def top_k_mask(scores: Tensor, k: int) -> Tensor:
     at = scores == kth
     room = k - above.sum()
     return above | (at & (torch.cumsum(at.to(torch.int64), dim=0) <= room))
+
+
+def top_k_order(scores: Tensor, k: int) -> Tensor:
+    """Indices of the k largest scores, largest first, the lowest index first among equals:
+    [N] -> int64 [k], k <= N.
+
+    k argmax passes, each taking the winner out with -inf: no rank matrix, so N may be a dynamic
+    length (a sequence), where `order_ascending` needs a static one. Scores must be > -inf.
+    """
+    picks = []
+    for _ in range(k):
+        pick = argmax_lowest(scores)  # [1]
+        picks.append(pick)
+        scores = scores.index_fill(0, pick, -math.inf)
+    return torch.cat(picks)
 
 
 def mask_to_indices(mask: Tensor, count: int) -> Tensor:

@@ -43,7 +43,7 @@ def answer(args: argparse.Namespace) -> int:
     stats = result.stats
     print(printable(result.text))
     print(
-        f"[{runner.backend}, keep {runner.artifact.keep}, parity {runner.artifact.parity}: "
+        f"[{runner.backend}, keep {runner.artifact.keep}, {runner.artifact.method}, parity {runner.artifact.parity}: "
         f"{len(result.token_ids)} tokens, vision {stats.vision_ms:.1f} ms, prefill {stats.prefill_ms:.1f} ms, "
         f"first token {stats.time_to_first_token_ms:.1f} ms, decode {stats.decode_tokens_per_s:.1f} tokens/s]",
         file=sys.stderr,

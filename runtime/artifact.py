@@ -151,6 +151,16 @@ class Artifact:
     def prune_layer(self) -> int:
         return _field(_field(self.manifest, "pruning", dict), "prune_layer", int, "pruning")
 
+    @property
+    def method(self) -> str:
+        """The token-selection method, e.g. "vlm-pruner", "fastv", "dart"."""
+        return _field(_field(self.manifest, "pruning", dict), "method", str, "pruning")
+
+    @property
+    def min_text_after_image(self) -> int:
+        """Prompt tokens the selection needs after the image (DART's text pivots; 0 for most methods)."""
+        return _field(_field(self.manifest, "pruning", dict), "min_text_after_image", int, "pruning")
+
 
 def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
     """Read and check the artifact folder `root`.

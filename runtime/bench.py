@@ -3,7 +3,9 @@
     python -m runtime.bench ARTIFACT_DIR [ARTIFACT_DIR ...] [--baseline UNPRUNED_DIR]
         [--backends onnx executorch] [--runs 5] [--warmup 1] [--max-new-tokens 32] [--threads N] [--json FILE]
 
-Each (artifact, backend) runs in a fresh process (`runtime.measure`): medians over the runs after
+Artifacts of several selection methods at the same keep stand side by side (a `method` column;
+speed-ups are keyed by backend, method, keep). Each (artifact, backend) runs in a fresh process
+(`runtime.measure`): medians over the runs after
 the warm-up of the vision encoder time, prefill time, time to first token and decode tokens/s,
 and the process's peak resident memory. Beside each measured speed-up over the baseline stands
 the one the prefill matmul FLOPs predict (`runtime.flops`), so that a reader sees how much of the
@@ -80,7 +82,7 @@ def run_bench(
     results = []
     for backend in backends:
         for role, artifact in roles:
-            logger.info("measuring %s keep %d on %s", artifact.model_name, artifact.keep, backend)
+            logger.info("measuring %s keep %d (%s) on %s", artifact.model_name, artifact.keep, artifact.method, backend)
             result = _measure_in_subprocess(artifact.root, backend, options)
             results.append({"role": role, **result})
 
@@ -93,8 +95,8 @@ def run_bench(
     return {
         "model": pruned[0].model_name,
         "quantization": pruned[0].quantization,
-        "artifacts": {"pruned": [{"path": str(a.root), "keep": a.keep} for a in pruned]}
-        | ({"baseline": {"path": str(baseline.root), "keep": baseline.keep}} if baseline is not None else {}),
+        "artifacts": {"pruned": [_describe(a) for a in pruned]}
+        | ({"baseline": _describe(baseline)} if baseline is not None else {}),
         "settings": {
             "runs": runs,
             "warmup": warmup,
@@ -129,6 +131,10 @@ def flop_prediction(artifact: Artifact, *, prompt_tokens: int, reference_keep: i
     }
 
 
+def _describe(artifact: Artifact) -> dict[str, Any]:
+    return {"path": str(artifact.root), "keep": artifact.keep, "method": artifact.method}
+
+
 def _measure_in_subprocess(root: Path, backend: str, options: list[str]) -> dict[str, Any]:
     command = [sys.executable, "-m", "runtime.measure", str(root), "--backend", backend, *options]
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
@@ -139,15 +145,16 @@ def _measure_in_subprocess(root: Path, backend: str, options: list[str]) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _speedups(results: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, float]]]:
-    """{backend: {keep: baseline / pruned}}: time ratios (> 1: pruned is faster) and the decode rate ratio."""
+def _speedups(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+    """{backend: {method: {keep: baseline / pruned}}}: time ratios (> 1: pruned is faster) and the
+    decode rate ratio."""
     base = {r["backend"]: r["median"] for r in results if r["role"] == "baseline"}
-    speedups: dict[str, dict[int, dict[str, float]]] = {}
+    speedups: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     for r in results:
         if r["role"] != "pruned":
             continue
         b, p = base[r["backend"]], r["median"]
-        speedups.setdefault(r["backend"], {})[r["keep"]] = {
+        speedups.setdefault(r["backend"], {}).setdefault(r["method"], {})[r["keep"]] = {
             "vision": b["vision_ms"] / p["vision_ms"],
             "prefill": b["prefill_ms"] / p["prefill_ms"],
             "vision_and_prefill": (b["vision_ms"] + b["prefill_ms"]) / (p["vision_ms"] + p["prefill_ms"]),
@@ -166,6 +173,7 @@ def format_report(report: dict[str, Any]) -> str:
     rows = [
         [
             r["backend"],
+            r["method"],
             r["keep"],
             f"{r['median']['vision_ms']:.1f}",
             f"{r['median']['prefill_ms']:.1f}",
@@ -176,25 +184,28 @@ def format_report(report: dict[str, Any]) -> str:
         ]
         for r in report["results"]
     ]
-    headers = ["backend", "keep", "vision ms", "prefill ms", "TTFT ms", "decode tok/s", "KV cache MiB", "peak RSS MiB"]
+    headers = ["backend", "method", "keep", "vision ms", "prefill ms", "TTFT ms", "decode tok/s", "KV cache MiB", "peak RSS MiB"]
     lines.append(tabulate(rows, headers=headers, disable_numparse=True))
     if report["speedups"]:
         rows = []
-        for backend, by_keep in report["speedups"].items():
-            for keep, s in by_keep.items():
-                predicted = report["flops"][keep]["predicted_speedup"]
-                rows.append(
-                    [
-                        backend,
-                        keep,
-                        f"{s['prefill']:.2f}x",
-                        f"{predicted['lm_prefill']:.2f}x",
-                        f"{s['time_to_first_token']:.2f}x",
-                        f"{predicted['end_to_end']:.2f}x",
-                        f"{s['decode_tokens_per_s']:.2f}x",
-                    ]
-                )
-        headers = ["backend", "keep", "prefill", "predicted (LM FLOPs)", "TTFT", "predicted (vision+LM)", "decode tok/s"]
+        for backend, by_method in report["speedups"].items():
+            for method, by_keep in by_method.items():
+                for keep, s in by_keep.items():
+                    predicted = report["flops"][keep]["predicted_speedup"]
+                    rows.append(
+                        [
+                            backend,
+                            method,
+                            keep,
+                            f"{s['prefill']:.2f}x",
+                            f"{predicted['lm_prefill']:.2f}x",
+                            f"{s['time_to_first_token']:.2f}x",
+                            f"{predicted['end_to_end']:.2f}x",
+                            f"{s['decode_tokens_per_s']:.2f}x",
+                        ]
+                    )
+        headers = ["backend", "method", "keep", "prefill", "predicted (LM FLOPs)", "TTFT", "predicted (vision+LM)"]
+        headers.append("decode tok/s")
         baseline = report["artifacts"]["baseline"]["keep"]
         lines += [f"\nspeed-up over keep {baseline}:", tabulate(rows, headers=headers, disable_numparse=True)]
     else:
@@ -208,8 +219,13 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def default_json_path(report: dict[str, Any]) -> Path:
+    """bench/results/runtime-<model>-keep<R...>[-vs-keep<B>].json; a pruned artifact whose method is
+    not the baseline's (without one: the first pruned artifact's) adds `-<method>` after its keep."""
     artifacts = report["artifacts"]
-    name = f"runtime-{report['model']}-keep" + "-".join(str(a["keep"]) for a in artifacts["pruned"])
+    usual = artifacts.get("baseline", artifacts["pruned"][0]).get("method")
+    name = f"runtime-{report['model']}-keep" + "-".join(
+        str(a["keep"]) + ("" if a.get("method") == usual else f"-{a['method']}") for a in artifacts["pruned"]
+    )
     if "baseline" in artifacts:
         name += f"-vs-keep{artifacts['baseline']['keep']}"
     return RESULTS_DIR / f"{name}.json"

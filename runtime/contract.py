@@ -6,7 +6,7 @@ up from here. Plain Python, no torch, no onnx.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")

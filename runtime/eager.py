@@ -20,7 +20,7 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from models import LoadedModel, ModelSpec, load_model
-from pruning_graph import VLMPrunerConfig
+from models.selectors import DEFAULT_METHOD, SelectionMethod, get_method
 from runtime.artifact import token_id_set
 from runtime.families import PromptInputs
 from runtime.generate import GenerationConfig, Greedy, InputProcessor, greedy
@@ -37,13 +37,13 @@ class EagerSession:
         spec: ModelSpec,
         *,
         keep: int | None = None,
-        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+        method: SelectionMethod | None = None,
     ):
         family = spec.model_family
         self.keep = spec.num_image_tokens if keep is None else keep
         self.vision = family.vision_encoder(model, spec).eval()
         self.embedding = family.token_embedding(model).eval()
-        self.prefill_module = family.prefill(model, spec, keep=self.keep, pruner_config=pruner_config).eval()
+        self.prefill_module = family.prefill(model, spec, keep=self.keep, method=method).eval()
         self.decode_module = family.decode_step(model).eval()
         weight = self.embedding.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
@@ -95,7 +95,7 @@ class EagerModel:
     Args:
         model, processor, spec: a loaded model (`models.load_model`), its processor and spec.
         keep: R, image tokens kept; None or N keeps all (the unpruned model).
-        pruner_config: VLM-Pruner hyperparameters.
+        method: the selection method (`models.selectors`), VLM-Pruner by default.
     """
 
     def __init__(
@@ -105,12 +105,14 @@ class EagerModel:
         spec: ModelSpec,
         *,
         keep: int | None = None,
-        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+        method: SelectionMethod | None = None,
     ):
         self.model, self.processor, self.spec = model, processor, spec
-        self.session = EagerSession(model, spec, keep=keep, pruner_config=pruner_config)
+        self.method = method or get_method(DEFAULT_METHOD)
+        self.session = EagerSession(model, spec, keep=keep, method=self.method)
         self.keep = self.session.keep
-        self.inputs = InputProcessor(spec.model_family.input_sections(spec, processor))
+        needs = self.method.min_text_after_image if self.keep < spec.num_image_tokens else 0
+        self.inputs = InputProcessor(spec.model_family.input_sections(spec, processor), min_text_after_image=needs)
         self.eos_token_ids = token_id_set(model.generation_config.eos_token_id)
         self.max_positions = model.config.text_config.max_position_embeddings
 
@@ -126,10 +128,10 @@ class EagerModel:
         keep: int | None = None,
         model_path: str | os.PathLike | None = None,
         dtype: torch.dtype = torch.float32,
-        pruner_config: VLMPrunerConfig = VLMPrunerConfig(),
+        method: SelectionMethod | None = None,
     ) -> EagerModel:
         """Load the registered model `name` (see `models.load_model`) and wrap it."""
-        return cls.from_loaded(load_model(name, model_path, dtype=dtype), keep=keep, pruner_config=pruner_config)
+        return cls.from_loaded(load_model(name, model_path, dtype=dtype), keep=keep, method=method)
 
     def prepare_inputs(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """The transformers processor's input_ids int64 [1, T] and pixel values (the family's shape)

@@ -107,10 +107,18 @@ class InputProcessor:
         manifest: an artifact's manifest (or the same sections of an eager model, `runtime.eager`):
             `model.family`, `geometry`, `preprocess`, `text.image_token_id`, `prompt_template`.
         tokenizer_file: the processor's tokenizer.json; None when only prepared ids are given (`prepare`).
+        min_text_after_image: prompt tokens the selection needs after the image (`Artifact.min_text_after_image`).
     """
 
-    def __init__(self, manifest: dict[str, Any], tokenizer_file: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        tokenizer_file: str | os.PathLike | None = None,
+        *,
+        min_text_after_image: int = 0,
+    ):
         self.family: HostFamily = host_family(manifest)
+        self.min_text_after_image = min_text_after_image
         self.image_token_id: int = manifest["text"]["image_token_id"]
         self.tokenizer = None
         if tokenizer_file is not None:
@@ -123,7 +131,9 @@ class InputProcessor:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> InputProcessor:
-        return cls(artifact.manifest, artifact.path(TOKENIZER_FILE))
+        return cls(
+            artifact.manifest, artifact.path(TOKENIZER_FILE), min_text_after_image=artifact.min_text_after_image
+        )
 
     def __call__(
         self, image: str | os.PathLike | Image.Image, prompt: str, *, on_note: Callable[[str], None] | None = None
@@ -147,11 +157,18 @@ class InputProcessor:
         """`PromptInputs` of prepared input_ids int64 [1, T] (with the N image placeholders) and pixel values.
 
         Raises:
-            ValueError: not one image's worth of placeholders, pixel values of another shape.
+            ValueError: not one image's worth of placeholders, pixel values of another shape, fewer
+                tokens after the image than the selection needs.
         """
         input_ids = np.asarray(input_ids, dtype=np.int64)
         pixel_values = np.asarray(pixel_values, dtype=np.float32)
         image_positions = find_image_positions(input_ids, self.image_token_id, self.family.num_image_tokens)
+        after = input_ids.shape[1] - 1 - int(image_positions[-1])
+        if after < self.min_text_after_image:
+            raise ValueError(
+                f"this artifact's selection needs at least {self.min_text_after_image} prompt tokens after the "
+                f"image (DART's text pivots), the prompt has {after}: ask a longer question"
+            )
         self.family.check_pixel_values(pixel_values)
         position_ids, rope_delta = self.family.position_ids(input_ids.shape[1], image_positions)
         return PromptInputs(

@@ -55,6 +55,7 @@ def measure(
         "artifact": str(artifact_dir),
         "backend": backend,
         "keep": runner.artifact.keep,
+        "method": runner.artifact.method,
         "load_ms": load_ms,
         "median": median_stats(stats),
         "runs": [{**asdict(s), "decode_tokens_per_s": s.decode_tokens_per_s} for s in stats],

@@ -190,8 +190,8 @@ def check_parity(
             model and the artifact's runtime are never in memory together.
         image: default `runtime.samples.sample_image()`.
     Raises:
-        ValueError: a tolerance unknown for the artifact's quantization, a reference with another keep,
-            or no checkpoint to load the reference from.
+        ValueError: a tolerance unknown for the artifact's quantization, a reference with another keep
+            or method, or no checkpoint to load the reference from.
     """
     config = GenerationConfig(max_new_tokens=steps, ignore_eos=True, return_logits=True)
     artifact = load_artifact(artifact_dir)
@@ -213,6 +213,8 @@ def check_parity(
         reference = load_reference(artifact, model_path)
     if reference.keep != artifact.keep:
         raise ValueError(f"the reference keeps {reference.keep} image tokens, the artifact {artifact.keep}")
+    if reference.method.name != artifact.method:
+        raise ValueError(f"the reference selects with {reference.method.name}, the artifact with {artifact.method}")
 
     hf_ids, hf_pixels = reference.prepare_inputs(image, prompt)
     eager_runs = {}
@@ -265,7 +267,7 @@ def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = No
     from models import load_for_export
     from models.checkpoints import TINY_RECIPES
     from models.quantize import Quantization
-    from pruning_graph import VLMPrunerConfig
+    from models.selectors import get_method
     from runtime.eager import EagerModel
 
     model = artifact.manifest["model"]
@@ -287,7 +289,7 @@ def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = No
         image_size=artifact.manifest["geometry"]["image_size"],
     )
     pruning = artifact.manifest["pruning"]
-    return EagerModel.from_loaded(loaded, keep=artifact.keep, pruner_config=VLMPrunerConfig(**pruning.get("config", {})))
+    return EagerModel.from_loaded(loaded, keep=artifact.keep, method=get_method(pruning["method"], pruning["config"]))
 
 
 def _eager_twin(backend: str, quantization: str) -> str:

@@ -11,20 +11,24 @@ test asks for it:
         folder = artifact_dirs[576]             # the same, as a lazy {keep: folder} mapping
 
 The artifacts are exported without the parity check (their manifest's `parity` is
-`{"status": "skipped"}`).
+`{"status": "skipped"}`). Under pytest-xdist (`make test`) the workers share them: the first that
+asks for a keep exports it, under a file lock, into the run's common temporary folder.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from export.config import ExportConfig
 from export.pipeline import ExportPipeline
 from models import LoadedModel, build_tiny_llava, load_model
+from runtime.contract import MANIFEST
 
 # The keep counts the tests cover: 88.9 % and 66.7 % pruning, and the unpruned baseline.
 TEST_KEEPS = (64, 192, 576)
@@ -61,14 +65,20 @@ def tiny(tiny_dir) -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def exported_artifact(tiny_dir, tmp_path_factory) -> Callable[[int], Path]:
-    """keep -> the artifact folder of tiny-llava at that keep (ONNX and ExecuTorch), exported once."""
-    root = tmp_path_factory.mktemp("artifacts")
+    """keep -> the artifact folder of tiny-llava at that keep (ONNX and ExecuTorch), exported once
+    per run, whichever worker asks first."""
+    # An xdist worker's base folder is <run>/popen-gwN: <run> is common to the run's workers.
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-llava-artifacts"
+    root.mkdir(exist_ok=True)
     folders: dict[int, Path] = {}
 
     def export(keep: int) -> Path:
         if keep not in folders:
             config = ExportConfig(model="tiny-llava", keep=keep, model_path=tiny_dir, output_dir=root)
-            folders[keep] = ExportPipeline(config).run()
+            with FileLock(root / f"keep{keep}.lock"):
+                done = (config.artifact_dir / MANIFEST).is_file()
+                folders[keep] = config.artifact_dir if done else ExportPipeline(config).run()
         return folders[keep]
 
     return export

@@ -47,3 +47,4 @@ class PteGraphs:
 
 def open_graphs(artifact_dir: Path, backend: str) -> OnnxGraphs | PteGraphs:
     return OnnxGraphs(artifact_dir) if backend == "onnx" else PteGraphs(artifact_dir)
+

@@ -20,6 +20,7 @@ from export.onnx_weights import WeightFile
 from export.pipeline import ExportPipeline, ParityCheck
 from models import MODEL_SPECS
 from models.quantize import Quantization
+from models.selectors import method_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,7 @@ def fake(monkeypatch, tmp_path):
     """main() with the pipeline and the parity check patched out; returns the recorded configs."""
     FakePipeline.configs = []
     monkeypatch.setattr(pipeline, "ExportPipeline", FakePipeline)
-    monkeypatch.setattr(cli, "run_parity", lambda pipeline: {"passed": True, "backends": {}})
+    monkeypatch.setattr(cli, "run_parity", lambda pipeline, steps=None: {"passed": True, "backends": {}})
     monkeypatch.chdir(tmp_path)
     return FakePipeline.configs
 
@@ -52,6 +53,7 @@ def fake(monkeypatch, tmp_path):
 def test_torch_free_choices_name_the_registry():
     assert options.MODEL_NAMES == tuple(sorted(MODEL_SPECS))
     assert options.QUANTIZATIONS == tuple(q.value for q in Quantization)
+    assert options.METHOD_NAMES == tuple(method_names())
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--keep", "0"], ["--model", "nope"]])
@@ -121,7 +123,7 @@ def test_parity_results_are_stored_in_the_manifest(fake, tmp_path):
 
 
 def test_failed_parity_exits_1(fake, monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "run_parity", lambda pipeline: {"passed": False, "backends": {}})
+    monkeypatch.setattr(cli, "run_parity", lambda pipeline, steps=None: {"passed": False, "backends": {}})
     assert cli.main([]) == 1
     assert read_manifest(tmp_path / "artifacts/tiny-llava/keep64")["parity"]["status"] == "failed"
 

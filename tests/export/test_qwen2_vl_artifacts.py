@@ -19,10 +19,12 @@ from export.pipeline import ExportPipeline
 from models import build_tiny_qwen2_vl
 from runtime.__main__ import main as runtime_main
 from runtime.artifact import load_artifact
+from runtime.eager import EagerModel
 from runtime.contract import GRAPH_NAMES, graph_io
-from runtime.generate import InputProcessor, Runner
+from runtime.generate import GenerationConfig, InputProcessor, Runner
 from runtime.parity import check_parity
 from runtime.samples import DEFAULT_PROMPT, sample_image
+from tests.export.parity_checks import assert_exact_parity
 
 MODEL = "tiny-qwen2-vl"
 N = 64
@@ -57,14 +59,7 @@ def exported(qwen_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("keep", [28, N])
 def test_float32_parity_on_both_backends(exported, keep):
-    _, report = exported(keep)
-    assert [result.backend for result in report.backends] == ["onnx", "executorch"]
-    for result in report.backends:
-        assert result.exact and result.kept_indices_equal and result.tokens_equal, result
-        assert len(result.tokens) == STEPS
-        assert result.logits_max_abs <= result.tolerance
-    assert report.input_ids_equal and report.pixel_values_max_abs == 0.0
-    assert report.passed
+    assert_exact_parity(exported(keep)[1], ("onnx", "executorch"), STEPS)
 
 
 def test_int4_parity(exported):
@@ -134,19 +129,21 @@ def test_runtime_cli_answers(exported, backend, tmp_path, capfd):
     out, err = capfd.readouterr()
     assert code == 0, err
     # The fixture's export checks parity itself (`check_parity`), so the manifest says skipped.
-    assert out.strip() and f"[{backend}, keep 28, parity skipped" in err
+    assert out.strip() and f"[{backend}, keep 28, vlm-pruner, parity skipped" in err
     assert "the image (500 x 300) is stretched to 224 x 224" in err
 
 
-def test_inputs_of_another_family_are_refused(exported, artifact_dirs):
-    """A LLaVA artifact given Qwen2-VL's inputs, and the other way round: one-line errors, not a crash."""
+def test_inputs_of_another_family_are_refused(exported, tiny):
+    """LLaVA given Qwen2-VL's inputs, and the other way round: one-line errors, not a crash. (The
+    LLaVA side is the eager model's input preparation, the one every LLaVA runner uses, so that
+    this module needs no tiny-llava artifact: tests/conftest.py.)"""
     qwen = Runner(exported(28)[0], "onnx")
-    llava = Runner(artifact_dirs[64], "onnx")
+    llava = EagerModel.from_loaded(tiny)
     qwen_inputs = qwen.inputs(sample_image(), DEFAULT_PROMPT)
-    llava_inputs = llava.inputs(sample_image(), DEFAULT_PROMPT)
+    llava_ids, llava_pixels = llava.prepare_inputs(sample_image(), DEFAULT_PROMPT)
     with pytest.raises(ValueError, match=r"expected one image \(576 image tokens"):
-        llava.generate_ids(qwen_inputs.input_ids, qwen_inputs.pixel_values)
+        llava.generate_ids(qwen_inputs.input_ids, qwen_inputs.pixel_values, GenerationConfig())
     with pytest.raises(ValueError, match=r"pixel_values must be \[1, 3, 336, 336\] for this model, got \[256, 1176\]"):
-        llava.generate_ids(llava_inputs.input_ids, qwen_inputs.pixel_values)
+        llava.generate_ids(llava_ids, qwen_inputs.pixel_values, GenerationConfig())
     with pytest.raises(ValueError, match=r"pixel_values must be \[256, 1176\] for this model, got \[1, 3, 336, 336\]"):
-        qwen.generate_ids(qwen_inputs.input_ids, llava_inputs.pixel_values)
+        qwen.generate_ids(qwen_inputs.input_ids, llava_pixels)

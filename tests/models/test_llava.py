@@ -18,9 +18,12 @@ DECODE_STEPS = 8
 
 
 @torch.no_grad()
-def reference_pruned_logits(model, inputs_embeds, image_start, *, grid, keep, prune_layer):
+def reference_pruned_logits(model, inputs_embeds, image_start, *, grid, keep, prune_layer, select=None):
     """The pruned model composed by hand: transformers' decoder layers called one by one with
-    transformers' own cache, `reference_select`, and Python slicing of the sequence.
+    transformers' own cache, a reference selection, and Python slicing of the sequence.
+
+    `select(image_keys [N, dk], image_states [N, d], keep)` -> (kept [R], their states [R, d]);
+    default `reference_select` on the grid.
 
     Returns (logits [1, T', vocab] of every remaining position, kept int64 [R], DynamicCache).
     """
@@ -39,7 +42,10 @@ def reference_pruned_logits(model, inputs_embeds, image_start, *, grid, keep, pr
     image = slice(image_start, image_start + n)
     keys = cache.layers[prune_layer - 1].keys[0, :, image]  # [n_kv_heads, N, head_dim]
     keys = keys.transpose(0, 1).reshape(n, -1)
-    kept, fused = reference_select(keys, hidden[0, image], grid, keep)
+    if select is None:
+        kept, fused = reference_select(keys, hidden[0, image], grid, keep)
+    else:
+        kept, fused = select(keys, hidden[0, image], keep)
     hidden = torch.cat([hidden[:, :image_start], fused[None], hidden[:, image_start + n :]], dim=1)
     positions = torch.cat(
         [torch.arange(image_start), image_start + kept, torch.arange(image_start + n, seq_len)]

@@ -308,7 +308,15 @@ def test_bench_reports_a_child_failure_in_one_line(run_case):
 
 @pytest.mark.parametrize(
     ("target", "variable"),
-    [("export", "MODEL"), ("export", "KEEP"), ("export", "QUANTIZE"), ("bench", "MODEL"), ("bench", "BENCH_KEEPS")],
+    [
+        ("export", "MODEL"),
+        ("export", "KEEP"),
+        ("export", "QUANTIZE"),
+        ("export", "METHOD"),
+        ("bench", "MODEL"),
+        ("bench", "BENCH_KEEPS"),
+        ("bench", "METHOD"),
+    ],
 )
 def test_make_variables_are_arguments_not_code(tmp_path, target, variable):
     """A make variable holding shell or Python code is passed as one argument and refused."""

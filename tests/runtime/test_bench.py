@@ -34,10 +34,10 @@ def test_bench_cli_writes_json(artifact_dirs, tmp_path, capsys):
     assert report["model"] == "tiny-llava" and report["quantization"] == "none"
     assert [a["keep"] for a in report["artifacts"]["pruned"]] == [64, 192]
     assert report["artifacts"]["baseline"]["keep"] == 576
-    assert [(r["backend"], r["role"], r["keep"]) for r in report["results"]] == [
-        ("onnx", "pruned", 64),
-        ("onnx", "pruned", 192),
-        ("onnx", "baseline", 576),
+    assert [(r["backend"], r["role"], r["keep"], r["method"]) for r in report["results"]] == [
+        ("onnx", "pruned", 64, "vlm-pruner"),
+        ("onnx", "pruned", 192, "vlm-pruner"),
+        ("onnx", "baseline", 576, "vlm-pruner"),
     ]
     for result in report["results"]:
         _check_measurement(result, runs=2, tokens=3)
@@ -51,8 +51,9 @@ def test_bench_cli_writes_json(artifact_dirs, tmp_path, capsys):
     predicted = {keep: flops["predicted_speedup"] for keep, flops in report["flops"].items()}
     assert set(predicted) == {"64", "192"}
     assert predicted["64"]["lm_prefill"] > predicted["192"]["lm_prefill"] > predicted["192"]["end_to_end"] > 1
-    assert set(report["speedups"]) == {"onnx"} and set(report["speedups"]["onnx"]) == {"64", "192"}
-    assert set(report["speedups"]["onnx"]["64"]) == {
+    assert report["speedups"].keys() == {"onnx"} and report["speedups"]["onnx"].keys() == {"vlm-pruner"}
+    assert report["speedups"]["onnx"]["vlm-pruner"].keys() == {"64", "192"}
+    assert set(report["speedups"]["onnx"]["vlm-pruner"]["64"]) == {
         "vision",
         "prefill",
         "vision_and_prefill",
@@ -79,12 +80,16 @@ def test_artifacts_of_different_quantizations_are_not_compared(artifact_dirs, tm
     assert "different models or quantizations" in capsys.readouterr().err
 
 
-def test_default_json_name_lists_every_keep():
-    artifacts = {"pruned": [{"keep": 64}, {"keep": 128}], "baseline": {"keep": 576}}
-    path = default_json_path({"model": "llava-1.5-7b", "artifacts": artifacts})
+def test_default_json_name_lists_every_keep_and_other_methods():
+    usual = "vlm-pruner"
+    artifacts = {"pruned": [{"keep": 64, "method": usual}, {"keep": 128, "method": usual}]}
+    path = default_json_path({"model": "llava-1.5-7b", "artifacts": artifacts | {"baseline": {"keep": 576, "method": usual}}})
     assert path.name == "runtime-llava-1.5-7b-keep64-128-vs-keep576.json"
-    assert default_json_path({"model": "tiny-llava", "artifacts": {"pruned": [{"keep": 64}]}}).name == (
-        "runtime-tiny-llava-keep64.json"
+    artifacts = {"pruned": [{"keep": 64, "method": "fastv"}]}
+    assert default_json_path({"model": "tiny-llava", "artifacts": artifacts}).name == "runtime-tiny-llava-keep64.json"
+    artifacts = {"pruned": [{"keep": 64, "method": usual}, {"keep": 64, "method": "dart"}], "baseline": {"keep": 576, "method": usual}}
+    assert default_json_path({"model": "tiny-llava", "artifacts": artifacts}).name == (
+        "runtime-tiny-llava-keep64-64-dart-vs-keep576.json"
     )
 
 

@@ -1,0 +1,142 @@
+"""The selector seam: what layer K-1 hands to a selector, and what a selection method is.
+
+    Prefill ── layers 0..K-1 ──> LayerOutputs ──PrefillSelector──> kept [R], their states [R, d]
+
+A method is one file in this package: a frozen dataclass (its settings) that builds the
+selector module for one geometry and keep count, registered by name (`register`). The prefill
+runs whichever selector it is given and never branches on the method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb, repeat_kv
+
+from pruning_graph.validation import Grid
+
+
+@dataclass(frozen=True)
+class LayerOutputs:
+    """What layer K-1 produced, for a selector at the input of layer K. Batch of one.
+
+    The accessors are computed when a selector calls them, so a traced graph holds only what its
+    selector reads.
+
+    Attributes:
+        layer: decoder layer K-1 (its attention's projections give `last_token_attention`).
+        layer_input: [1, T, d], the layer's input.
+        hidden: [1, T, d], its output.
+        keys: [1, n_kv_heads, T, head_dim], its post-RoPE keys.
+        cos, sin: [1, T, head_dim], the rotary tables of the T positions.
+        final_norm: the model's final norm.
+        image_positions: int64 [N], the sequence positions of the image tokens.
+    """
+
+    layer: LlamaDecoderLayer
+    layer_input: Tensor
+    hidden: Tensor
+    keys: Tensor
+    cos: Tensor
+    sin: Tensor
+    final_norm: nn.Module
+    image_positions: Tensor
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.image_positions.shape[0]
+
+    def token_keys(self) -> Tensor:
+        """Un-repeated KV heads concatenated per token: [T, n_kv_heads * head_dim]."""
+        return self.keys[0].transpose(0, 1).reshape(self.keys.shape[2], -1)
+
+    def image_keys(self) -> Tensor:
+        """[N, n_kv_heads * head_dim]."""
+        n = self.num_image_tokens
+        return self.keys[0].index_select(1, self.image_positions).transpose(0, 1).reshape(n, -1)
+
+    def image_states(self) -> Tensor:
+        """The image tokens' output states: [N, d]."""
+        return self.hidden[0].index_select(0, self.image_positions)
+
+    def normed_states(self) -> Tensor:
+        """Every token's output state through the final norm: [T, d]."""
+        return self.final_norm(self.hidden)[0]
+
+    def after_image(self) -> Tensor:
+        """bool [T]: the tokens after the last image token."""
+        positions = torch.arange(self.hidden.shape[1], device=self.hidden.device)
+        return (positions[:, None] > self.image_positions[None, :]).all(dim=1)
+
+    def last_token_attention(self) -> Tensor:
+        """The last token's attention probabilities to the image tokens in this layer, one row per
+        query head, the softmax over its whole causal row (all T keys): float32 [heads, N]."""
+        attn = self.layer.self_attn
+        heads = attn.config.num_attention_heads
+        x = self.layer.input_layernorm(self.layer_input[:, -1:])  # [1, 1, d]
+        query = attn.q_proj(x).view(1, 1, heads, attn.head_dim).transpose(1, 2)  # [1, heads, 1, head_dim]
+        query, _ = apply_rotary_pos_emb(query, query, self.cos[:, -1:], self.sin[:, -1:])
+        keys = repeat_kv(self.keys, heads // self.keys.shape[1])  # [1, heads, T, head_dim]
+        scores = (query.float() @ keys.float().transpose(2, 3))[0, :, 0] * attn.scaling  # [heads, T]
+        return scores.softmax(dim=-1).index_select(1, self.image_positions)
+
+
+class PrefillSelector(nn.Module, ABC):
+    """Chooses R of the N image tokens at the input of layer K.
+
+    forward(outputs: LayerOutputs) -> (kept int64 [R] ascending, states [R, d]: the kept tokens'
+    states as they enter layer K, fused or unchanged).
+    """
+
+    @abstractmethod
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class SelectionMethod(ABC):
+    """A token-selection method and its settings (the dataclass fields).
+
+    Class attributes:
+        name: the method's name (`--method`, the manifest's `pruning.method`).
+        question_dependent: whether the selection reads the text after the image.
+        min_text_after_image: text tokens the prompt must hold after the image (the runtime checks).
+        loop_graph: the graph whose selection runs loops (`scan`), None if none does: the export
+            checks that it holds them and that no other graph does.
+    """
+
+    name: ClassVar[str]
+    question_dependent: ClassVar[bool] = False
+    min_text_after_image: ClassVar[int] = 0
+    loop_graph: ClassVar[str | None] = None
+
+    @abstractmethod
+    def prefill_selector(self, grid: Grid, keep: int) -> PrefillSelector:
+        """The selector of R = `keep` tokens out of the `grid`'s N, 1 <= R < N."""
+
+    def settings(self) -> dict[str, Any]:
+        """The manifest's `pruning.config`: the fields, JSON-ready."""
+        return asdict(self)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> SelectionMethod:
+        """The method of a manifest's `pruning.config` (`settings`' inverse)."""
+        return cls(**settings)
+
+
+# name -> method class, filled by `register` as the method modules are imported (`get_method`).
+METHODS: dict[str, type[SelectionMethod]] = {}
+
+
+def register(method: type[SelectionMethod]) -> type[SelectionMethod]:
+    """Class decorator: make `method` known under its name."""
+    METHODS[method.name] = method
+    return method
+
+
+def kept_states(outputs: LayerOutputs, kept: Tensor) -> Tensor:
+    """The kept image tokens' states, unchanged (no fusion): int64 [R] -> [R, d]."""
+    return outputs.hidden[0].index_select(0, outputs.image_positions.index_select(0, kept))

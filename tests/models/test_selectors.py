@@ -1,0 +1,167 @@
+"""The selection methods inside the prefill (`models.selectors`) against transformers and the
+references of `pruning_graph`, on tiny-llava: FastV's attention scores, DART's normalised states
+and pivots, and each baseline's pruned prefill against a hand composition of transformers' layers."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from models import LoadedModel, load_model
+from models.selectors import LayerOutputs, PrefillSelector, get_method, method_names
+from pruning_graph import dart_reference, fastv_reference
+from runtime.eager import EagerModel
+from tests.models.conftest import embed
+from tests.models.test_llava import ATOL, reference_pruned_logits
+
+KEEP = 64
+
+
+class Recording(PrefillSelector):
+    """A selector that records what layer K-1 handed it, then selects as `inner` does."""
+
+    def __init__(self, inner: PrefillSelector):
+        super().__init__()
+        self.inner = inner
+        self.seen: LayerOutputs | None = None
+
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]:
+        self.seen = outputs
+        return self.inner(outputs)
+
+
+@pytest.fixture(scope="module")
+def tiny_copy(tiny_dir) -> LoadedModel:
+    """tiny-llava with a final norm whose weight is not all ones (as built it is, and the cosines
+    DART takes would not see the norm)."""
+    loaded = load_model("tiny-llava", tiny_dir, dtype=torch.float32)
+    norm = loaded.model.model.language_model.norm
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(norm.weight.shape, generator=torch.Generator().manual_seed(0)) + 0.5)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def embedded(tiny_copy, inputs) -> tuple[Tensor, Tensor, Tensor]:
+    """The prefill's inputs for the test prompt: embeds [1, T, d], position ids [1, 1, T], image positions [N]."""
+    return embed(EagerModel.from_loaded(tiny_copy), *inputs)
+
+
+@pytest.fixture(scope="module")
+def transformers_run(tiny_copy, embedded):
+    """transformers' language model on the test prompt, eager attention (the one that returns its
+    weights): its attentions, hidden states and cache (post-RoPE keys) of every layer."""
+    model = tiny_copy.model
+    default = model.config.text_config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model.model.language_model(
+                inputs_embeds=embedded[0],
+                position_ids=embedded[1][0],
+                use_cache=True,
+                output_attentions=True,
+                output_hidden_states=True,
+            )
+    finally:  # the hand composition calls the layers without a mask: causal only with sdpa
+        model.set_attn_implementation(default)
+    return out, model.model.language_model.norm
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny_copy, embedded):
+    """method -> (the eager prefill's outputs at keep 64, what its selector saw)."""
+
+    @cache
+    def run(method: str):
+        model = EagerModel.from_loaded(tiny_copy, keep=KEEP, method=get_method(method))
+        prefill = model.session.prefill_module
+        prefill.selector = Recording(prefill.selector)
+        with torch.no_grad():
+            outputs = prefill(*embedded)
+        return outputs, prefill.selector.seen
+
+    return run
+
+
+def _reference_kept(method: str, transformers_run, embedded, layer: int) -> Tensor:
+    """The reference selection on transformers' own tensors of layer K-1."""
+    out, norm = transformers_run
+    image = embedded[2]
+    if method == "fastv":
+        return fastv_reference(out.attentions[layer][0, :, -1].index_select(1, image), KEEP)
+    keys = out.past_key_values.layers[layer].keys[0]  # [n_kv_heads, T, head_dim]
+    keys = keys.transpose(0, 1).reshape(keys.shape[1], -1)  # [T, dk]
+    with torch.no_grad():
+        normed = norm(out.hidden_states[layer + 1])[0]  # layer K-1's output, final-normed
+    after = slice(int(image[-1]) + 1, None)
+    return dart_reference(keys[image], normed[image], keys[after], normed[after], KEEP)
+
+
+def test_methods_are_registered_by_name():
+    assert method_names() == ["vlm-pruner", "dart", "fastv"]
+    with pytest.raises(ValueError, match="unknown selection method 'nope'; methods: vlm-pruner, dart, fastv"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="do not fit the fastv method"):
+        get_method("fastv", {"kappa": 4})
+
+
+def test_fastv_scores_are_transformers_attention_weights(tiny, recorded, transformers_run, embedded):
+    _, seen = recorded("fastv")
+    out, _ = transformers_run
+    expected = out.attentions[tiny.spec.prune_layer - 1][0, :, -1].index_select(1, embedded[2])  # [heads, N]
+    torch.testing.assert_close(seen.last_token_attention(), expected, atol=1e-6, rtol=0)
+
+
+def test_dart_states_are_the_final_norm_of_layer_k_minus_1(tiny, recorded, transformers_run):
+    _, seen = recorded("dart")
+    out, norm = transformers_run
+    with torch.no_grad():
+        expected = norm(out.hidden_states[tiny.spec.prune_layer])[0]  # hidden_states[K]: layer K-1's output
+    torch.testing.assert_close(seen.normed_states(), expected, atol=ATOL, rtol=0)
+    after = seen.after_image()
+    assert after.sum() == seen.hidden.shape[1] - 1 - int(seen.image_positions[-1]) >= 4
+
+
+@pytest.mark.parametrize("method", ["fastv", "dart"])
+def test_kept_tokens_equal_the_reference_on_transformers_tensors(tiny, method, recorded, transformers_run, embedded):
+    (_, kept, _), _ = recorded(method)
+    expected = _reference_kept(method, transformers_run, embedded, tiny.spec.prune_layer - 1)
+    assert kept.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("method", ["fastv", "dart"])
+def test_pruned_prefill_equals_transformers_layers_composed_by_hand(tiny, tiny_copy, method, recorded, embedded):
+    """No fusion: the kept tokens enter layer K unchanged, at their original positions."""
+    (logits, kept, cache), _ = recorded(method)
+    image_start = int(embedded[2][0])
+    expected_logits, _, expected_cache = reference_pruned_logits(
+        tiny_copy.model,
+        embedded[0],
+        image_start,
+        grid=tiny.spec.grid,
+        keep=KEEP,
+        prune_layer=tiny.spec.prune_layer,
+        select=lambda keys, states, keep: (kept, states[kept]),
+    )
+    torch.testing.assert_close(logits, expected_logits[:, -1], atol=ATOL, rtol=0)
+    for layer, (key, value) in enumerate(cache):
+        torch.testing.assert_close(key, expected_cache.layers[layer].keys, atol=ATOL, rtol=0)
+        torch.testing.assert_close(value, expected_cache.layers[layer].values, atol=ATOL, rtol=0)
+
+
+def test_dart_refuses_a_prompt_with_fewer_than_4_tokens_after_the_image(tiny, inputs):
+    model = EagerModel.from_loaded(tiny, keep=KEEP, method=get_method("dart"))
+    input_ids, pixel_values = (x.numpy() for x in inputs)
+    last_image = int(np.flatnonzero(input_ids[0] == tiny.spec.image_token_id)[-1])
+    for after in (0, 3):
+        short = input_ids[:, : last_image + 1 + after]
+        with pytest.raises(ValueError, match=f"at least 4 prompt tokens after the image .*, the prompt has {after}"):
+            model.inputs.prepare(short, pixel_values)
+    assert model.inputs.prepare(input_ids[:, : last_image + 5], pixel_values).num_tokens == last_image + 5
+    # Unpruned, or another method: no such need.
+    EagerModel.from_loaded(tiny, method=get_method("dart")).inputs.prepare(input_ids[:, : last_image + 1], pixel_values)
