@@ -132,12 +132,12 @@ class Artifact:
     @property
     def family(self) -> str:
         """The model family (`runtime.families`), e.g. "llava" or "qwen2_vl"."""
-        return _field(_field(self.manifest, "model", dict), "family", str, "model")
+        return _section_field(self.manifest, "model", "family", str)
 
     @property
     def pixel_values_shape(self) -> list[int]:
         """The shape of the vision encoder's input (the family's)."""
-        shape = _field(_field(self.manifest, "geometry", dict), "pixel_values_shape", list, "geometry")
+        shape = _section_field(self.manifest, "geometry", "pixel_values_shape", list)
         if not shape or not all(isinstance(size, int) and not isinstance(size, bool) for size in shape):
             raise ArtifactError(f"{MANIFEST}: geometry.pixel_values_shape must be a list of integers, got {shape!r}")
         return shape
@@ -145,21 +145,21 @@ class Artifact:
     @property
     def position_rows(self) -> int:
         """Rows of the position ids: 1 (RoPE) or 3 (M-RoPE)."""
-        return _field(_field(self.manifest, "geometry", dict), "position_rows", int, "geometry")
+        return _section_field(self.manifest, "geometry", "position_rows", int)
 
     @property
     def prune_layer(self) -> int:
-        return _field(_field(self.manifest, "pruning", dict), "prune_layer", int, "pruning")
+        return _section_field(self.manifest, "pruning", "prune_layer", int)
 
     @property
     def method(self) -> str:
         """The token-selection method, e.g. "vlm-pruner", "fastv", "dart"."""
-        return _field(_field(self.manifest, "pruning", dict), "method", str, "pruning")
+        return _section_field(self.manifest, "pruning", "method", str)
 
     @property
     def min_text_after_image(self) -> int:
         """Prompt tokens the selection needs after the image (DART's text pivots; 0 for most methods)."""
-        return _field(_field(self.manifest, "pruning", dict), "min_text_after_image", int, "pruning")
+        return _section_field(self.manifest, "pruning", "min_text_after_image", int)
 
 
 def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
@@ -224,8 +224,8 @@ def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
             bos_token_id=text.get("bos_token_id"),
             max_seq_len=_field(text, "max_seq_len", int, "text"),
         ),
-        num_image_tokens=_field(_field(manifest, "geometry", dict), "num_image_tokens", int, "geometry"),
-        keep=_field(_field(manifest, "pruning", dict), "keep", int, "pruning"),
+        num_image_tokens=_section_field(manifest, "geometry", "num_image_tokens", int),
+        keep=_section_field(manifest, "pruning", "keep", int),
         prompt_template=_field(manifest, "prompt_template", str),
         backends=backends,
         parity=_parity_status(manifest),
@@ -288,6 +288,11 @@ def _check_relative(relative: str, manifest_path: Path) -> None:
     parts = PurePosixPath(relative).parts
     if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
         raise ArtifactError(f"{manifest_path}: file entry {relative!r} is not a path inside the artifact folder")
+
+
+def _section_field(manifest: dict[str, Any], section: str, key: str, kind: type) -> Any:
+    """`manifest[section][key]`, checked to be there and of type `kind`."""
+    return _field(_field(manifest, section, dict), key, kind, section)
 
 
 def _field(mapping: dict[str, Any], key: str, kind: type, section: str | None = None) -> Any:
