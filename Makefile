@@ -15,9 +15,11 @@ RANDOM_WEIGHTS ?=
 QUANTIZE ?=
 # IMAGE_SIZE=S: the side of the square image the graphs take (Qwen2-VL: a multiple of 28; default the model's).
 IMAGE_SIZE ?=
-# METHOD=vlm-pruner|fastv|dart: the token selection (default vlm-pruner); make bench takes several
-# ("vlm-pruner fastv dart") and puts them side by side.
+# METHOD=vlm-pruner|fastv|dart|divprune: the token selection (default vlm-pruner); make bench and
+# make bench-select take several ("vlm-pruner fastv dart divprune") and put them side by side.
 METHOD ?=
+# make bench-select: the token counts N (default 576 2928 3136 12544).
+SIZES ?=
 # make bench: the pruned keeps, the baseline's keep (default N) and flags of runtime.bench.
 BENCH_KEEPS    ?= 64 128 192
 BENCH_BASELINE ?=
@@ -28,7 +30,7 @@ SOAK_RUNS ?= 1000
 # `?=` would then keep it empty.
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE METHOD BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
+export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
                $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
@@ -54,7 +56,7 @@ test: setup
 	$(PY) -m pytest -q -m real_width tests
 
 bench-select: setup
-	$(PY) -m bench.select_speed
+	$(PY) -m bench.select_speed $${METHOD:+--methods $$METHOD} $${SIZES:+--sizes $$SIZES}
 
 # Which tokens each method keeps on synthetic scenes with known objects: coverage, contiguity,
 # redundancy (bench/select_quality.py). Writes bench/results/select_quality.{json,png}.

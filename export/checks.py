@@ -2,8 +2,8 @@
 
 Run after every export: the interface (names, input and output counts), the static keep count R
 of `kept_indices`, and the presence of the selection where its method loops (VLM-Pruner's greedy
-passes in the prefill are `scan` loops: torch's higher-order `scan`, ONNX `Scan`;
-`SelectionMethod.loop_graph`), and no loop elsewhere. No numerics here: those are the parity
+passes in the prefill, DivPrune's in the vision encoder, are `scan` loops: torch's higher-order
+`scan`, ONNX `Scan`; `SelectionMethod.loops`), and no loop elsewhere. No numerics here: those are the parity
 check's (`runtime.parity`).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.export import ExportedProgram
 
-from export.graphs import GraphSpec, find_graph
+from export.graphs import GraphSpec
 from runtime.contract import GRAPH_NAMES
 
 # ONNX ops that can carry the selection's loops.
@@ -65,7 +65,7 @@ def check_onnx(path: Path, graph: GraphSpec, *, keep: int, loops: bool) -> None:
         raise ExportCheckError(f"{path}: no Scan/Loop node: the selection is missing")
     if not loops and count:
         raise ExportCheckError(f"{path}: {count} Scan/Loop nodes, expected none (no selection loop)")
-    if graph.name != "prefill":
+    if "kept_indices" not in graph.output_names:
         return
 
     kept = next(value for value in model.graph.output if value.name == "kept_indices")
@@ -77,8 +77,8 @@ def check_onnx(path: Path, graph: GraphSpec, *, keep: int, loops: bool) -> None:
 
 
 def check_pte(path: Path, graphs: tuple[GraphSpec, ...], *, keep: int) -> None:
-    """The .pte loads, has the four methods with the contract's input and output counts, and a
-    static int64 [R] kept_indices."""
+    """The .pte loads, has the four methods with the contract's input and output counts, and
+    static int64 [R] kept_indices wherever the contract has them."""
     from executorch.runtime import Runtime
 
     try:
@@ -96,8 +96,10 @@ def check_pte(path: Path, graphs: tuple[GraphSpec, ...], *, keep: int) -> None:
                 f"{path}: method {graph.name} takes {counts[0]} and returns {counts[1]} tensors, "
                 f"the contract says {expected[0]} and {expected[1]}"
             )
-    prefill = find_graph(graphs, "prefill")
-    kept = program.metadata("prefill").output_tensor_meta(prefill.output_names.index("kept_indices"))
-    if tuple(kept.sizes()) != (keep,) or kept.dtype() != _ET_INT64:
-        raise ExportCheckError(f"{path}: prefill's kept_indices is {kept}, expected int64 [{keep}]")
+    for graph in graphs:
+        if "kept_indices" not in graph.output_names:
+            continue
+        kept = program.metadata(graph.name).output_tensor_meta(graph.output_names.index("kept_indices"))
+        if tuple(kept.sizes()) != (keep,) or kept.dtype() != _ET_INT64:
+            raise ExportCheckError(f"{path}: {graph.name}'s kept_indices is {kept}, expected int64 [{keep}]")
 

@@ -6,6 +6,7 @@ takes and returns the same tensors positionally, in the same order). The modules
 model's family (`models.families`); the names from `runtime.contract`.
 
     vision_encoder  pixel_values (the family's shape)           -> image_embeds [N, d]
+                    (selection in the vision graph: image_embeds [R, d], kept_indices [R])
     embed_tokens    input_ids [1, T]                             -> inputs_embeds [1, T, d]
     prefill         inputs_embeds [1, T, d], position_ids [rows, 1, T], image_positions [N]
                                                                  -> logits, kept_indices [R], present.*
@@ -14,6 +15,8 @@ model's family (`models.families`); the names from `runtime.contract`.
 Bounds, with M = max_seq_len: T in [1, M] for embed_tokens (the runtime also embeds single
 generated tokens); T in [N + 1, M] for prefill (at least one text token besides the image); past
 lengths in [N + 1, M - 1] for layers < K and [R + 1, M - 1 - (N - R)] for layers >= K in decode.
+With the selection in the vision graph, the language model's graphs are unpruned ones for an
+image of R tokens (N = R above).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from torch.export import Dim
 from transformers import PreTrainedModel
 
 from models import KVCache, ModelSpec, Prefill
+from models.families import prompt_image_tokens, selection_graph
 from models.selectors import SelectionMethod
-from runtime.contract import GRAPH_NAMES, MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, SEQUENCE_DIM, graph_io
+from runtime.contract import MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, SEQUENCE_DIM, graph_io
 
 # Text tokens around the image in the example prompt: any length inside the bounds would do,
 # torch.export traces symbolically.
@@ -127,9 +131,10 @@ def build_graphs(
     Raises:
         ValueError: keep out of [1, N], or M leaving no room for text and one generated token.
     """
-    n = spec.num_image_tokens
-    if not 1 <= keep <= n:
-        raise ValueError(f"keep must be in [1, N] = [1, {n}], got {keep}")
+    if not 1 <= keep <= spec.num_image_tokens:
+        raise ValueError(f"keep must be in [1, N] = [1, {spec.num_image_tokens}], got {keep}")
+    # The image tokens the language model is fed: R when the vision graph selects them, else N.
+    n = prompt_image_tokens(spec, keep, method)
     if max_seq_len < n + _EXAMPLE_TEXT_TOKENS + 1:
         raise ValueError(
             f"max_seq_len {max_seq_len} is too short: the prompt alone holds the {n} image tokens plus text"
@@ -144,13 +149,15 @@ def build_graphs(
     dropped = n - keep
     bounds = {MAX_SEQ_LEN_KEY: str(max_seq_len)}
 
+    selected_in = selection_graph(spec, keep, method)
+
     def graph(name: str, module: nn.Module, example_inputs: tuple, dynamic_shapes: tuple | None, **kwargs) -> GraphSpec:
-        inputs, outputs = graph_io(name, num_layers)
+        inputs, outputs = graph_io(name, num_layers, selection_graph=selected_in)
         return GraphSpec(name, module.eval(), example_inputs, dynamic_shapes, inputs, outputs, **kwargs)
 
     vision = graph(
         "vision_encoder",
-        family.vision_encoder(model, spec),
+        family.vision_graph(model, spec, keep=keep, method=method),
         (torch.zeros(family.pixel_values_shape(spec)),),
         None,
     )

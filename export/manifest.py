@@ -11,6 +11,7 @@ from typing import Any, Literal
 from transformers import PreTrainedModel, ProcessorMixin
 
 from models import ModelSpec
+from models.families import selection_graph
 from models.quantize import Quantization
 from models.selectors import SelectionMethod
 from runtime.artifact import sha256_file  # the reader's own, so writer and reader agree
@@ -68,6 +69,7 @@ def build_manifest(
         "geometry": inputs["geometry"],
         "pruning": {
             "method": method.name,
+            "graph": selection_graph(spec, keep, method),
             "keep": keep,
             "prune_layer": spec.prune_layer,
             "rate": round(1.0 - keep / n, 6),

@@ -20,7 +20,7 @@ MODEL_NAMES = (
     "tiny-qwen2-vl",
 )
 # The default first.
-METHOD_NAMES = ("vlm-pruner", "dart", "fastv")
+METHOD_NAMES = ("vlm-pruner", "dart", "divprune", "fastv")
 QUANTIZATIONS = ("none", "int4", "int8")
 DEFAULT_MODEL = "tiny-llava"
 # The paper's headline pruning rate: 64 of LLaVA-1.5's 576 image tokens kept.

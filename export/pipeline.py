@@ -307,8 +307,9 @@ class ExportPipeline:
         return self.config.keep_count < self.config.spec.num_image_tokens
 
     def loops_in(self, graph: str) -> bool:
-        """Whether `graph` holds the selection's loops (`SelectionMethod.loop_graph`)."""
-        return self.pruned and graph == self.config.method.loop_graph
+        """Whether `graph` holds the selection's loops (`SelectionMethod.loops`, `selection_graph`)."""
+        method = self.config.method
+        return self.pruned and method.loops and graph == method.selection_graph
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:

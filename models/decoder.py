@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb, repeat_kv
 
-from models.selectors import DEFAULT_METHOD, LayerOutputs, SelectionMethod, get_method
+from models.selectors import DEFAULT_METHOD, PREFILL, LayerOutputs, SelectionMethod, get_method
 from pruning_graph.validation import Grid, check_grid_and_keep
 
 KVCache = tuple[tuple[Tensor, Tensor], ...]
@@ -59,7 +59,8 @@ class Prefill(nn.Module):
         model: a transformers VLM with `model.model.language_model` (embed_tokens, layers, norm,
             rotary_emb) and `model.lm_head`.
         grid: the selector's geometry of the N image tokens: (H, W), or a sequence of views.
-        method: the selection method (`models.selectors`), VLM-Pruner by default.
+        method: the selection method (`models.selectors`), VLM-Pruner by default; one that selects
+            in the prefill (`SelectionMethod.selection_graph`).
     """
 
     def __init__(
@@ -86,8 +87,10 @@ class Prefill(nn.Module):
         self.selector = None
         if keep < self.num_image_tokens:
             method = method or get_method(DEFAULT_METHOD)
+            if method.selection_graph != PREFILL:
+                raise ValueError(f"{method.name} selects in the {method.selection_graph} graph, not in the prefill")
             # On the weights' device, so that the selector's constant tables follow the model.
-            self.selector = method.prefill_selector(grid, keep).to(model.lm_head.weight.device)
+            self.selector = method.selector(grid, keep).to(model.lm_head.weight.device)
 
     def rotary(self, inputs_embeds: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """cos, sin [1, q, head_dim] of position_ids [1, 1, q] (one row: RoPE)."""

@@ -8,7 +8,9 @@ here and from the manifest.
 
     spec.family ──get_family──> ModelFamily
         config(spec)                       transformers config, no download
-        vision_encoder / token_embedding / prefill / decode_step   the four exported modules
+        vision_encoder                     the family's vision tower (forward(pixel_values) -> [N, d])
+        vision_graph / token_embedding / prefill / decode_step   the four exported modules, with
+                                           the selection where its method runs it
         pixel_values_shape(spec)           the vision graph's input
         synthetic_processor(spec)          processor of a random-weights model
         preprocess_manifest / vision_manifest   what the runtime and the bench need to know
@@ -20,12 +22,12 @@ from abc import ABC, abstractmethod
 from importlib import import_module
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from models.decoder import DecodeStep, Prefill, TokenEmbedding
 from models.registry import ModelSpec
-from models.selectors import SelectionMethod
+from models.selectors import PREFILL, VISION_ENCODER, SelectionMethod, VisionSelector
 
 
 class ModelFamily(ABC):
@@ -64,12 +66,30 @@ class ModelFamily(ABC):
     def vision_encoder(self, model: PreTrainedModel, spec: ModelSpec) -> nn.Module:
         """forward(pixel_values) -> image_embeds [N, d], in the order of the image tokens."""
 
+    def vision_graph(
+        self, model: PreTrainedModel, spec: ModelSpec, *, keep: int, method: SelectionMethod | None = None
+    ) -> nn.Module:
+        """The vision_encoder graph's module: `vision_encoder`, then the selection of R = `keep`
+        tokens when `method` runs it there (forward(pixel_values) -> (image_embeds [R, d], kept
+        int64 [R])); the bare encoder otherwise."""
+        encoder = self.vision_encoder(model, spec)
+        if selection_graph(spec, keep, method) != VISION_ENCODER:
+            return encoder
+        return SelectedVision(encoder, method.selector(spec.grid, keep))
+
     def token_embedding(self, model: PreTrainedModel) -> nn.Module:
         return TokenEmbedding(model)
 
     def prefill(
         self, model: PreTrainedModel, spec: ModelSpec, *, keep: int, method: SelectionMethod | None = None
     ) -> Prefill:
+        """The prefill of a model pruned to R = `keep` image tokens by `method` (VLM-Pruner by default).
+
+        When the selection runs in the vision graph, the language model is an unpruned one fed the
+        R kept tokens: its image geometry is then one row of R tokens (no selection reads it).
+        """
+        if selection_graph(spec, keep, method) == VISION_ENCODER:
+            return self.prefill_class(model, grid=(1, keep), keep=keep, prune_layer=spec.prune_layer)
         return self.prefill_class(model, grid=spec.grid, keep=keep, prune_layer=spec.prune_layer, method=method)
 
     def decode_step(self, model: PreTrainedModel) -> DecodeStep:
@@ -111,6 +131,35 @@ class ModelFamily(ABC):
     def vision_manifest(self, model: PreTrainedModel, spec: ModelSpec) -> dict[str, Any]:
         """The manifest's `vision` section: the tower's sizes and `flops`, the vision encoder's
         matmul FLOPs for one image (`runtime.flops`)."""
+
+
+class SelectedVision(nn.Module):
+    """A vision encoder followed by a selection of its output tokens (DivPrune).
+
+    forward(pixel_values) -> (image_embeds [R, d], kept int64 [R] ascending: which of the encoder's
+    N tokens they are).
+    """
+
+    def __init__(self, encoder: nn.Module, selector: VisionSelector):
+        super().__init__()
+        self.encoder = encoder
+        self.selector = selector
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        embeds = self.encoder(pixel_values)  # [N, d]
+        kept = self.selector(embeds)
+        return embeds.index_select(0, kept), kept
+
+
+def selection_graph(spec: ModelSpec, keep: int, method: SelectionMethod | None) -> str:
+    """The graph where a model pruned to `keep` image tokens by `method` (None: the default) selects
+    them: the method's, `PREFILL` when nothing is pruned."""
+    return method.selection_graph if method is not None and keep < spec.num_image_tokens else PREFILL
+
+
+def prompt_image_tokens(spec: ModelSpec, keep: int, method: SelectionMethod | None) -> int:
+    """Image tokens the language model is fed: R when the selection runs in the vision graph, else N."""
+    return keep if selection_graph(spec, keep, method) == VISION_ENCODER else spec.num_image_tokens
 
 
 # name -> family, filled by `register` as the family modules are imported (`get_family`).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.contract import BACKEND_FILES, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
+from runtime.contract import BACKEND_FILES, FORMAT_VERSION, MANIFEST, SELECTION_GRAPHS, TOKENIZER_FILE
 
 _HASH_CHUNK = 1 << 20
 
@@ -107,7 +107,7 @@ class Artifact:
         """
         claimed = {
             "keep": self.keep,
-            "num_image_tokens": self.num_image_tokens,
+            "prompt_image_tokens": self.prompt_image_tokens,
             "pixel_values_shape": self.pixel_values_shape,
             "position_rows": self.position_rows,
             "hidden_size": self.text.hidden_size,
@@ -115,7 +115,7 @@ class Artifact:
             "num_layers": self.text.num_layers,
             "num_kv_heads": self.text.num_kv_heads,
             "head_dim": self.text.head_dim,
-            "prune_layer": self.prune_layer if self.keep < self.num_image_tokens else None,
+            "prune_layer": self.prune_layer if self.keep < self.prompt_image_tokens else None,
             "max_seq_len": self.text.max_seq_len,
         }
         wrong = [
@@ -153,8 +153,23 @@ class Artifact:
 
     @property
     def method(self) -> str:
-        """The token-selection method, e.g. "vlm-pruner", "fastv", "dart"."""
+        """The token-selection method, e.g. "vlm-pruner", "fastv", "dart", "divprune"."""
         return _section_field(self.manifest, "pruning", "method", str)
+
+    @property
+    def selection_graph(self) -> str:
+        """The graph that selects the image tokens, one of `SELECTION_GRAPHS`: "prefill" (at the
+        pruning layer) or "vision_encoder" (on its output; the prompt then holds R image tokens)."""
+        graph = _section_field(self.manifest, "pruning", "graph", str)
+        if graph not in SELECTION_GRAPHS:
+            raise ArtifactError(f"{MANIFEST}: pruning.graph must be one of {', '.join(SELECTION_GRAPHS)}, got {graph!r}")
+        return graph
+
+    @property
+    def prompt_image_tokens(self) -> int:
+        """Image tokens in the prompt, fed to the language model: R when the vision encoder graph
+        selects them, else N."""
+        return self.keep if self.selection_graph == "vision_encoder" else self.num_image_tokens
 
     @property
     def min_text_after_image(self) -> int:

@@ -4,7 +4,7 @@
         [--backends onnx executorch] [--runs 5] [--warmup 1] [--max-new-tokens 32] [--threads N] [--json FILE]
 
 Artifacts of several selection methods at the same keep stand side by side (a `method` column;
-speed-ups are keyed by backend, method, keep). Each (artifact, backend) runs in a fresh process
+speed-ups are keyed by backend, method, keep; FLOP predictions by method, keep). Each (artifact, backend) runs in a fresh process
 (`runtime.measure`): medians over the runs after
 the warm-up of the vision encoder time, prefill time, time to first token and decode tokens/s,
 and the process's peak resident memory. Beside each measured speed-up over the baseline stands
@@ -84,14 +84,23 @@ def run_bench(
         for role, artifact in roles:
             logger.info("measuring %s keep %d (%s) on %s", artifact.model_name, artifact.keep, artifact.method, backend)
             result = _measure_in_subprocess(artifact.root, backend, options)
-            results.append({"role": role, **result})
+            # T with all N image tokens (the same prompt for every artifact), also where the vision
+            # graph left only R of them in the prompt.
+            prompt_tokens = result["median"]["num_prompt_tokens"] + artifact.num_image_tokens - artifact.prompt_image_tokens
+            cache = kv_cache_bytes(
+                ModelDims.from_manifest(artifact.manifest),
+                prompt_tokens=prompt_tokens,
+                keep=artifact.keep,
+                new_tokens=max_new_tokens,
+            )
+            results.append({"role": role, **result, "kv_cache_mib": cache / MIB})
 
     reference_keep = baseline.keep if baseline is not None else pruned[0].num_image_tokens
-    prompt_tokens = results[0]["median"]["num_prompt_tokens"]
-    dims = ModelDims.from_manifest(pruned[0].manifest)
-    for result in results:
-        cache = kv_cache_bytes(dims, prompt_tokens=prompt_tokens, keep=result["keep"], new_tokens=max_new_tokens)
-        result["kv_cache_mib"] = cache / MIB
+    flops: dict[str, dict[int, Any]] = {}
+    for artifact in pruned:
+        flops.setdefault(artifact.method, {})[artifact.keep] = flop_prediction(
+            artifact, prompt_tokens=prompt_tokens, reference_keep=reference_keep
+        )
     return {
         "model": pruned[0].model_name,
         "quantization": pruned[0].quantization,
@@ -106,9 +115,7 @@ def run_bench(
             "prompt_tokens": prompt_tokens,
         },
         "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "flops": {
-            a.keep: flop_prediction(a, prompt_tokens=prompt_tokens, reference_keep=reference_keep) for a in pruned
-        },
+        "flops": flops,
         "results": results,
         "speedups": _speedups(results) if baseline is not None else {},
     }
@@ -191,7 +198,7 @@ def format_report(report: dict[str, Any]) -> str:
         for backend, by_method in report["speedups"].items():
             for method, by_keep in by_method.items():
                 for keep, s in by_keep.items():
-                    predicted = report["flops"][keep]["predicted_speedup"]
+                    predicted = report["flops"][method][keep]["predicted_speedup"]
                     rows.append(
                         [
                             backend,
@@ -209,12 +216,13 @@ def format_report(report: dict[str, Any]) -> str:
         baseline = report["artifacts"]["baseline"]["keep"]
         lines += [f"\nspeed-up over keep {baseline}:", tabulate(rows, headers=headers, disable_numparse=True)]
     else:
-        for keep, flops in report["flops"].items():
-            predicted = flops["predicted_speedup"]
-            lines.append(
-                f"keep {keep}: predicted speed-up vs keep {flops['reference_keep']}: LM prefill "
-                f"{predicted['lm_prefill']:.2f}x, end to end {predicted['end_to_end']:.2f}x (--baseline measures it)"
-            )
+        for method, by_keep in report["flops"].items():
+            for keep, flops in by_keep.items():
+                predicted = flops["predicted_speedup"]
+                lines.append(
+                    f"{method} keep {keep}: predicted speed-up vs keep {flops['reference_keep']}: LM prefill "
+                    f"{predicted['lm_prefill']:.2f}x, end to end {predicted['end_to_end']:.2f}x (--baseline measures it)"
+                )
     return "\n".join(lines)
 
 

@@ -6,10 +6,14 @@ up from here. Plain Python, no torch, no onnx.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 MANIFEST = "manifest.json"
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
+# The graphs a token selection can run in (the manifest's `pruning.graph`): the prefill, at the
+# input of the pruning layer, or the vision encoder, on its output (then its graph also returns
+# `kept_indices`, and the prompt holds only the kept image tokens).
+SELECTION_GRAPHS = ("prefill", "vision_encoder")
 
 # Files of an artifact, relative to its folder.
 ONNX_DIR = "onnx"
@@ -45,13 +49,19 @@ def cache_names(prefix: str, num_layers: int) -> tuple[str, ...]:
     return tuple(f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value"))
 
 
-def graph_io(graph: str, num_layers: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(input names, output names) of `graph` for a language model of `num_layers` layers.
+def graph_io(
+    graph: str, num_layers: int, *, selection_graph: str = "prefill"
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of `graph` for a language model of `num_layers` layers whose
+    token selection runs in `selection_graph` (one of `SELECTION_GRAPHS`).
 
     ExecuTorch methods take and return the same tensors positionally, in this order.
     """
+    if selection_graph not in SELECTION_GRAPHS:
+        raise ValueError(f"a selection runs in one of {', '.join(SELECTION_GRAPHS)}, not {selection_graph!r}")
+    selects_in_vision = selection_graph == "vision_encoder"
     io = {
-        "vision_encoder": (("pixel_values",), ("image_embeds",)),
+        "vision_encoder": (("pixel_values",), ("image_embeds", "kept_indices") if selects_in_vision else ("image_embeds",)),
         "embed_tokens": (("input_ids",), ("inputs_embeds",)),
         "prefill": (
             ("inputs_embeds", "position_ids", "image_positions"),

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from models import LoadedModel, ModelSpec, load_model
+from models.families import prompt_image_tokens
 from models.selectors import DEFAULT_METHOD, SelectionMethod, get_method
 from runtime.artifact import token_id_set
 from runtime.families import PromptInputs
@@ -41,7 +42,7 @@ class EagerSession:
     ):
         family = spec.model_family
         self.keep = spec.num_image_tokens if keep is None else keep
-        self.vision = family.vision_encoder(model, spec).eval()
+        self.vision = family.vision_graph(model, spec, keep=self.keep, method=method).eval()
         self.embedding = family.token_embedding(model).eval()
         self.prefill_module = family.prefill(model, spec, keep=self.keep, method=method).eval()
         self.decode_module = family.decode_step(model).eval()
@@ -49,8 +50,12 @@ class EagerSession:
         self.device, self.dtype = weight.device, weight.dtype
 
     @torch.no_grad()
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        return _numpy(self.vision(self._float(pixel_values)))
+    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        output = self.vision(self._float(pixel_values))
+        if isinstance(output, torch.Tensor):
+            return _numpy(output), None
+        image_embeds, kept = output  # the vision graph selects (`models.families.SelectedVision`)
+        return _numpy(image_embeds), kept.cpu().numpy()
 
     @torch.no_grad()
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
@@ -112,7 +117,11 @@ class EagerModel:
         self.session = EagerSession(model, spec, keep=keep, method=self.method)
         self.keep = self.session.keep
         needs = self.method.min_text_after_image if self.keep < spec.num_image_tokens else 0
-        self.inputs = InputProcessor(spec.model_family.input_sections(spec, processor), min_text_after_image=needs)
+        self.inputs = InputProcessor(
+            spec.model_family.input_sections(spec, processor),
+            min_text_after_image=needs,
+            prompt_image_tokens=prompt_image_tokens(spec, self.keep, self.method),
+        )
         self.eos_token_ids = token_id_set(model.generation_config.eos_token_id)
         self.max_positions = model.config.text_config.max_position_embeddings
 
@@ -136,7 +145,8 @@ class EagerModel:
     def prepare_inputs(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """The transformers processor's input_ids int64 [1, T] and pixel values (the family's shape)
         of the templated prompt and the image, as the host side brings it to the export's geometry
-        (`HostFamily.fit_image`)."""
+        (`HostFamily.fit_image`). When the vision graph selects the image tokens, the processor's
+        run of N image placeholders is cut to R, the image a stock runner would feed."""
         if not isinstance(image, Image.Image):
             raise ValueError(f"one PIL image per request, got {type(image).__name__}")
         image_token = self.processor.image_token
@@ -144,7 +154,10 @@ class EagerModel:
             raise ValueError(f"the prompt must not contain {image_token}: the conversation template places the image")
         text = self.spec.format_prompt(prompt)
         inputs = self.processor(images=self.inputs.family.fit_image(image), text=text, return_tensors="np")
-        return inputs["input_ids"].astype(np.int64), inputs["pixel_values"].astype(np.float32)
+        input_ids = inputs["input_ids"].astype(np.int64)
+        placeholders = np.flatnonzero(input_ids[0] == self.inputs.image_token_id)
+        surplus = placeholders[self.inputs.prompt_image_tokens :]
+        return np.delete(input_ids, surplus, axis=1), inputs["pixel_values"].astype(np.float32)
 
     def generate_ids(self, input_ids: np.ndarray, pixel_values: np.ndarray, config: GenerationConfig) -> Greedy:
         """Greedy decoding from prepared inputs (see `runtime.generate.greedy`)."""

@@ -7,7 +7,9 @@ next to the matmuls.
 
 Language model prefill, T prompt tokens, N image tokens, R kept, pruning layer K of L:
     layers < K run on T tokens, layers >= K on T - N + R tokens, then lm_head on the last token
-    (Llama and Qwen2 decoder layers alike; Qwen2's q, k, v biases are not counted).
+    (Llama and Qwen2 decoder layers alike; Qwen2's q, k, v biases are not counted). A selection in
+    the vision graph (DivPrune) counts as K = 0: every layer runs on the T - N + R tokens. T is the
+    prompt with all N image tokens, whichever graph prunes them.
 Vision encoder: its count is the family's (`models.families.ModelFamily.vision_manifest`), stored
 in the manifest's `vision.flops` at export.
 """
@@ -35,7 +37,7 @@ class ModelDims:
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ModelDims:
-        text, vision = manifest["text"], manifest["vision"]
+        text, vision, pruning = manifest["text"], manifest["vision"], manifest["pruning"]
         return cls(
             hidden_size=text["hidden_size"],
             num_layers=text["num_layers"],
@@ -44,7 +46,8 @@ class ModelDims:
             head_dim=text["head_dim"],
             intermediate_size=text["intermediate_size"],
             vocab_size=text["vocab_size"],
-            prune_layer=manifest["pruning"]["prune_layer"],
+            # No layer sees the dropped tokens when the vision graph drops them.
+            prune_layer=0 if pruning["graph"] == "vision_encoder" else pruning["prune_layer"],
             num_image_tokens=manifest["geometry"]["num_image_tokens"],
             vision_flops=vision["flops"],
         )

@@ -6,8 +6,10 @@
         ──argmax──> first token ──decode at T + rope_delta, T + 1 + rope_delta, ...──> one token per
         step until EOS or max_new_tokens
 
-The family's host side (`runtime.families`) makes the pixel values and position ids; numpy between
-the steps, no torch on the ONNX Runtime path.
+A method that selects in the vision graph (DivPrune) prunes there instead: vision_encoder returns
+the R kept tokens' embeddings and indices, the prompt holds R placeholders, and the prefill prunes
+nothing. The family's host side (`runtime.families`) makes the pixel values and position ids;
+numpy between the steps, no torch on the ONNX Runtime path.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class GenerationResult:
     Attributes:
         text: the decoded answer, special tokens removed.
         token_ids: the generated ids, the end-of-sequence token included when it was produced.
-        kept_indices: the image tokens the pruner kept, positions inside the image block.
+        kept_indices: the image tokens the pruner kept, ascending indices into the image's N tokens
+            (in the order of the manifest's `geometry.grid`).
         stats: timings.
         logits: with `return_logits`, float32 [V] of the prefill and of each decode step, one
             per generated token; else None.
@@ -108,6 +111,8 @@ class InputProcessor:
             `model.family`, `geometry`, `preprocess`, `text.image_token_id`, `prompt_template`.
         tokenizer_file: the processor's tokenizer.json; None when only prepared ids are given (`prepare`).
         min_text_after_image: prompt tokens the selection needs after the image (`Artifact.min_text_after_image`).
+        prompt_image_tokens: placeholders of the image in the prompt (`Artifact.prompt_image_tokens`:
+            R when the vision graph selects the image tokens); None: all N.
     """
 
     def __init__(
@@ -116,9 +121,11 @@ class InputProcessor:
         tokenizer_file: str | os.PathLike | None = None,
         *,
         min_text_after_image: int = 0,
+        prompt_image_tokens: int | None = None,
     ):
         self.family: HostFamily = host_family(manifest)
         self.min_text_after_image = min_text_after_image
+        self.prompt_image_tokens = self.family.num_image_tokens if prompt_image_tokens is None else prompt_image_tokens
         self.image_token_id: int = manifest["text"]["image_token_id"]
         self.tokenizer = None
         if tokenizer_file is not None:
@@ -126,19 +133,22 @@ class InputProcessor:
                 tokenizer_file,
                 prompt_template=manifest["prompt_template"],
                 image_token_id=self.image_token_id,
-                num_image_tokens=self.family.num_image_tokens,
+                num_image_tokens=self.prompt_image_tokens,
             )
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> InputProcessor:
         return cls(
-            artifact.manifest, artifact.path(TOKENIZER_FILE), min_text_after_image=artifact.min_text_after_image
+            artifact.manifest,
+            artifact.path(TOKENIZER_FILE),
+            min_text_after_image=artifact.min_text_after_image,
+            prompt_image_tokens=artifact.prompt_image_tokens,
         )
 
     def __call__(
         self, image: str | os.PathLike | Image.Image, prompt: str, *, on_note: Callable[[str], None] | None = None
     ) -> PromptInputs:
-        """Tokenize the templated prompt, preprocess the image, make the position ids.
+        """Tokenize the templated prompt, preprocess the image.
 
         `on_note` receives what the user should know about the input (e.g. an animated image of
         which only the first frame is used, an image stretched to the export's size).
@@ -154,7 +164,7 @@ class InputProcessor:
         return self.prepare(input_ids, pixel_values)
 
     def prepare(self, input_ids: np.ndarray, pixel_values: np.ndarray) -> PromptInputs:
-        """`PromptInputs` of prepared input_ids int64 [1, T] (with the N image placeholders) and pixel values.
+        """`PromptInputs` of prepared input_ids int64 [1, T] (with the image's placeholders) and pixel values.
 
         Raises:
             ValueError: not one image's worth of placeholders, pixel values of another shape, fewer
@@ -162,7 +172,7 @@ class InputProcessor:
         """
         input_ids = np.asarray(input_ids, dtype=np.int64)
         pixel_values = np.asarray(pixel_values, dtype=np.float32)
-        image_positions = find_image_positions(input_ids, self.image_token_id, self.family.num_image_tokens)
+        image_positions = find_image_positions(input_ids, self.image_token_id, self.prompt_image_tokens)
         after = input_ids.shape[1] - 1 - int(image_positions[-1])
         if after < self.min_text_after_image:
             raise ValueError(
@@ -170,13 +180,8 @@ class InputProcessor:
                 f"image (DART's text pivots), the prompt has {after}: ask a longer question"
             )
         self.family.check_pixel_values(pixel_values)
-        position_ids, rope_delta = self.family.position_ids(input_ids.shape[1], image_positions)
         return PromptInputs(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            image_positions=image_positions,
-            position_ids=position_ids,
-            rope_delta=rope_delta,
+            input_ids=input_ids, pixel_values=pixel_values, image_positions=image_positions, host=self.family
         )
 
     def decode(self, token_ids: list[int]) -> str:
@@ -284,16 +289,18 @@ def greedy(session: Session, inputs: PromptInputs, config: GenerationConfig, eos
     result) unless `config.ignore_eos`.
     """
     tick = time.perf_counter()
-    image_embeds = session.vision_encoder(inputs.pixel_values)  # [N, d]
+    # [N, d] and None, or [R, d] and the indices of the R tokens when the vision graph selects.
+    image_embeds, image_tokens = session.vision_encoder(inputs.pixel_values)
     vision_ms = _ms_since(tick)
 
     tick = time.perf_counter()
     inputs_embeds = session.embed_tokens(inputs.input_ids)  # [1, T, d]
     inputs_embeds[0, inputs.image_positions] = image_embeds
+    positions = inputs.positions(image_tokens)
     embed_ms = _ms_since(tick)
 
     tick = time.perf_counter()
-    logits, kept, cache = session.prefill(inputs_embeds, inputs.position_ids, inputs.image_positions)
+    logits, kept, cache = session.prefill(inputs_embeds, positions.prompt, inputs.image_positions)
     prefill_ms = _ms_since(tick)
     token = int(logits[0].argmax())
 
@@ -303,14 +310,14 @@ def greedy(session: Session, inputs: PromptInputs, config: GenerationConfig, eos
     eos = frozenset() if config.ignore_eos else eos_token_ids
     while len(tokens) < config.max_new_tokens and token not in eos:
         token_embeds = session.embed_tokens(np.array([[token]], dtype=np.int64))  # [1, 1, d]
-        logits, cache = session.decode(token_embeds, inputs.decode_position_ids(len(tokens) - 1), cache)
+        logits, cache = session.decode(token_embeds, positions.decode(len(tokens) - 1), cache)
         token = int(logits[0].argmax())
         tokens.append(token)
         if all_logits is not None:
             all_logits.append(logits[0])
     return Greedy(
         token_ids=tokens,
-        kept_indices=[int(i) for i in kept],
+        kept_indices=[int(i) for i in (kept if image_tokens is None else image_tokens[kept])],
         logits=all_logits,
         vision_ms=vision_ms,
         embed_ms=embed_ms,

@@ -12,6 +12,8 @@ run's timings, the load time and the peak RSS. Imports torch only for the execut
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import resource
 import statistics
@@ -77,6 +79,20 @@ def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the allocator's free memory back to the system.
+
+    glibc keeps freed blocks in its arenas, so a process's resident memory stays at its high-water
+    mark after a large stage ends, and the next stage's peak stacks on top of it. `malloc_trim`
+    returns those blocks; elsewhere than glibc only the garbage collection runs.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def current_rss_mib() -> float:

@@ -21,7 +21,6 @@ CLI stores `ParityReport.to_dict()` in the manifest).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
 from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, import_torch_quietly, run_cli
 from runtime.generate import GenerationConfig, InputProcessor, Runner, check_sequence_fits
+from runtime.measure import release_freed_memory
 from runtime.preprocess import load_image
 from runtime.samples import DEFAULT_PROMPT, sample_image
 
@@ -221,14 +221,16 @@ def check_parity(
     for twin in dict.fromkeys(_eager_twin(backend, artifact.quantization) for backend in backends):
         with weight_only(reference.model) if twin == "weight_only" else nullcontext():
             eager_runs[twin] = reference.generate_ids(input_ids, pixel_values, config)
-    # Eager is done: a reference only this call holds is freed before the backends load theirs.
+    # Eager is done: a reference only this call holds is freed before the backends load theirs, and
+    # each backend's runtime before the next one's.
     del reference
-    gc.collect()
+    release_freed_memory()
     results = []
     for backend in backends:
         eager = eager_runs[_eager_twin(backend, artifact.quantization)]
         eager_tokens, eager_logits, eager_kept = eager.token_ids, eager.logits, eager.kept_indices
         result = Runner(artifact, backend, allow_failed_parity=True).generate_ids(input_ids, pixel_values, config)
+        release_freed_memory()
         diffs = [float(np.abs(ours - theirs).max()) for ours, theirs in zip(result.logits, eager_logits)]
         exact = (backend, artifact.quantization) in TOLERANCES
         results.append(

@@ -5,11 +5,26 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from models.selectors.base import METHODS, LayerOutputs, PrefillSelector, SelectionMethod, kept_states, register
+from models.selectors.base import (
+    METHODS,
+    PREFILL,
+    VISION_ENCODER,
+    LayerOutputs,
+    PrefillSelector,
+    SelectionMethod,
+    VisionSelector,
+    kept_states,
+    register,
+)
 
 DEFAULT_METHOD = "vlm-pruner"
 # The modules that define the methods: a new method is one more module here.
-METHOD_MODULES = ("models.selectors.vlm_pruner", "models.selectors.fastv", "models.selectors.dart")
+METHOD_MODULES = (
+    "models.selectors.vlm_pruner",
+    "models.selectors.fastv",
+    "models.selectors.dart",
+    "models.selectors.divprune",
+)
 
 
 def method_names() -> list[str]:
@@ -42,9 +57,12 @@ def _import_methods() -> None:
 
 __all__ = [
     "DEFAULT_METHOD",
+    "PREFILL",
+    "VISION_ENCODER",
     "LayerOutputs",
     "PrefillSelector",
     "SelectionMethod",
+    "VisionSelector",
     "get_method",
     "kept_states",
     "method_names",

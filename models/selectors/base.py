@@ -1,10 +1,15 @@
-"""The selector seam: what layer K-1 hands to a selector, and what a selection method is.
+"""The selector seam: where a selection runs, what it is handed, and what a selection method is.
 
-    Prefill ── layers 0..K-1 ──> LayerOutputs ──PrefillSelector──> kept [R], their states [R, d]
+    in the prefill (most methods):
+        layers 0..K-1 ──> LayerOutputs ──PrefillSelector──> kept [R], their states [R, d]
+    in the vision encoder graph (DivPrune):
+        vision encoder ──> image_embeds [N, d] ──VisionSelector──> kept [R]
+        (the language model then is an unpruned one fed the R kept tokens)
 
 A method is one file in this package: a frozen dataclass (its settings) that builds the
-selector module for one geometry and keep count, registered by name (`register`). The prefill
-runs whichever selector it is given and never branches on the method.
+selector module for one geometry and keep count, registered by name (`register`). The models
+run whichever selector they are given where its method says (`SelectionMethod.selection_graph`)
+and never branch on the method.
 """
 
 from __future__ import annotations
@@ -96,6 +101,21 @@ class PrefillSelector(nn.Module, ABC):
     def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]: ...
 
 
+class VisionSelector(nn.Module, ABC):
+    """Chooses R of the N image tokens from the vision encoder's output, before the language model.
+
+    forward(image_embeds [N, d]) -> kept int64 [R], ascending.
+    """
+
+    @abstractmethod
+    def forward(self, image_embeds: Tensor) -> Tensor: ...
+
+
+# The graphs a selection can run in (the artifact contract's names, `runtime.contract.GRAPH_NAMES`).
+PREFILL = "prefill"
+VISION_ENCODER = "vision_encoder"
+
+
 @dataclass(frozen=True)
 class SelectionMethod(ABC):
     """A token-selection method and its settings (the dataclass fields).
@@ -104,18 +124,23 @@ class SelectionMethod(ABC):
         name: the method's name (`--method`, the manifest's `pruning.method`).
         question_dependent: whether the selection reads the text after the image.
         min_text_after_image: text tokens the prompt must hold after the image (the runtime checks).
-        loop_graph: the graph whose selection runs loops (`scan`), None if none does: the export
-            checks that it holds them and that no other graph does.
+        selection_graph: where the selection runs: `PREFILL` (at the input of layer K, a
+            `PrefillSelector`) or `VISION_ENCODER` (on the vision encoder's output, a
+            `VisionSelector`; the prompt then holds only the R kept image tokens).
+        loops: whether the selection runs loops (`scan`): the export checks that its graph holds
+            them and that no other graph does.
     """
 
     name: ClassVar[str]
     question_dependent: ClassVar[bool] = False
     min_text_after_image: ClassVar[int] = 0
-    loop_graph: ClassVar[str | None] = None
+    selection_graph: ClassVar[str] = PREFILL
+    loops: ClassVar[bool] = False
 
     @abstractmethod
-    def prefill_selector(self, grid: Grid, keep: int) -> PrefillSelector:
-        """The selector of R = `keep` tokens out of the `grid`'s N, 1 <= R < N."""
+    def selector(self, grid: Grid, keep: int) -> PrefillSelector | VisionSelector:
+        """The selector of R = `keep` tokens out of the `grid`'s N, 1 <= R < N, of the kind
+        `selection_graph` runs."""
 
     def settings(self) -> dict[str, Any]:
         """The manifest's `pruning.config`: the fields, JSON-ready."""

@@ -43,5 +43,5 @@ class DART(SelectionMethod):
     question_dependent = True
     min_text_after_image = PIVOTS
 
-    def prefill_selector(self, grid: Grid, keep: int) -> PrefillSelector:
+    def selector(self, grid: Grid, keep: int) -> PrefillSelector:
         return DARTSelector(keep)

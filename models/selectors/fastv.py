@@ -31,5 +31,5 @@ class FastV(SelectionMethod):
     name = "fastv"
     question_dependent = True
 
-    def prefill_selector(self, grid: Grid, keep: int) -> PrefillSelector:
+    def selector(self, grid: Grid, keep: int) -> PrefillSelector:
         return FastVSelector(keep)

@@ -29,10 +29,10 @@ class VLMPruner(SelectionMethod):
     """Settings: `VLMPrunerConfig`'s hyperparameters."""
 
     name = "vlm-pruner"
-    loop_graph = "prefill"  # the greedy passes
+    loops = True  # the greedy passes
     config: VLMPrunerConfig = field(default_factory=VLMPrunerConfig)
 
-    def prefill_selector(self, grid: Grid, keep: int) -> PrefillSelector:
+    def selector(self, grid: Grid, keep: int) -> PrefillSelector:
         return VLMPrunerSelector(grid, keep, self.config)
 
     def settings(self) -> dict[str, Any]:

@@ -16,8 +16,9 @@ class Session(Protocol):
 
     backend: str
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        """pixel_values float32 (the family's shape) -> image_embeds float32 [N, d]."""
+    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """pixel_values float32 (the family's shape) -> (image_embeds float32 [N, d], None), or
+        (image_embeds [R, d], kept_indices int64 [R]) when the vision graph selects the tokens."""
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [1, T] -> inputs_embeds float32 [1, T, d]."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
 from runtime.backends.base import KVCache
-from runtime.contract import GRAPH_NAMES, PTE_PATH
+from runtime.contract import GRAPH_NAMES, PTE_PATH, graph_io
 from runtime.cli import native_output_hidden
 
 try:
@@ -36,6 +36,14 @@ class ExecuTorchSession:
             raise ArtifactError(
                 f"{path} lacks the methods {missing} (has {sorted(program.method_names)}); see export/ARTIFACTS.md"
             )
+        for name in GRAPH_NAMES:
+            inputs, outputs = graph_io(name, artifact.text.num_layers, selection_graph=artifact.selection_graph)
+            meta = program.metadata(name)
+            if (meta.num_inputs(), meta.num_outputs()) != (len(inputs), len(outputs)):
+                raise ArtifactError(
+                    f"{path}: method {name} takes {meta.num_inputs()} and returns {meta.num_outputs()} tensors, "
+                    f"the manifest's contract says {len(inputs)} and {len(outputs)} (export/ARTIFACTS.md)"
+                )
         with native_output_hidden():
             self._methods = {name: program.load_method(name) for name in GRAPH_NAMES}
         # Largest size of each input tensor: a dynamic dimension's upper bound.
@@ -56,7 +64,7 @@ class ExecuTorchSession:
         inputs_embeds = self._input_sizes["prefill"][0]
         return {
             "keep": kept[0],
-            "num_image_tokens": image_embeds[0],
+            "prompt_image_tokens": image_embeds[0],
             "pixel_values_shape": list(self._input_sizes["vision_encoder"][0]),
             "position_rows": self._input_sizes["prefill"][1][0],
             "hidden_size": inputs_embeds[2],
@@ -80,8 +88,9 @@ class ExecuTorchSession:
         # Outputs may live in the method's planned memory, which the next call overwrites: copy.
         return [output.numpy().copy() for output in outputs]
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run("vision_encoder", pixel_values)[0]
+    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        image_embeds, *kept = self._run("vision_encoder", pixel_values)
+        return image_embeds, kept[0] if kept else None
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         return self._run("embed_tokens", input_ids)[0]

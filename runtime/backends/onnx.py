@@ -36,7 +36,7 @@ class OnnxSession:
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as error:  # ORT raises its own exception types, all of them unusable files
                 raise ArtifactError(f"ONNX Runtime cannot load {path}: {error}") from None
-            inputs, outputs = graph_io(graph, layers)
+            inputs, outputs = graph_io(graph, layers, selection_graph=artifact.selection_graph)
             _check_names(path, "inputs", [i.name for i in session.get_inputs()], list(inputs))
             _check_names(path, "outputs", [o.name for o in session.get_outputs()], list(outputs))
             self._sessions[graph] = session
@@ -59,7 +59,7 @@ class OnnxSession:
             raise ArtifactError(f"the prefill graph carries no valid {MAX_SEQ_LEN_KEY} metadata ({bound!r})")
         return {
             "keep": shape["prefill", "kept_indices"][0],
-            "num_image_tokens": image_embeds[0],
+            "prompt_image_tokens": image_embeds[0],
             "pixel_values_shape": list(shape["vision_encoder", "pixel_values"]),
             "position_rows": shape["prefill", "position_ids"][0],
             "hidden_size": shape["embed_tokens", "inputs_embeds"][2],
@@ -70,8 +70,9 @@ class OnnxSession:
             "max_seq_len": int(bound),
         }
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._sessions["vision_encoder"].run(["image_embeds"], {"pixel_values": pixel_values})[0]
+    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        image_embeds, *kept = self._sessions["vision_encoder"].run(None, {"pixel_values": pixel_values})
+        return image_embeds, kept[0] if kept else None
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         return self._sessions["embed_tokens"].run(["inputs_embeds"], {"input_ids": input_ids})[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.artifact import ArtifactError
-from runtime.families.base import HostFamily, PromptInputs
+from runtime.families.base import HostFamily, Positions, PromptInputs
 from runtime.families.llava import LlavaHost
 from runtime.families.qwen2_vl import Qwen2VLHost
 
@@ -20,4 +20,4 @@ def host_family(manifest: dict[str, Any]) -> HostFamily:
     return HOST_FAMILIES[name](manifest)
 
 
-__all__ = ["HOST_FAMILIES", "HostFamily", "PromptInputs", "host_family"]
+__all__ = ["HOST_FAMILIES", "HostFamily", "Positions", "PromptInputs", "host_family"]

@@ -1,7 +1,9 @@
 """The host side of a model family: image preprocessing and position ids, numpy only (no torch).
 
     image ──HostFamily.preprocess──> pixel_values (the family's shape)
-    input_ids, image_positions ──HostFamily.position_ids──> position_ids int64 [rows, 1, T], rope delta
+    input_ids, image_positions, image_tokens ──HostFamily.position_ids──> position_ids int64
+        [rows, 1, T], rope delta   (image_tokens: which of the image's N tokens the prompt holds,
+        known once the vision encoder ran: all N, or the R it kept when it selects)
 
 Each family reads what it needs from the artifact's manifest (`preprocess`, `geometry`). The
 prompt itself is the manifest's template, tokenized by `runtime.tokenizer` for every family.
@@ -19,34 +21,53 @@ from PIL import Image
 
 
 @dataclass(frozen=True)
+class Positions:
+    """The position ids of one prompt and of the tokens generated after it.
+
+    Attributes:
+        prompt: int64 [rows, 1, T], the prompt's position ids (1 row: RoPE, 3: M-RoPE).
+        rope_delta: the s-th generated token (s = 0, 1, ...) sits at position T + s + rope_delta
+            on every row: positions continue from the full prompt, whatever the prefill prunes.
+    """
+
+    prompt: np.ndarray
+    rope_delta: int
+
+    def decode(self, step: int) -> np.ndarray:
+        """int64 [rows, 1, 1] of the `step`-th generated token that goes through decode (step 0:
+        the token the prefill chose)."""
+        rows, _, length = self.prompt.shape
+        return np.full((rows, 1, 1), length + step + self.rope_delta, dtype=np.int64)
+
+
+@dataclass(frozen=True)
 class PromptInputs:
     """Everything the graphs take for one prompt with one image.
 
     Attributes:
-        input_ids: int64 [1, T], the N image placeholders included.
+        input_ids: int64 [1, T], the image placeholders included (N, or R when the vision graph
+            selects the image tokens).
         pixel_values: float32, the vision encoder's input (shape: the family's).
-        image_positions: int64 [N], where the image tokens sit in the sequence, ascending.
-        position_ids: int64 [rows, 1, T], the prompt's position ids (1 row: RoPE, 3: M-RoPE).
-        rope_delta: the s-th generated token (s = 0, 1, ...) sits at position T + s + rope_delta
-            on every row: positions continue from the full prompt, whatever was pruned.
+        image_positions: int64 [N or R], where the image tokens sit in the sequence, ascending.
+        host: the family's host side, which makes the position ids (`positions`).
     """
 
     input_ids: np.ndarray
     pixel_values: np.ndarray
     image_positions: np.ndarray
-    position_ids: np.ndarray
-    rope_delta: int
+    host: HostFamily
 
     @property
     def num_tokens(self) -> int:
         """T, the prompt length."""
         return int(self.input_ids.shape[1])
 
-    def decode_position_ids(self, step: int) -> np.ndarray:
-        """int64 [rows, 1, 1] of the `step`-th generated token that goes through decode (step 0:
-        the token the prefill chose)."""
-        rows = self.position_ids.shape[0]
-        return np.full((rows, 1, 1), self.num_tokens + step + self.rope_delta, dtype=np.int64)
+    def positions(self, image_tokens: np.ndarray | None = None) -> Positions:
+        """The position ids, once the vision encoder said which of the image's N tokens the prompt
+        holds (`image_tokens`, int64 ascending, one per image position; None: all of them)."""
+        if image_tokens is None:
+            image_tokens = np.arange(self.image_positions.size)
+        return Positions(*self.host.position_ids(self.num_tokens, self.image_positions, image_tokens))
 
 
 class HostFamily(ABC):
@@ -77,9 +98,23 @@ class HostFamily(ABC):
         return image
 
     @abstractmethod
-    def position_ids(self, num_tokens: int, image_positions: np.ndarray) -> tuple[np.ndarray, int]:
-        """(position_ids int64 [rows, 1, T], rope_delta) of a T-token prompt with the image tokens
-        at `image_positions`."""
+    def position_ids(
+        self, num_tokens: int, image_positions: np.ndarray, image_tokens: np.ndarray
+    ) -> tuple[np.ndarray, int]:
+        """(position_ids int64 [rows, 1, T], rope_delta) of a T-token prompt with image tokens at
+        `image_positions`: the tokens `image_tokens` (int64, ascending, indices into the image's N
+        tokens in the order of `grid`) of the image, all N or those the vision graph kept."""
+
+    def check_image_tokens(self, image_positions: np.ndarray, image_tokens: np.ndarray) -> None:
+        """Raise ValueError unless `image_tokens` names one of the image's tokens per image position,
+        ascending."""
+        tokens = np.asarray(image_tokens)
+        valid = tokens.ndim == 1 and tokens.size == image_positions.size and tokens.size > 0
+        if not valid or tokens[0] < 0 or tokens[-1] >= self.num_image_tokens or np.any(np.diff(tokens) <= 0):
+            raise ValueError(
+                f"image tokens must be {image_positions.size} ascending indices in [0, {self.num_image_tokens}), "
+                f"got {tokens.tolist() if tokens.size <= 16 else tokens.shape}"
+            )
 
     def check_pixel_values(self, pixel_values: np.ndarray) -> None:
         """Raise ValueError unless `pixel_values` has the artifact's shape."""

@@ -11,7 +11,11 @@ one fixed grid, so the runtime stretches every image to S x S first.
 M-RoPE position ids as transformers' `get_rope_index` makes them for one image: text before the
 image counts 0, 1, ...; image token (r, c) of the merged H x W grid gets (s, s + r, s + c), s the
 image's first position; the text after it continues from s + max(H, W). Decode continues from the
-largest position + 1, whatever was pruned.
+largest position + 1, whatever was pruned. When the vision graph selects the image tokens
+(DivPrune), the prompt holds only the R kept ones, each with the (s, s + r, s + c) of its place in
+the grid, and the text after them continues from s + max(H, W) as for the whole image: the M-RoPE
+counterpart of DivPrune's contiguous positions (the sequence has no gaps; the 2-D positions are
+those the model was trained with).
 """
 
 from __future__ import annotations
@@ -90,11 +94,14 @@ class Qwen2VLHost(HostFamily):
     def fit_image(self, image: Image.Image) -> Image.Image:
         return fit_image(image, self.config)
 
-    def position_ids(self, num_tokens: int, image_positions: np.ndarray) -> tuple[np.ndarray, int]:
+    def position_ids(
+        self, num_tokens: int, image_positions: np.ndarray, image_tokens: np.ndarray
+    ) -> tuple[np.ndarray, int]:
+        self.check_image_tokens(image_positions, image_tokens)
         start = int(image_positions[0])
-        if not np.array_equal(image_positions, start + np.arange(self.num_image_tokens)):
+        if not np.array_equal(image_positions, start + np.arange(image_positions.size)):
             raise ValueError("Qwen2-VL's image tokens must form one contiguous block")
-        return mrope_position_ids(num_tokens, start, self.grid)
+        return mrope_position_ids(num_tokens, start, self.grid, image_tokens)
 
 
 def preprocess_patches(image: Image.Image, config: PatchConfig) -> np.ndarray:
@@ -128,21 +135,26 @@ def patchify(image: np.ndarray, patch_size: int, merge_size: int, temporal_patch
     return np.ascontiguousarray(patches.reshape(rows * cols, channels * temporal_patch_size * patch_size**2))
 
 
-def mrope_position_ids(seq_len: int, image_start: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
+def mrope_position_ids(
+    seq_len: int, image_start: int, grid: tuple[int, int], image_tokens: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """M-RoPE position ids of a prompt with one image, as transformers' `get_rope_index` makes them.
 
     Args:
-        seq_len: T, the prompt length. image_start: position of the first of the H * W image tokens.
+        seq_len: T, the prompt length. image_start: position of the first image token.
         grid: (H, W), the merged token grid.
+        image_tokens: the grid's tokens the prompt holds (row-major indices, ascending); None: all
+            H * W of them.
     Returns:
         position_ids: int64 [3, 1, T] (temporal, height, width rows).
         rope_delta: the generated token s (s = 0, 1, ...) is at T + s + rope_delta on all rows.
     """
     height, width = grid
-    n = height * width
+    tokens = np.arange(height * width) if image_tokens is None else np.asarray(image_tokens, dtype=np.int64)
+    n = tokens.size
     if not 0 <= image_start <= seq_len - n:
         raise ValueError(f"an image block of {n} tokens at {image_start} does not fit a prompt of {seq_len} tokens")
-    rows, cols = np.divmod(np.arange(n), width)
+    rows, cols = np.divmod(tokens, width)
     image = image_start + np.stack([np.zeros(n, dtype=np.int64), rows, cols])  # [3, N]
     suffix = image_start + max(height, width) + np.arange(seq_len - image_start - n)
     position_ids = np.concatenate(

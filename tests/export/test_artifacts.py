@@ -76,7 +76,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == FORMAT_VERSION == 5
+    assert manifest["format_version"] == FORMAT_VERSION == 6
     assert manifest["model"] == {
         "name": "tiny-llava",
         "family": "llava",
@@ -91,6 +91,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
     assert manifest["pruning"]["rate"] == pytest.approx(1 - keep / N, abs=1e-6)
     assert manifest["pruning"]["config"]["kappa"] == 4
     assert manifest["pruning"]["method"] == "vlm-pruner" and manifest["pruning"]["min_text_after_image"] == 0
+    assert manifest["pruning"]["graph"] == "prefill"
     assert manifest["geometry"] == {
         "num_image_tokens": N,
         "grid": [24, 24],

@@ -1,60 +1,116 @@
 """The paper's baselines exported end to end: FastV on tiny-llava and DART on tiny-qwen2-vl (so
-that each family runs a question-dependent selector), both backends, parity against eager (which
-equals transformers' layers composed by hand, tests/models/test_selectors.py), the manifest and
-the folder name, and the runtime CLI."""
+that each family runs a question-dependent selector), DivPrune (selection in the vision graph) on
+tiny-llava on both backends and on tiny-qwen2-vl on ONNX Runtime (its M-RoPE positions of the kept
+tokens); parity against eager (which equals transformers' layers composed by hand,
+tests/models/test_selectors.py), the manifest and the folder name, the graphs' interface, and the
+runtime CLI."""
 
 from __future__ import annotations
 
+import onnx
 import pytest
+import torch
 
 from export.__main__ import take_reference
 from export.config import ExportConfig
 from export.manifest import read_manifest
 from export.pipeline import ExportPipeline
 from models import build_tiny_qwen2_vl
+from pruning_graph import divprune_select
 from runtime.__main__ import main as runtime_main
+from runtime.artifact import load_artifact
 from runtime.eager import EagerModel
-from runtime.parity import check_parity
-from runtime.samples import sample_image
+from runtime.generate import GenerationConfig, InputProcessor, Runner
+from runtime.parity import check_parity, load_reference
+from runtime.samples import DEFAULT_PROMPT, sample_image
 from tests.export.parity_checks import assert_exact_parity
 
 STEPS = 16
-# method -> (model, keep)
-CASES = {"fastv": ("tiny-llava", 64), "dart": ("tiny-qwen2-vl", 28)}
+BOTH = ("onnx", "executorch")
+# case -> (method, model, keep, backends)
+CASES = {
+    "fastv": ("fastv", "tiny-llava", 64, BOTH),
+    "dart": ("dart", "tiny-qwen2-vl", 28, BOTH),
+    "divprune": ("divprune", "tiny-llava", 64, BOTH),
+    "divprune-qwen2-vl": ("divprune", "tiny-qwen2-vl", 28, ("onnx",)),
+}
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_dir, tmp_path_factory):
-    """method -> (artifact folder, parity report), exported on first use."""
+    """case -> (artifact folder, parity report), exported on first use."""
     root = tmp_path_factory.mktemp("baseline-artifacts")
-    checkpoints = {"tiny-llava": lambda: tiny_dir, "tiny-qwen2-vl": lambda: build_tiny_qwen2_vl(root / "tiny-qwen2-vl")}
+    qwen = root / "checkpoints" / "tiny-qwen2-vl"
+    checkpoints = {"tiny-llava": lambda: tiny_dir, "tiny-qwen2-vl": lambda: qwen if qwen.exists() else build_tiny_qwen2_vl(qwen)}
     done = {}
 
-    def export(method: str):
-        if method not in done:
-            model, keep = CASES[method]
-            config = ExportConfig(model=model, keep=keep, method=method, model_path=checkpoints[model](), output_dir=root)
+    def export(case: str):
+        if case not in done:
+            method, model, keep, backends = CASES[case]
+            config = ExportConfig(
+                model=model, keep=keep, method=method, model_path=checkpoints[model](), backends=backends, output_dir=root
+            )
             pipeline = ExportPipeline(config)
             folder = pipeline.run()
-            done[method] = folder, check_parity(folder, reference=take_reference(pipeline), steps=STEPS)
-        return done[method]
+            done[case] = folder, check_parity(folder, reference=take_reference(pipeline), steps=STEPS)
+        return done[case]
 
     return export
 
 
-@pytest.mark.parametrize("method", sorted(CASES))
-def test_parity_on_both_backends(exported, method):
-    assert_exact_parity(exported(method)[1], ("onnx", "executorch"), STEPS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_parity(exported, case):
+    assert_exact_parity(exported(case)[1], CASES[case][3], STEPS)
 
 
-@pytest.mark.parametrize("method", sorted(CASES))
-def test_manifest_and_folder_name_tell_the_method(exported, method):
-    folder, _ = exported(method)
-    model, keep = CASES[method]
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_manifest_and_folder_name_tell_the_method(exported, case):
+    folder, _ = exported(case)
+    method, model, keep, _ = CASES[case]
     assert folder.name == f"keep{keep}-{method}" and folder.parent.name == model
     pruning = read_manifest(folder)["pruning"]
     assert pruning["method"] == method and pruning["config"] == {}
     assert pruning["min_text_after_image"] == (4 if method == "dart" else 0)
+    assert pruning["graph"] == ("vision_encoder" if method == "divprune" else "prefill")
+
+
+@pytest.mark.parametrize("case", ["divprune", "divprune-qwen2-vl"])
+def test_divprune_prunes_in_the_vision_graph(exported, case):
+    """The vision graph returns the R kept tokens and their indices; the language model's graphs are
+    those of an unpruned model of R image tokens (no selection, one cache length)."""
+    folder, _ = exported(case)
+    keep = CASES[case][2]
+    vision = onnx.load(str(folder / "onnx" / "vision_encoder.onnx"), load_external_data=False)
+    prefill = onnx.load(str(folder / "onnx" / "prefill.onnx"), load_external_data=False)
+
+    def dims(value):
+        return [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
+
+    assert [(v.name, dims(v)[0]) for v in vision.graph.output] == [("image_embeds", keep), ("kept_indices", keep)]
+    assert {node.op_type for node in vision.graph.node} & {"Scan", "Loop"}
+    assert not {node.op_type for node in prefill.graph.node} & {"Scan", "Loop"}
+    inputs = {v.name: dims(v) for v in prefill.graph.input}
+    assert inputs["image_positions"] == [keep]
+    lengths = {tuple(dims(v)) for v in prefill.graph.output if v.name.startswith("present.")}
+    assert len(lengths) == 1, lengths
+
+
+@pytest.mark.parametrize("case", ["divprune", "divprune-qwen2-vl"])
+def test_divprune_keeps_divprune_select_of_the_vision_encoder_output(exported, case):
+    """The artifact's kept tokens, on each backend, are `divprune_select` on the eager vision
+    encoder's output; the prompt holds R image placeholders."""
+    folder, _ = exported(case)
+    _, _, keep, backends = CASES[case]
+    artifact = load_artifact(folder)
+    inputs = InputProcessor.from_artifact(artifact)(sample_image(), DEFAULT_PROMPT)
+    assert inputs.image_positions.size == keep == artifact.prompt_image_tokens
+    encoder = load_reference(artifact).session.vision.encoder  # the family's, before the selection
+    with torch.no_grad():
+        embeds = encoder(torch.from_numpy(inputs.pixel_values))
+    expected = divprune_select(embeds, keep).tolist()
+    for backend in backends:
+        result = Runner(artifact, backend).generate(sample_image(), DEFAULT_PROMPT, GenerationConfig(max_new_tokens=1))
+        assert result.kept_indices == expected, backend
 
 
 def test_runtime_cli_answers_and_names_the_method(exported, tmp_path, capfd):

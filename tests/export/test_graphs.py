@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from export.graphs import build_graphs, find_graph
-from runtime.contract import GRAPH_NAMES, cache_names
+from models.selectors import get_method
+from runtime.contract import GRAPH_NAMES, cache_names, graph_io
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,22 @@ def test_bounds_follow_max_seq_len(graphs):
     past, pruned = cache_dims[0][0][2], cache_dims[3][1][2]
     assert (past.min, past.max) == (577, 1023)
     assert (pruned.min, pruned.max) == (65, 1023 - 512)
+
+
+def test_divprune_graphs_are_an_unpruned_model_of_r_image_tokens(tiny):
+    """The vision graph selects (and says which); the language model's graphs take R image tokens,
+    bounds from R + 1, one cache length."""
+    graphs = build_graphs(tiny.model, tiny.spec, keep=64, max_seq_len=1024, method=get_method("divprune"))
+    assert find_graph(graphs, "vision_encoder").output_names == ("image_embeds", "kept_indices")
+    prefill = find_graph(graphs, "prefill")
+    assert prefill.example_inputs[2].shape == (64,) and prefill.module.prefill.selector is None
+    (seq,) = prefill.dynamic_shapes[0].values()
+    assert (seq.min, seq.max) == (65, 1024)
+    decode = find_graph(graphs, "decode")
+    assert set(name for dims in decode.dim_names().values() for name in dims.values()) == {"past_length"}
+    assert graph_io("vision_encoder", 4)[1] == ("image_embeds",)
+    with pytest.raises(ValueError, match="a selection runs in one of prefill, vision_encoder, not 'decode'"):
+        graph_io("vision_encoder", 4, selection_graph="decode")
 
 
 def test_unpruned_decode_has_one_cache_length(tiny):

@@ -110,12 +110,13 @@ def test_decode_continues_after_the_rope_delta(exported):
     """The host's positions: the prompt's M-RoPE rows, then T + s + delta for the s-th decode step."""
     folder, _ = exported(28)
     inputs = InputProcessor.from_artifact(load_artifact(folder))(sample_image(), DEFAULT_PROMPT)
-    assert inputs.position_ids.shape == (3, 1, inputs.num_tokens)
+    positions = inputs.positions()
+    assert positions.prompt.shape == (3, 1, inputs.num_tokens)
     start = int(inputs.image_positions[0])
-    assert inputs.rope_delta == 8 - N  # the image spans max(H, W) = 8 positions for its 64 tokens
-    assert int(inputs.position_ids.max()) + 1 == inputs.num_tokens + inputs.rope_delta
-    np.testing.assert_array_equal(inputs.decode_position_ids(0), np.full((3, 1, 1), inputs.num_tokens + inputs.rope_delta))
-    np.testing.assert_array_equal(inputs.position_ids[:, 0, start + 9], [start, start + 1, start + 1])
+    assert positions.rope_delta == 8 - N  # the image spans max(H, W) = 8 positions for its 64 tokens
+    assert int(positions.prompt.max()) + 1 == inputs.num_tokens + positions.rope_delta
+    np.testing.assert_array_equal(positions.decode(0), np.full((3, 1, 1), inputs.num_tokens + positions.rope_delta))
+    np.testing.assert_array_equal(positions.prompt[:, 0, start + 9], [start, start + 1, start + 1])
 
 
 @pytest.mark.parametrize("backend", ["onnx", "executorch"])

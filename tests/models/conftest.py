@@ -47,5 +47,7 @@ def embed(model: EagerModel, input_ids: torch.Tensor, pixel_values: torch.Tensor
     image_positions int64 [N]."""
     prepared = model.inputs.prepare(input_ids.numpy(), pixel_values.numpy())
     embeds = model.session.embed_tokens(prepared.input_ids)
-    embeds[0, prepared.image_positions] = model.session.vision_encoder(prepared.pixel_values)
-    return tuple(torch.from_numpy(x) for x in (embeds, prepared.position_ids, prepared.image_positions))
+    image_embeds, image_tokens = model.session.vision_encoder(prepared.pixel_values)
+    embeds[0, prepared.image_positions] = image_embeds
+    positions = prepared.positions(image_tokens).prompt
+    return tuple(torch.from_numpy(x) for x in (embeds, positions, prepared.image_positions))

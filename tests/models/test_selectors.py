@@ -1,6 +1,7 @@
-"""The selection methods inside the prefill (`models.selectors`) against transformers and the
+"""The selection methods inside the models (`models.selectors`) against transformers and the
 references of `pruning_graph`, on tiny-llava: FastV's attention scores, DART's normalised states
-and pivots, and each baseline's pruned prefill against a hand composition of transformers' layers."""
+and pivots, each prefill baseline's pruned prefill against a hand composition of transformers'
+layers, and DivPrune in the vision graph against transformers' LLaVA fed the kept tokens."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from models import LoadedModel, load_model
+from models import LoadedModel, Prefill, load_model
 from models.selectors import LayerOutputs, PrefillSelector, get_method, method_names
-from pruning_graph import dart_reference, fastv_reference
+from pruning_graph import dart_reference, divprune_reference, divprune_select, fastv_reference
+from runtime.contract import SELECTION_GRAPHS
 from runtime.eager import EagerModel
+from runtime.generate import GenerationConfig
 from tests.models.conftest import embed
 from tests.models.test_llava import ATOL, reference_pruned_logits
 
@@ -103,11 +106,15 @@ def _reference_kept(method: str, transformers_run, embedded, layer: int) -> Tens
 
 
 def test_methods_are_registered_by_name():
-    assert method_names() == ["vlm-pruner", "dart", "fastv"]
-    with pytest.raises(ValueError, match="unknown selection method 'nope'; methods: vlm-pruner, dart, fastv"):
+    assert method_names() == ["vlm-pruner", "dart", "divprune", "fastv"]
+    with pytest.raises(ValueError, match="unknown selection method 'nope'; methods: vlm-pruner, dart, divprune, fastv"):
         get_method("nope")
     with pytest.raises(ValueError, match="do not fit the fastv method"):
         get_method("fastv", {"kappa": 4})
+    # Where each selects: graphs of the artifact contract, which the torch-free runtime reads.
+    graphs = {name: get_method(name).selection_graph for name in method_names()}
+    assert graphs == {"vlm-pruner": "prefill", "dart": "prefill", "divprune": "vision_encoder", "fastv": "prefill"}
+    assert set(graphs.values()) == set(SELECTION_GRAPHS)
 
 
 def test_fastv_scores_are_transformers_attention_weights(tiny, recorded, transformers_run, embedded):
@@ -165,3 +172,41 @@ def test_dart_refuses_a_prompt_with_fewer_than_4_tokens_after_the_image(tiny, in
     assert model.inputs.prepare(input_ids[:, : last_image + 5], pixel_values).num_tokens == last_image + 5
     # Unpruned, or another method: no such need.
     EagerModel.from_loaded(tiny, method=get_method("dart")).inputs.prepare(input_ids[:, : last_image + 1], pixel_values)
+
+
+def test_divprune_selects_in_the_vision_graph(tiny, inputs):
+    """The vision graph's kept tokens are `divprune_select` (= the reference) of the encoder's output,
+    its embeddings theirs; the prefill is an unpruned one of R image tokens."""
+    family, method = tiny.spec.model_family, get_method("divprune")
+    graph = family.vision_graph(tiny.model, tiny.spec, keep=KEEP, method=method).eval()
+    _, pixel_values = inputs
+    with torch.no_grad():
+        embeds, kept = graph(pixel_values)
+        full = family.vision_encoder(tiny.model, tiny.spec).eval()(pixel_values)
+    assert kept.tolist() == divprune_select(full, KEEP).tolist() == divprune_reference(full, KEEP).tolist()
+    torch.testing.assert_close(embeds, full[kept], atol=0, rtol=0)
+    prefill = family.prefill(tiny.model, tiny.spec, keep=KEEP, method=method)
+    assert prefill.selector is None and prefill.num_image_tokens == KEEP
+    with pytest.raises(ValueError, match="divprune selects in the vision_encoder graph, not in the prefill"):
+        Prefill(tiny.model, grid=tiny.spec.grid, keep=KEEP, prune_layer=tiny.spec.prune_layer, method=method)
+
+
+def test_divprune_model_is_transformers_llava_fed_the_kept_tokens(tiny, image, prompt):
+    """DivPrune as its released code runs it: the prompt holds R image placeholders, filled with the
+    kept tokens' features, at contiguous positions, through transformers' unchanged LLaVA."""
+    model = EagerModel.from_loaded(tiny, keep=KEEP, method=get_method("divprune"))
+    input_ids, pixel_values = model.prepare_inputs(image, prompt)
+    image_rows = input_ids[0] == tiny.spec.image_token_id
+    assert image_rows.sum() == KEEP
+    config = GenerationConfig(max_new_tokens=4, ignore_eos=True, return_logits=True)
+    result = model.generate_ids(input_ids, pixel_values, config)
+    with torch.no_grad():
+        features = tiny.model.model.get_image_features(pixel_values=torch.from_numpy(pixel_values)).pooler_output[0]
+        kept = divprune_reference(features, KEEP)
+        embeds = tiny.model.get_input_embeddings()(torch.from_numpy(input_ids))
+        embeds[0, torch.from_numpy(image_rows)] = features[kept]
+        logits = tiny.model(inputs_embeds=embeds).logits[0, -1]
+        tokens = tiny.model.generate(inputs_embeds=embeds, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert result.kept_indices == kept.tolist()
+    torch.testing.assert_close(torch.from_numpy(result.logits[0]), logits, atol=ATOL, rtol=0)
+    assert result.token_ids == tokens[0].tolist()

@@ -165,10 +165,30 @@ def test_symlink_inside_the_folder_is_fine(copy):
         ("text", "num_kv_heads", 1, "num_kv_heads: manifest 1"),
         ("text", "head_dim", 3, "head_dim: manifest 3"),
         ("text", "hidden_size", 5, "hidden_size: manifest 5"),
-        ("geometry", "num_image_tokens", 100, "num_image_tokens: manifest 100, graphs 576"),
+        ("geometry", "num_image_tokens", 100, "prompt_image_tokens: manifest 100, graphs 576"),
     ],
 )
 def test_manifest_contradicting_the_graphs(copy, backend, section, key, value, words):
     _edit_manifest(copy, lambda m: m[section].update({key: value}))
     with pytest.raises(ArtifactError, match=f"the manifest contradicts the .* graphs .*{words}"):
         Runner(copy, backend)
+
+
+@pytest.mark.parametrize(
+    ("backend", "words"),
+    [
+        ("onnx", "vision_encoder.onnx does not follow the artifact contract: outputs"),
+        ("executorch", "method vision_encoder takes 1 and returns 1 tensors, the manifest's contract says 1 and 2"),
+    ],
+)
+def test_manifest_claiming_a_selection_in_the_vision_graph(copy, backend, words):
+    """The vision graph of a prefill-selecting artifact returns no kept indices: refused, not misread."""
+    _edit_manifest(copy, lambda m: m["pruning"].update({"graph": "vision_encoder"}))
+    with pytest.raises(ArtifactError, match=words):
+        Runner(copy, backend)
+
+
+def test_manifest_with_an_unknown_selection_graph(copy):
+    _edit_manifest(copy, lambda m: m["pruning"].update({"graph": "decode"}))
+    with pytest.raises(ArtifactError, match="pruning.graph must be one of prefill, vision_encoder, got 'decode'"):
+        Runner(copy, "onnx")

@@ -8,7 +8,6 @@ its test instead of taking the machine down. Artifact cases run on both backends
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
@@ -316,6 +315,8 @@ def test_bench_reports_a_child_failure_in_one_line(run_case):
         ("bench", "MODEL"),
         ("bench", "BENCH_KEEPS"),
         ("bench", "METHOD"),
+        ("bench-select", "METHOD"),
+        ("bench-select", "SIZES"),
     ],
 )
 def test_make_variables_are_arguments_not_code(tmp_path, target, variable):

@@ -48,7 +48,8 @@ def test_bench_cli_writes_json(artifact_dirs, tmp_path, capsys):
         expected = kv_cache_bytes(dims, prompt_tokens=prompt_tokens, keep=result["keep"], new_tokens=3) / 2**20
         assert result["kv_cache_mib"] == pytest.approx(expected)
     assert [r["kv_cache_mib"] for r in report["results"]] == sorted(r["kv_cache_mib"] for r in report["results"])
-    predicted = {keep: flops["predicted_speedup"] for keep, flops in report["flops"].items()}
+    assert report["flops"].keys() == {"vlm-pruner"}
+    predicted = {keep: flops["predicted_speedup"] for keep, flops in report["flops"]["vlm-pruner"].items()}
     assert set(predicted) == {"64", "192"}
     assert predicted["64"]["lm_prefill"] > predicted["192"]["lm_prefill"] > predicted["192"]["end_to_end"] > 1
     assert report["speedups"].keys() == {"onnx"} and report["speedups"]["onnx"].keys() == {"vlm-pruner"}
@@ -66,9 +67,9 @@ def test_bench_without_baseline_predicts_only(artifact_dirs, tmp_path, capsys):
     path = tmp_path / "bench.json"
     argv = [str(artifact_dirs[64]), "--backends", "onnx", "--runs", "1", "--warmup", "0", "--max-new-tokens", "2"]
     assert bench_main(argv + ["--json", str(path)]) == 0
-    assert "keep 64: predicted speed-up vs keep 576" in capsys.readouterr().out
+    assert "vlm-pruner keep 64: predicted speed-up vs keep 576" in capsys.readouterr().out
     report = json.loads(path.read_text())
-    assert report["speedups"] == {} and report["flops"]["64"]["reference_keep"] == 576
+    assert report["speedups"] == {} and report["flops"]["vlm-pruner"]["64"]["reference_keep"] == 576
 
 
 def test_artifacts_of_different_quantizations_are_not_compared(artifact_dirs, tmp_path, capsys):

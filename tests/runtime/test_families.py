@@ -69,13 +69,33 @@ def test_patchify_order():
 
 def test_position_ids_per_family():
     llava, qwen = host_family(sections("tiny-llava")), host_family(sections("tiny-qwen2-vl"))
-    positions, delta = llava.position_ids(600, np.arange(5, 581))
+    positions, delta = llava.position_ids(600, np.arange(5, 581), np.arange(576))
     assert positions.shape == (1, 1, 600) and delta == 0
     np.testing.assert_array_equal(positions[0, 0], np.arange(600))
-    positions, delta = qwen.position_ids(80, np.arange(10, 74))
+    positions, delta = qwen.position_ids(80, np.arange(10, 74), np.arange(64))
     assert positions.shape == (3, 1, 80) and delta == 8 - 64
     with pytest.raises(ValueError, match="one contiguous block"):
-        qwen.position_ids(80, np.r_[np.arange(10, 41), np.arange(42, 75)])
+        qwen.position_ids(80, np.r_[np.arange(10, 41), np.arange(42, 75)], np.arange(64))
+
+
+def test_position_ids_of_the_tokens_a_vision_graph_kept():
+    """DivPrune's prompt holds R of the image's tokens: LLaVA counts them like text (contiguous);
+    Qwen2-VL gives each the (s, s + row, s + column) of its grid cell, and the text after the image
+    continues from s + max(H, W) as for the whole image."""
+    llava, qwen = host_family(sections("tiny-llava")), host_family(sections("tiny-qwen2-vl"))
+    positions, delta = llava.position_ids(100, np.arange(5, 69), np.arange(0, 576, 9))
+    np.testing.assert_array_equal(positions[0, 0], np.arange(100))
+    assert delta == 0
+    kept = np.array([0, 9, 27, 63])  # cells (0, 0), (1, 1), (3, 3), (7, 7) of the 8 x 8 grid
+    positions, delta = qwen.position_ids(20, np.arange(10, 14), kept)
+    rows = positions[:, 0]
+    np.testing.assert_array_equal(rows[:, :10], np.broadcast_to(np.arange(10), (3, 10)))
+    np.testing.assert_array_equal(rows[:, 10:14], [[10, 10, 10, 10], [10, 11, 13, 17], [10, 11, 13, 17]])
+    np.testing.assert_array_equal(rows[:, 14:], np.broadcast_to(np.arange(18, 24), (3, 6)))
+    assert delta == 24 - 20  # decode continues from the largest position + 1, whatever was dropped
+    for bad in (np.array([3, 2, 9, 10]), np.array([0, 1, 2]), np.array([0, 1, 2, 64])):
+        with pytest.raises(ValueError, match="image tokens must be 4 ascending indices in \\[0, 64\\)"):
+            qwen.position_ids(20, np.arange(10, 14), bad)
 
 
 def test_unknown_family_in_a_manifest():

@@ -41,3 +41,27 @@ def test_kv_cache_by_hand():
     assert kv_cache_bytes(DIMS, prompt_tokens=600, keep=64, new_tokens=10) == (2 * 610 + 2 * 98) * 256
     assert kv_cache_bytes(DIMS, prompt_tokens=600, keep=576, new_tokens=10) == 4 * 610 * 256
     assert kv_cache_bytes(DIMS, prompt_tokens=600, keep=64, new_tokens=10, dtype_bytes=2) == (2 * 610 + 2 * 98) * 128
+
+
+def test_a_selection_in_the_vision_graph_counts_from_layer_0():
+    """DivPrune's dropped tokens never reach the language model: every layer runs on T - N + R."""
+    manifest = {
+        "text": {
+            "hidden_size": 64,
+            "num_layers": 4,
+            "num_attention_heads": 4,
+            "num_kv_heads": 2,
+            "head_dim": 16,
+            "intermediate_size": 128,
+            "vocab_size": 320,
+        },
+        "vision": {"flops": 10**9},
+        "geometry": {"num_image_tokens": 576},
+        "pruning": {"graph": "vision_encoder", "prune_layer": 2},
+    }
+    dims = ModelDims.from_manifest(manifest)
+    assert dims.prune_layer == 0
+    assert lm_prefill_flops(dims, prompt_tokens=600, keep=64) == 4 * decoder_layer_flops(DIMS, 88) + 2 * 64 * 320
+    assert kv_cache_bytes(dims, prompt_tokens=600, keep=64, new_tokens=10) == 4 * 98 * 256
+    in_prefill = ModelDims.from_manifest(manifest | {"pruning": {"graph": "prefill", "prune_layer": 2}})
+    assert in_prefill == DIMS
