@@ -182,7 +182,7 @@ def main() -> None:
     rows = []
     for method, by_n in results.items():
         for n, result in by_n.items():
-            cells = [f"{_cell(result.get(b), 'ms')} / {_cell(result.get(b), 'peak_mib')}" for b in backends]
+            cells = [f"{_cell(result.get(b), 'ms', 1)} / {_cell(result.get(b), 'peak_mib')}" for b in backends]
             row = [method, n, len(VIEWS[n][0]), round(n * (1 - RATE)), *cells, _cell(result.get("export"), "s", 1)]
             rows.append(row)
     print(
