@@ -139,9 +139,13 @@ def _to_matmul_nbits(
     scales = store.tensor(f"{key}.scales", f"{weight.name}.scales", lambda: tensor.scale.float().reshape(-1).numpy())
     inputs = []
     for value_tensor in (blob, scales):
-        value = ir.Value(name=value_tensor.name, shape=value_tensor.shape, type=ir.TensorType(value_tensor.dtype))
-        value.const_value = value_tensor
-        graph.register_initializer(value)
+        # A weight that two linears share (FastV recomputes one query with layer K-1's q_proj) has
+        # one initializer.
+        value = graph.initializers.get(value_tensor.name)
+        if value is None:
+            value = ir.Value(name=value_tensor.name, shape=value_tensor.shape, type=ir.TensorType(value_tensor.dtype))
+            value.const_value = value_tensor
+            graph.register_initializer(value)
         inputs.append(value)
     replacement = ir.Node(
         MS_DOMAIN,

@@ -148,6 +148,34 @@ def test_quantized_linears_become_matmul_nbits(case, quantization, tmp_path):
     np.testing.assert_allclose(run(path, x), expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
 
 
+class SharedLinear(TwoLinears):
+    """fc1 applied twice (as FastV reapplies layer K-1's q_proj to the last token)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x))) + self.fc2(self.fc1(x[..., -1:, :]))
+
+
+@pytest.mark.parametrize("quantization", QUANTIZED)
+def test_a_quantized_weight_used_twice_has_one_initializer(quantization, tmp_path):
+    torch.manual_seed(0)
+    real = SharedLinear(bias=True).eval().requires_grad_(False)
+    quantize_block("lm_head", real, quantization)
+    with torch.device("meta"):
+        hollow = SharedLinear(bias=True)
+    hollow = hollow.to_empty(device="cpu").eval().requires_grad_(False)
+    with WeightFile(tmp_path) as store:
+        path = export_graph(real, hollow, MATMUL, tmp_path / "model.onnx", store)
+
+    model = onnx.load(str(path), load_external_data=False)
+    assert sum(node.op_type == "MatMulNBits" for node in model.graph.node) == 4
+    names = [tensor.name for tensor in model.graph.initializer]
+    assert len(names) == len(set(names)) and sum(".q" in name for name in names) == 2
+    x = MATMUL.example(1)
+    with weight_only(real):
+        expected = real(x).numpy()
+    np.testing.assert_allclose(run(path, x), expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
+
+
 @pytest.mark.parametrize("quantization", QUANTIZED)
 def test_matmul_nbits_holds_the_torchao_codes_and_scales(quantization, tmp_path):
     real, hollow = model_pair(GEMM, quantization)
