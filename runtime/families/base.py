@@ -97,17 +97,16 @@ class HostFamily(ABC):
         `fit_image(image)`, which the parity check verifies."""
         return image
 
-    @abstractmethod
     def position_ids(
         self, num_tokens: int, image_positions: np.ndarray, image_tokens: np.ndarray
     ) -> tuple[np.ndarray, int]:
         """(position_ids int64 [rows, 1, T], rope_delta) of a T-token prompt with image tokens at
         `image_positions`: the tokens `image_tokens` (int64, ascending, indices into the image's N
-        tokens in the order of `grid`) of the image, all N or those the vision graph kept."""
+        tokens in the order of `grid`) of the image, all N or those the vision graph kept.
 
-    def check_image_tokens(self, image_positions: np.ndarray, image_tokens: np.ndarray) -> None:
-        """Raise ValueError unless `image_tokens` names one of the image's tokens per image position,
-        ascending."""
+        Raises:
+            ValueError: `image_tokens` is not one ascending index into the N per image position.
+        """
         tokens = np.asarray(image_tokens)
         valid = tokens.ndim == 1 and tokens.size == image_positions.size and tokens.size > 0
         if not valid or tokens[0] < 0 or tokens[-1] >= self.num_image_tokens or np.any(np.diff(tokens) <= 0):
@@ -115,6 +114,13 @@ class HostFamily(ABC):
                 f"image tokens must be {image_positions.size} ascending indices in [0, {self.num_image_tokens}), "
                 f"got {tokens.tolist() if tokens.size <= 16 else tokens.shape}"
             )
+        return self.checked_position_ids(num_tokens, image_positions, tokens)
+
+    @abstractmethod
+    def checked_position_ids(
+        self, num_tokens: int, image_positions: np.ndarray, image_tokens: np.ndarray
+    ) -> tuple[np.ndarray, int]:
+        """`position_ids` of the family, on image tokens already checked."""
 
     def check_pixel_values(self, pixel_values: np.ndarray) -> None:
         """Raise ValueError unless `pixel_values` has the artifact's shape."""

@@ -94,10 +94,9 @@ class Qwen2VLHost(HostFamily):
     def fit_image(self, image: Image.Image) -> Image.Image:
         return fit_image(image, self.config)
 
-    def position_ids(
+    def checked_position_ids(
         self, num_tokens: int, image_positions: np.ndarray, image_tokens: np.ndarray
     ) -> tuple[np.ndarray, int]:
-        self.check_image_tokens(image_positions, image_tokens)
         start = int(image_positions[0])
         if not np.array_equal(image_positions, start + np.arange(image_positions.size)):
             raise ValueError("Qwen2-VL's image tokens must form one contiguous block")
