@@ -16,10 +16,14 @@ their tokens over a scene's layout, not how a trained model answers.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 KINDS = ("objects", "document", "clutter")
@@ -89,6 +93,33 @@ def make_scene(kind: str, seed: int, grid: tuple[int, int] = GRID) -> Scene:
     return Scene(kind, grid, labels, states, keys, text_states, text_keys, attention)
 
 
+def scene_picture(scene: Scene, cell: int = 1) -> Image.Image:
+    """The scene as a picture of `cell` x `cell` pixels per token: each object in a color of its
+    own, the background gray; with `cell` > 1, a little pixel noise (a photo-like texture)."""
+    g = torch.Generator().manual_seed(1)
+    palette = torch.randint(60, 250, (scene.num_objects + 1, 3), generator=g)
+    palette[0] = 150
+    height, width = scene.grid
+    tokens = palette[scene.labels].view(height, width, 3).float()
+    pixels = tokens.repeat_interleave(cell, dim=0).repeat_interleave(cell, dim=1)
+    if cell > 1:
+        pixels = pixels + 12 * torch.randn(pixels.shape, generator=g)
+    return Image.fromarray(pixels.clamp(0, 255).to(torch.uint8).numpy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a scene's picture at 14 pixels per token (336 x 336 for the default grid: LLaVA-1.5's
+    input size), e.g. to feed `python -m runtime.show`."""
+    parser = argparse.ArgumentParser(prog="python -m bench.scenes", description=main.__doc__.split(",")[0])
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the picture to write (PNG)")
+    args = parser.parse_args(argv)
+    scene_picture(make_scene(args.kind, args.seed), cell=14).save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _object_boxes(grid: tuple[int, int], g: torch.Generator) -> list[tuple[int, int, int, int]]:
     """Two objects of each size, placed without overlap: (top, left, height, width)."""
     return _place([(2, 2), (2, 2), (4, 5), (4, 5), (8, 9), (8, 9)], grid, g, gap=1)
@@ -129,3 +160,7 @@ def _place(
         else:
             raise RuntimeError(f"no room for a {h} x {w} object on a {height} x {width} grid")
     return boxes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,8 +12,8 @@ count of the 576 tokens, the means over the seeds of (`baselines_spec.md`, "What
 - redundancy: the mean over kept tokens of the largest cosine similarity of its state to another
   kept token's.
 Prints a table, writes JSON and a figure (each kind's first scene at the smallest keep, a panel
-per method, kept tokens in color and numbered by rank) under bench/results/. Run with
-`make bench-quality`.
+per method, kept tokens numbered in selection order, `runtime.show`'s drawing) under
+bench/results/. Run with `make bench-quality`.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tabulate import tabulate
 from torch import Tensor
 
-from bench.scenes import GRID, KINDS, Scene, make_scene
-from pruning_graph import dart_select, divprune_select, fastv_select, select_tokens
+from bench.scenes import GRID, KINDS, Scene, make_scene, scene_picture
+from pruning_graph import DARTSelect, DivPruneSelect, FastVSelect, VLMPrunerSelect
 from runtime.cli import HelpFormatter, run_cli
+from runtime.show import compose, draw_selection
 
 RESULTS = Path("bench/results")
 TOKENS = GRID[0] * GRID[1]
@@ -44,14 +45,14 @@ def _rms_normed(x: Tensor) -> Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
 
 
-# method -> its selection on a scene: int64 [R], ascending.
+# method -> its selection on a scene: the kept tokens in selection order, int64 [R].
 METHODS: dict[str, Callable[[Scene, int], Tensor]] = {
-    "vlm-pruner": lambda scene, keep: select_tokens(scene.keys, scene.states, scene.grid, keep)[0],
-    "fastv": lambda scene, keep: fastv_select(scene.attention, keep),
-    "dart": lambda scene, keep: dart_select(
-        scene.keys, _rms_normed(scene.states), scene.text_keys, _rms_normed(scene.text_states), keep
-    ),
-    "divprune": lambda scene, keep: divprune_select(scene.states, keep),
+    "vlm-pruner": lambda scene, keep: VLMPrunerSelect(scene.grid, keep).ordered(scene.keys, scene.states)[2],
+    "fastv": lambda scene, keep: FastVSelect(keep).ordered(scene.attention)[1],
+    "dart": lambda scene, keep: DARTSelect(keep).ordered(
+        scene.keys, _rms_normed(scene.states), scene.text_keys, _rms_normed(scene.text_states)
+    )[1],
+    "divprune": lambda scene, keep: DivPruneSelect(keep).ordered(scene.states)[1],
 }
 
 
@@ -106,16 +107,6 @@ def count_components(mask: Tensor) -> int:
     return count
 
 
-def rank_order(method: str, scene: Scene, kept: Tensor) -> list[int]:
-    """The kept tokens by rank, for the figure's numbers: FastV by score, the others by index
-    (their static selectors return the set; VLM-Pruner's and DART's order is a step of the algorithm,
-    not an output)."""
-    if method == "fastv":
-        scores = scene.attention.double().mean(dim=0)[kept]
-        return [int(kept[i]) for i in sorted(range(len(kept)), key=lambda i: (-float(scores[i]), int(kept[i])))]
-    return kept.tolist()
-
-
 def run_quality(seeds: int, keeps: list[int]) -> dict:
     """{kind: {method: {keep: {metric: mean over seeds}}}} and the kept indices of each kind's first scene."""
     results: dict = {}
@@ -126,10 +117,10 @@ def run_quality(seeds: int, keeps: list[int]) -> dict:
             for keep in keeps:
                 rows = []
                 for number, scene in enumerate(scenes):
-                    kept = select(scene, keep)
-                    rows.append(selection_metrics(kept, scene.labels, scene.states, scene.grid))
+                    order = select(scene, keep)
+                    rows.append(selection_metrics(order, scene.labels, scene.states, scene.grid))
                     if number == 0 and keep == min(keeps):
-                        examples.setdefault(kind, {})[method] = rank_order(method, scene, kept)
+                        examples.setdefault(kind, {})[method] = order.tolist()
                 means = {name: statistics.fmean(row[name] for row in rows) for name in METRICS}
                 results.setdefault(kind, {}).setdefault(method, {})[keep] = means
     return {"results": results, "examples": examples}
@@ -147,36 +138,21 @@ def format_table(report: dict) -> str:
     return tabulate(rows, headers=headers, disable_numparse=True)
 
 
-def draw_figure(examples: dict, keep: int, path: Path, cell: int = 14) -> None:
-    """Rows: scene kinds (seed 0); columns: methods. Objects in color, background gray, dropped
-    tokens dimmed, kept tokens outlined in white and numbered by rank."""
-    kinds, methods = list(examples), list(METHODS)
-    height, width = make_scene(kinds[0], 0).grid
-    label_h, pad = 18, 8
-    panel_w, panel_h = width * cell, height * cell
-    image = Image.new("RGB", (len(methods) * (panel_w + pad) + pad, len(kinds) * (panel_h + label_h + pad) + pad), "white")
-    draw = ImageDraw.Draw(image)
-    palette = torch.Generator().manual_seed(1)
-    for row, kind in enumerate(kinds):
+def draw_figure(examples: dict, keep: int, path: Path) -> None:
+    """Rows: scene kinds (seed 0); columns: methods. Each object in a color of its own, background
+    gray, dropped tokens dimmed, kept tokens outlined and numbered in selection order."""
+    rows = []
+    for kind, orders in examples.items():
         scene = make_scene(kind, 0)
-        colors = [(150, 150, 150)] + [
-            tuple(int(c) for c in 60 + torch.randint(0, 190, (3,), generator=palette)) for _ in range(scene.num_objects)
-        ]
-        for column, method in enumerate(methods):
-            order = examples[kind][method]
-            rank = {token: number for number, token in enumerate(order, start=1)}
-            left = pad + column * (panel_w + pad)
-            top = pad + row * (panel_h + label_h + pad)
-            draw.text((left, top), f"{kind}: {method}, keep {keep}", fill="black")
-            for token, label in enumerate(scene.labels.tolist()):
-                y, x = divmod(token, width)
-                box = (left + x * cell, top + label_h + y * cell, left + (x + 1) * cell - 1, top + label_h + (y + 1) * cell - 1)
-                color = colors[label] if token in rank else tuple(c // 3 + 150 for c in colors[label])
-                draw.rectangle(box, fill=color, outline="white" if token in rank else None)
-                if token in rank and cell >= 12:
-                    draw.text((box[0] + 1, box[1] + 1), str(rank[token]), fill="black")
+        picture = scene_picture(scene)
+        rows.append(
+            [
+                (f"{kind}: {method}, keep {keep}", draw_selection(picture, scene.grid, order, resample=Image.Resampling.NEAREST))
+                for method, order in orders.items()
+            ]
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    compose(rows).save(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

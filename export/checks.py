@@ -1,7 +1,7 @@
 """Checks of the exported graphs against the artifact contract (export/ARTIFACTS.md).
 
 Run after every export: the interface (names, input and output counts), the static keep count R
-of `kept_indices`, and the presence of the selection where its method loops (VLM-Pruner's greedy
+of `kept_indices` and `selection_order`, and the presence of the selection where its method loops (VLM-Pruner's greedy
 passes in the prefill, DivPrune's in the vision encoder, are `scan` loops: torch's higher-order
 `scan`, ONNX `Scan`; `SelectionMethod.loops`), and no loop elsewhere. No numerics here: those are the parity
 check's (`runtime.parity`).
@@ -15,7 +15,7 @@ import torch
 from torch.export import ExportedProgram
 
 from export.graphs import GraphSpec
-from runtime.contract import GRAPH_NAMES
+from runtime.contract import GRAPH_NAMES, SELECTION_OUTPUTS
 
 # ONNX ops that can carry the selection's loops.
 _ONNX_LOOP_OPS = frozenset({"Scan", "Loop"})
@@ -46,7 +46,7 @@ def check_program(program: ExportedProgram, graph: GraphSpec, *, loops: bool) ->
 
 
 def check_onnx(path: Path, graph: GraphSpec, *, keep: int, loops: bool) -> None:
-    """ONNX checker, input and output names, static [R] kept_indices, loops in a pruned prefill."""
+    """ONNX checker, input and output names, static [R] selection outputs, loops in a pruned prefill."""
     import onnx
 
     try:
@@ -65,20 +65,19 @@ def check_onnx(path: Path, graph: GraphSpec, *, keep: int, loops: bool) -> None:
         raise ExportCheckError(f"{path}: no Scan/Loop node: the selection is missing")
     if not loops and count:
         raise ExportCheckError(f"{path}: {count} Scan/Loop nodes, expected none (no selection loop)")
-    if "kept_indices" not in graph.output_names:
-        return
-
-    kept = next(value for value in model.graph.output if value.name == "kept_indices")
-    dims = [dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in kept.type.tensor_type.shape.dim]
-    if dims != [keep] or kept.type.tensor_type.elem_type != onnx.TensorProto.INT64:
-        raise ExportCheckError(
-            f"{path}: kept_indices is {dims} of type {kept.type.tensor_type.elem_type}, expected int64 [{keep}]"
-        )
+    for value in model.graph.output:
+        if value.name not in SELECTION_OUTPUTS:
+            continue
+        dims = [dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in value.type.tensor_type.shape.dim]
+        if dims != [keep] or value.type.tensor_type.elem_type != onnx.TensorProto.INT64:
+            raise ExportCheckError(
+                f"{path}: {value.name} is {dims} of type {value.type.tensor_type.elem_type}, expected int64 [{keep}]"
+            )
 
 
 def check_pte(path: Path, graphs: tuple[GraphSpec, ...], *, keep: int) -> None:
     """The .pte loads, has the four methods with the contract's input and output counts, and
-    static int64 [R] kept_indices wherever the contract has them."""
+    static int64 [R] selection outputs wherever the contract has them."""
     from executorch.runtime import Runtime
 
     try:
@@ -97,9 +96,8 @@ def check_pte(path: Path, graphs: tuple[GraphSpec, ...], *, keep: int) -> None:
                 f"the contract says {expected[0]} and {expected[1]}"
             )
     for graph in graphs:
-        if "kept_indices" not in graph.output_names:
-            continue
-        kept = program.metadata(graph.name).output_tensor_meta(graph.output_names.index("kept_indices"))
-        if tuple(kept.sizes()) != (keep,) or kept.dtype() != _ET_INT64:
-            raise ExportCheckError(f"{path}: {graph.name}'s kept_indices is {kept}, expected int64 [{keep}]")
+        for name in set(SELECTION_OUTPUTS) & set(graph.output_names):
+            meta = program.metadata(graph.name).output_tensor_meta(graph.output_names.index(name))
+            if tuple(meta.sizes()) != (keep,) or meta.dtype() != _ET_INT64:
+                raise ExportCheckError(f"{path}: {graph.name}'s {name} is {meta}, expected int64 [{keep}]")
 

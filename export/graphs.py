@@ -6,10 +6,11 @@ takes and returns the same tensors positionally, in the same order). The modules
 model's family (`models.families`); the names from `runtime.contract`.
 
     vision_encoder  pixel_values (the family's shape)           -> image_embeds [N, d]
-                    (selection in the vision graph: image_embeds [R, d], kept_indices [R])
+                    (selection in the vision graph: image_embeds [R, d], kept_indices [R],
+                    selection_order [R])
     embed_tokens    input_ids [1, T]                             -> inputs_embeds [1, T, d]
     prefill         inputs_embeds [1, T, d], position_ids [rows, 1, T], image_positions [N]
-                                                                 -> logits, kept_indices [R], present.*
+                                                  -> logits, kept_indices [R], selection_order [R], present.*
     decode          inputs_embeds [1, 1, d], position_ids [rows, 1, 1], past.* -> logits, present.*
 
 Bounds, with M = max_seq_len: T in [1, M] for embed_tokens (the runtime also embeds single
@@ -82,7 +83,7 @@ class ContiguousPrefill(nn.Module):
     `decode` is exported for (a decode traced on such views failed at run time).
 
     forward(inputs_embeds [1, T, d], position_ids int64 [rows, 1, T], image_positions int64 [N]) ->
-    (logits [1, V], kept int64 [R], cache).
+    (logits [1, V], kept int64 [R], order int64 [R], cache).
     """
 
     def __init__(self, prefill: Prefill):
@@ -91,9 +92,9 @@ class ContiguousPrefill(nn.Module):
 
     def forward(
         self, inputs_embeds: Tensor, position_ids: Tensor, image_positions: Tensor
-    ) -> tuple[Tensor, Tensor, KVCache]:
-        logits, kept, cache = self.prefill(inputs_embeds, position_ids, image_positions)
-        return logits, kept, tuple((key.contiguous(), value.contiguous()) for key, value in cache)
+    ) -> tuple[Tensor, Tensor, Tensor, KVCache]:
+        logits, kept, order, cache = self.prefill(inputs_embeds, position_ids, image_positions)
+        return logits, kept, order, tuple((key.contiguous(), value.contiguous()) for key, value in cache)
 
 
 def _tensor_dims(inputs: Any, dynamic_shapes: Any) -> Iterator[dict[int, Dim] | None]:

@@ -2,7 +2,8 @@
 
     Prefill(keep=R): inputs_embeds [1, T, d], position_ids [rows, 1, T], image_positions [N]
         layers 0..K-1 on all T tokens ──> keys of layer K-1 (post-RoPE) + hidden states
-        selector on the N image tokens ──> R kept (ascending) + their states (fused or not)
+        selector on the N image tokens ──> R kept (ascending, and in selection order) + their
+            states (fused or not)
         sequence = the T tokens less the N - R dropped image tokens, in order, each with its
         original position ids
         layers K..L-1 on the short sequence ──> logits of the last token, KV cache
@@ -47,11 +48,12 @@ class Prefill(nn.Module):
     """The prompt pass, pruning the image tokens at the input of layer K.
 
     forward(inputs_embeds [1, T, d], position_ids int64 [rows, 1, T], image_positions int64 [N]) ->
-    (logits [1, vocab], kept int64 [R], cache), with `cache[i]` = (key, value) of layer i, each
-    [1, n_kv_heads, length_i, head_dim]: length T for layers < K, T - N + R for layers >= K.
-    `image_positions` are the sequence positions of the N image tokens, ascending, in the order of
-    the selector's geometry; `kept` indexes them, ascending. Every remaining token keeps its
-    original position ids: nothing is renumbered after pruning.
+    (logits [1, vocab], kept int64 [R], order int64 [R], cache), with `cache[i]` = (key, value) of
+    layer i, each [1, n_kv_heads, length_i, head_dim]: length T for layers < K, T - N + R for
+    layers >= K. `image_positions` are the sequence positions of the N image tokens, ascending, in
+    the order of the selector's geometry; `kept` indexes them, ascending, and `order` lists the same
+    tokens in the order the selector chose them. Every remaining token keeps its original position
+    ids: nothing is renumbered after pruning.
 
     With keep == N no selection runs: the module is then exactly the unpruned model.
 
@@ -98,7 +100,7 @@ class Prefill(nn.Module):
 
     def forward(
         self, inputs_embeds: Tensor, position_ids: Tensor, image_positions: Tensor
-    ) -> tuple[Tensor, Tensor, KVCache]:
+    ) -> tuple[Tensor, Tensor, Tensor, KVCache]:
         check_batch_of_one("inputs_embeds", inputs_embeds)
         cos, sin = self.rotary(inputs_embeds, position_ids)  # [1, T, head_dim] each
         hidden = inputs_embeds
@@ -109,29 +111,32 @@ class Prefill(nn.Module):
             cache.append((key, value))
 
         if self.selector is None:
+            # Two tensors: one returned twice would be one graph output under two names.
             kept = torch.arange(self.num_image_tokens, device=hidden.device)
+            order = torch.arange(self.num_image_tokens, device=hidden.device)
         else:
             outputs = LayerOutputs(layer, layer_input, hidden, key, cos, sin, self.norm, image_positions)
-            kept, hidden, gather = self._prune(outputs)
+            kept, order, hidden, gather = self._prune(outputs)
             cos, sin = cos.index_select(1, gather), sin.index_select(1, gather)
 
         for layer in self.layers[self.prune_layer :]:
             hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
             cache.append((key, value))
         logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
-        return logits, kept, tuple(cache)
+        return logits, kept, order, tuple(cache)
 
-    def _prune(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
+    def _prune(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Select the image tokens (their states fused or not), then drop the others from the sequence.
 
         Returns:
-            kept: int64 [R]; hidden: [1, T - N + R, d], the input of layer K; gather: int64
+            kept: int64 [R]; order: int64 [R], kept in selection order; hidden: [1, T - N + R, d],
+            the input of layer K; gather: int64
             [T - N + R], the original position of each remaining token.
         """
         n, r = self.num_image_tokens, self.keep
         hidden, image_positions = outputs.hidden, outputs.image_positions
         length = hidden.shape[1]
-        kept, fused = self.selector(outputs)  # [R], [R, d]
+        kept, fused, order = self.selector(outputs)  # [R], [R, d], [R]
         rows = image_positions.index_select(0, kept)[:, None].expand(r, fused.shape[1])  # [R, d]
         states = hidden[0].scatter(0, rows, fused)  # [T, d], the kept image tokens fused
 
@@ -143,7 +148,7 @@ class Prefill(nn.Module):
         slot = torch.where(remains > 0, remains.cumsum(0) - 1, short)  # [T]
         positions = torch.arange(length, device=hidden.device)
         gather = torch.zeros(short + 1, dtype=torch.int64, device=hidden.device).scatter(0, slot, positions)[:short]
-        return kept, states.index_select(0, gather)[None], gather
+        return kept, order, states.index_select(0, gather)[None], gather
 
 
 class DecodeStep(nn.Module):

@@ -71,7 +71,7 @@ class ModelFamily(ABC):
     ) -> nn.Module:
         """The vision_encoder graph's module: `vision_encoder`, then the selection of R = `keep`
         tokens when `method` runs it there (forward(pixel_values) -> (image_embeds [R, d], kept
-        int64 [R])); the bare encoder otherwise."""
+        int64 [R], order int64 [R])); the bare encoder otherwise."""
         encoder = self.vision_encoder(model, spec)
         if selection_graph(spec, keep, method) != VISION_ENCODER:
             return encoder
@@ -137,7 +137,7 @@ class SelectedVision(nn.Module):
     """A vision encoder followed by a selection of its output tokens (DivPrune).
 
     forward(pixel_values) -> (image_embeds [R, d], kept int64 [R] ascending: which of the encoder's
-    N tokens they are).
+    N tokens they are, order int64 [R]: kept in selection order).
     """
 
     def __init__(self, encoder: nn.Module, selector: VisionSelector):
@@ -145,10 +145,10 @@ class SelectedVision(nn.Module):
         self.encoder = encoder
         self.selector = selector
 
-    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         embeds = self.encoder(pixel_values)  # [N, d]
-        kept = self.selector(embeds)
-        return embeds.index_select(0, kept), kept
+        kept, order = self.selector(embeds)
+        return embeds.index_select(0, kept), kept, order
 
 
 def selection_graph(spec: ModelSpec, keep: int, method: SelectionMethod | None) -> str:

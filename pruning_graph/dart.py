@@ -5,7 +5,8 @@ after the image with the largest key L1 norms (descending, ties to the lowest in
 pivots are kept. Then, for each of the 8 pivots in that order, the Q_p pool tokens (image tokens
 not yet kept) with the lowest cosine similarity to the pivot's normalised state are kept too, ties
 to the lowest index. Budget (project's choice): Q_p = floor((R - P) / 8), plus one for each of
-the first (R - P) mod 8 pivots, so exactly R tokens are kept.
+the first (R - P) mod 8 pivots, so exactly R tokens are kept. Selection order: the image pivots,
+then each pivot's tokens from the least similar, pivot by pivot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning_graph.definitions import DECISION_DTYPE, cosine_similarity, l1_norms
-from pruning_graph.static_ops import mask_to_indices, one_hot, top_k_mask, top_k_order
+from pruning_graph.static_ops import mask_to_indices, one_hot, order_lexicographic, top_k_mask, top_k_order
 from pruning_graph.validation import check_finite, check_keep, check_matrix, check_same_size
 
 PIVOTS = 4  # per group: image pivots, then text pivots
@@ -42,6 +43,13 @@ def dart_reference(
     Returns:
         int64 [R], the kept tokens, ascending.
     """
+    return dart_reference_order(image_keys, image_states, text_keys, text_states, keep).sort().values
+
+
+def dart_reference_order(
+    image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int
+) -> Tensor:
+    """`dart_reference`'s tokens in selection order: int64 [R]."""
     n = _check(image_keys, image_states, text_keys, text_states, keep)
     image_norms = l1_norms(image_keys.to(DECISION_DTYPE)).tolist()
     text_norms = l1_norms(text_keys.to(DECISION_DTYPE)).tolist()
@@ -52,13 +60,13 @@ def dart_reference(
     pivot_states = torch.cat([states[image_pivots], text_states.to(DECISION_DTYPE)[text_pivots]])
     # One row per pivot, in order. (With fewer than 4 image pivots, R = P and every budget is 0.)
     similarity = cosine_similarity(pivot_states, states).tolist()
-    kept = set(image_pivots)
-    pool = set(range(n)) - kept
+    kept = list(image_pivots)
+    pool = set(range(n)) - set(kept)
     for row, budget in zip(similarity, dart_budgets(keep)):
         least_similar = sorted(pool, key=lambda i: (row[i], i))[:budget]
-        kept.update(least_similar)
+        kept.extend(least_similar)
         pool.difference_update(least_similar)
-    return torch.tensor(sorted(kept), dtype=torch.int64)
+    return torch.tensor(kept, dtype=torch.int64)
 
 
 def dart_select(
@@ -66,7 +74,7 @@ def dart_select(
 ) -> Tensor:
     """DART as static-shape ops: same contract and tokens as `dart_reference`."""
     _check(image_keys, image_states, text_keys, text_states, keep)
-    return _select(image_keys, image_states, text_keys, text_states, keep)
+    return _select(image_keys, image_states, text_keys, text_states, keep)[0]
 
 
 class DARTSelect(nn.Module):
@@ -82,6 +90,12 @@ class DARTSelect(nn.Module):
         self.keep = keep
 
     def forward(self, image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor) -> Tensor:
+        return self.ordered(image_keys, image_states, text_keys, text_states)[0]
+
+    def ordered(
+        self, image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """forward's indices, and the same tokens in selection order (`dart_reference_order`)."""
         _check(image_keys, image_states, text_keys, text_states, self.keep)
         return _select(image_keys, image_states, text_keys, text_states, self.keep)
 
@@ -122,7 +136,9 @@ def dart_text_pivots(keys: Tensor, after_image: Tensor | None = None) -> Tensor:
     return top_k_order(norms if after_image is None else torch.where(after_image, norms, -1.0), PIVOTS)
 
 
-def dart_select_pivoted(image_keys: Tensor, image_states: Tensor, text_pivot_states: Tensor, keep: int) -> Tensor:
+def dart_select_pivoted(
+    image_keys: Tensor, image_states: Tensor, text_pivot_states: Tensor, keep: int
+) -> tuple[Tensor, Tensor]:
     """DART once its text pivots are chosen (`dart_text_pivots`), on validated inputs.
 
     Args:
@@ -130,22 +146,34 @@ def dart_select_pivoted(image_keys: Tensor, image_states: Tensor, text_pivot_sta
         text_pivot_states: float [PIVOTS, d], the text pivots' final-normed states, in pivot order.
         keep: R.
     Returns:
-        int64 [R], ascending.
+        kept: int64 [R], ascending; order: int64 [R], the same in selection order.
     """
     n = image_keys.shape[0]
     image_pivots = top_k_order(l1_norms(image_keys.to(DECISION_DTYPE)), min(PIVOTS, keep))
     states = image_states.to(DECISION_DTYPE)
     pivot_states = torch.cat([states.index_select(0, image_pivots), text_pivot_states.to(DECISION_DTYPE)])
     similarity = cosine_similarity(pivot_states, states)  # [P + 4, N], one row per pivot, in order
-    kept = one_hot(image_pivots, n).any(dim=0)
+    pivots = one_hot(image_pivots, n)  # [P, N]
+    kept = pivots.any(dim=0)
+    # The selection order's keys: the step that kept a token (-1: an image pivot), then its
+    # similarity to that step's pivot (an image pivot: its place among the pivots).
+    step = torch.where(kept, -1.0, math.inf).to(DECISION_DTYPE)
+    rank = (pivots * torch.arange(pivots.shape[0], device=image_keys.device)[:, None]).sum(dim=0).to(DECISION_DTYPE)
     for p, budget in enumerate(dart_budgets(keep)):
         if budget:
             # The pool is every token not kept yet; kept tokens score -inf and are never taken again.
-            kept = kept | top_k_mask(torch.where(kept, -math.inf, -similarity[p]), budget)
-    return mask_to_indices(kept, keep)
+            taken = top_k_mask(torch.where(kept, -math.inf, -similarity[p]), budget)
+            kept = kept | taken
+            step = torch.where(taken, float(p), step)
+            rank = torch.where(taken, similarity[p], rank)
+    indices = mask_to_indices(kept, keep)
+    order = order_lexicographic(step.index_select(0, indices), rank.index_select(0, indices))
+    return indices, indices.index_select(0, order)
 
 
-def _select(image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int) -> Tensor:
+def _select(
+    image_keys: Tensor, image_states: Tensor, text_keys: Tensor, text_states: Tensor, keep: int
+) -> tuple[Tensor, Tensor]:
     """On validated inputs."""
     text_pivot_states = text_states.index_select(0, dart_text_pivots(text_keys))
     return dart_select_pivoted(image_keys, image_states, text_pivot_states, keep)

@@ -3,7 +3,8 @@
 Spec (baselines_spec.md, DivPrune): with d_ij = 1 - cos(v_i, v_j), the first token is the most
 isolated one, argmax_i min_{j != i} d_ij; each next one is argmax_{i not in S} min_{s in S} d_is,
 until R are chosen; ties to the lowest index. The static twin runs the R - 1 greedy steps as a
-`scan` (one step traced once, not R times; see README "Loops as scan").
+`scan` (one step traced once, not R times; see README "Loops as scan"). Selection order: the
+greedy's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def divprune_reference(embeds: Tensor, keep: int) -> Tensor:
     Returns:
         int64 [R], the kept tokens, ascending.
     """
+    return divprune_reference_order(embeds, keep).sort().values
+
+
+def divprune_reference_order(embeds: Tensor, keep: int) -> Tensor:
+    """`divprune_reference`'s tokens in selection order (the greedy's): int64 [R]."""
     _check(embeds, keep)
     distance = cosine_distances(embeds).tolist()
     isolation = {i: min(row[:i] + row[i + 1 :], default=math.inf) for i, row in enumerate(distance)}
@@ -45,13 +51,13 @@ def divprune_reference(embeds: Tensor, keep: int) -> Tensor:
         del nearest[pick]
         for i in nearest:
             nearest[i] = min(nearest[i], distance[i][pick])
-    return torch.tensor(sorted(selected), dtype=torch.int64)
+    return torch.tensor(selected, dtype=torch.int64)
 
 
 def divprune_select(embeds: Tensor, keep: int) -> Tensor:
     """DivPrune as static-shape ops: same contract and tokens as `divprune_reference`."""
     _check(embeds, keep)
-    return _select(embeds, keep)
+    return _select(embeds, keep)[0]
 
 
 class DivPruneSelect(nn.Module):
@@ -66,6 +72,10 @@ class DivPruneSelect(nn.Module):
         self.keep = keep
 
     def forward(self, embeds: Tensor) -> Tensor:
+        return self.ordered(embeds)[0]
+
+    def ordered(self, embeds: Tensor) -> tuple[Tensor, Tensor]:
+        """forward's indices, and the same tokens in selection order (`divprune_reference_order`)."""
         _check(embeds, self.keep)
         return _select(embeds, self.keep)
 
@@ -84,8 +94,8 @@ def _argmax_lowest(scores: dict[int, float]) -> int:
     return min(i for i, s in scores.items() if s == best)
 
 
-def _select(embeds: Tensor, keep: int) -> Tensor:
-    """On validated inputs: the greedy selection as a mask, then its indices."""
+def _select(embeds: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """On validated inputs: (kept int64 [R] ascending, the same in selection order)."""
     distance = cosine_distances(embeds)  # [N, N]
     n = distance.shape[0]
     diagonal = one_hot(torch.arange(n, device=distance.device), n)
@@ -100,6 +110,9 @@ def _select(embeds: Tensor, keep: int) -> Tensor:
         nearest = torch.minimum(nearest, distance.index_select(1, pick)[:, 0])
         return (selected | one_hot(pick, n)[0], nearest), pick
 
-    if keep > 1:
-        (selected, _), _ = loop_scan(step, (selected, nearest), torch.arange(keep - 1, device=distance.device))
-    return mask_to_indices(selected, keep)
+    if keep == 1:
+        return first, first.clone()
+    (selected, _), picks = loop_scan(step, (selected, nearest), torch.arange(keep - 1, device=distance.device))
+    # picks: [R - 1, 1]. (A reshape of the scan output failed ExecuTorch's emitter: "Guard
+    # shape_dynamism_eq_base failed"; column indexing emits.)
+    return mask_to_indices(selected, keep), torch.cat([first, picks[:, 0]])

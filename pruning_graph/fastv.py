@@ -3,7 +3,8 @@
 Spec (baselines_spec.md, FastV): the score of image token i is the attention probability from the
 last prompt token to i in layer K-1, averaged over the query heads; the R highest scores are kept,
 ties to the lowest index. The reference ranks with Python's sort; the static twin is a
-tie-explicit top-k mask. Both read the same settled float64 scores.
+tie-explicit top-k mask. Both read the same settled float64 scores. Selection order: by rank,
+the highest score first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning_graph.definitions import DECISION_DTYPE, column_sums, constant, settle
-from pruning_graph.static_ops import mask_to_indices, top_k_mask
+from pruning_graph.static_ops import mask_to_indices, order_ascending, top_k_mask
 from pruning_graph.validation import check_finite, check_keep, check_matrix
 
 
@@ -32,16 +33,21 @@ def fastv_reference(attention: Tensor, keep: int) -> Tensor:
     Returns:
         int64 [R], the kept tokens, ascending.
     """
+    return fastv_reference_order(attention, keep).sort().values
+
+
+def fastv_reference_order(attention: Tensor, keep: int) -> Tensor:
+    """`fastv_reference`'s tokens in selection order (by rank): int64 [R]."""
     _check(attention, keep)
     scores = fastv_scores(attention).tolist()
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    return torch.tensor(sorted(ranked[:keep]), dtype=torch.int64)
+    return torch.tensor(ranked[:keep], dtype=torch.int64)
 
 
 def fastv_select(attention: Tensor, keep: int) -> Tensor:
     """FastV as static-shape ops: same contract and tokens as `fastv_reference`."""
     _check(attention, keep)
-    return _select(attention, keep)
+    return _select(attention, keep)[0]
 
 
 class FastVSelect(nn.Module):
@@ -56,6 +62,10 @@ class FastVSelect(nn.Module):
         self.keep = keep
 
     def forward(self, attention: Tensor) -> Tensor:
+        return self.ordered(attention)[0]
+
+    def ordered(self, attention: Tensor) -> tuple[Tensor, Tensor]:
+        """forward's indices, and the same tokens in selection order (`fastv_reference_order`)."""
         _check(attention, self.keep)
         return _select(attention, self.keep)
 
@@ -69,5 +79,9 @@ def _check(attention: Tensor, keep: int) -> None:
     check_finite(attention=attention)
 
 
-def _select(attention: Tensor, keep: int) -> Tensor:
-    return mask_to_indices(top_k_mask(fastv_scores(attention), keep), keep)
+def _select(attention: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """(kept int64 [R] ascending, the same in selection order)."""
+    scores = fastv_scores(attention)
+    kept = mask_to_indices(top_k_mask(scores, keep), keep)
+    # Ties by position in `kept`, i.e. by the lower index.
+    return kept, kept.index_select(0, order_ascending(-scores.index_select(0, kept)))

@@ -43,6 +43,29 @@ def reference_select(
         indices: int64 [R], the kept tokens, ascending.
         fused: [R, d] in hidden's dtype, the kept tokens' states after fusion.
     """
+    similarity, selected = _selection(keys, hidden, grid, keep, config)
+    kept = sorted(selected)
+    fused = _fuse(hidden.float(), similarity, kept, config.beta)
+    return torch.tensor(kept, dtype=torch.int64), fused.to(hidden.dtype)
+
+
+def reference_order(
+    keys: Tensor,
+    hidden: Tensor,
+    grid: Grid,
+    keep: int,
+    config: VLMPrunerConfig = VLMPrunerConfig(),
+) -> Tensor:
+    """`reference_select`'s kept tokens in selection order: int64 [R]. The pivots in the order
+    of their sampling, then each pass's accepted tokens block by block; the tokens one block
+    accepts join S together and are listed in the block's (near-to-far) order."""
+    return torch.tensor(_selection(keys, hidden, grid, keep, config)[1], dtype=torch.int64)
+
+
+def _selection(
+    keys: Tensor, hidden: Tensor, grid: Grid, keep: int, config: VLMPrunerConfig
+) -> tuple[Tensor, list[int]]:
+    """Stages 1-2: (the similarity matrix float64 [N, N], the selected tokens in selection order)."""
     n = check_features(keys, hidden)
     views = check_grid_and_keep(grid, keep, n)
     keys, exact = keys.to(DECISION_DTYPE), hidden.to(DECISION_DTYPE)
@@ -51,9 +74,7 @@ def reference_select(
 
     selected = _pivots(keys, min(config.kappa, keep))
     _greedy_fill(selected, similarity, distance, keep, config)
-    kept = sorted(selected)
-    fused = _fuse(hidden.float(), similarity, kept, config.beta)
-    return torch.tensor(kept, dtype=torch.int64), fused.to(hidden.dtype)
+    return similarity, selected
 
 
 def _screened_channels(states: Tensor, q: int) -> list[int]:
@@ -112,7 +133,8 @@ def _greedy_fill(
             room = keep - len(selected)
             if len(accepted) > room:
                 position = {i: p for p, i in enumerate(block)}
-                accepted = sorted(accepted, key=lambda i: (float(m[i]), position[i]))[:room]
+                chosen = set(sorted(accepted, key=lambda i: (float(m[i]), position[i]))[:room])
+                accepted = [i for i in accepted if i in chosen]
             selected.extend(accepted)
             if len(selected) == keep:
                 return passes + 1

@@ -36,6 +36,7 @@ from pruning_graph.definitions import (
 from pruning_graph.static_ops import (
     argmax_lowest,
     argmax_lowest_rows,
+    compact,
     loop_scan,
     mask_to_indices,
     one_hot,
@@ -67,7 +68,7 @@ def select_tokens(
     """
     n = check_features(keys, hidden)
     views = check_grid_and_keep(grid, keep, n)
-    return _select(keys, hidden, views, keep, config)
+    return _select(keys, hidden, views, keep, config)[:2]
 
 
 class VLMPrunerSelect(nn.Module):
@@ -85,6 +86,11 @@ class VLMPrunerSelect(nn.Module):
         self.config = config
 
     def forward(self, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        return self.ordered(keys, hidden)[:2]
+
+    def ordered(self, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """forward's (indices, fused), and the kept tokens in selection order, int64 [R]
+        (`reference.reference_order`)."""
         n = check_features(keys, hidden)
         if n != self.num_tokens:
             raise ValueError(f"this selector was built for grid {self.grid} ({self.num_tokens} tokens), got {n} tokens")
@@ -99,8 +105,11 @@ class VLMPrunerSelect(nn.Module):
 _State = tuple[Tensor, Tensor, Tensor]
 
 
-def _select(keys: Tensor, hidden: Tensor, views: Views, keep: int, config: VLMPrunerConfig) -> tuple[Tensor, Tensor]:
-    """The three stages on validated inputs. Decisions in float64, the fused sum in float32.
+def _select(
+    keys: Tensor, hidden: Tensor, views: Views, keep: int, config: VLMPrunerConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three stages on validated inputs: (indices [R] ascending, fused [R, d], the indices in
+    selection order). Decisions in float64, the fused sum in float32.
 
     Each stage's float64 copies of the inputs are freed before the next one starts.
     """
@@ -115,10 +124,10 @@ def _select(keys: Tensor, hidden: Tensor, views: Views, keep: int, config: VLMPr
         torch.ones(n, dtype=DECISION_DTYPE, device=keys.device),
     )
     state = _absorb(state, pivots, torch.ones_like(pivots, dtype=torch.bool), similarity, layout)
-    selected = _greedy_fill(state, similarity, layout, keep, config)
+    selected, accepted = _greedy_fill(state, similarity, layout, keep, config)
     indices = mask_to_indices(selected, keep)
     fused = _fuse(hidden.float(), similarity, selected, indices, config.beta)
-    return indices, fused.to(hidden.dtype)
+    return indices, fused.to(hidden.dtype), torch.cat([pivots, accepted])
 
 
 def _screened_states(hidden: Tensor, q: int) -> Tensor:
@@ -160,16 +169,23 @@ def _redundancy(nearest_sim: Tensor, nearest_dist: Tensor, lam: Tensor) -> Tenso
     return nearest_sim * (1 + lam * nearest_dist)
 
 
-def _greedy_fill(state: _State, similarity: Tensor, layout: TokenLayout, keep: int, config: VLMPrunerConfig) -> Tensor:
+def _greedy_fill(
+    state: _State, similarity: Tensor, layout: TokenLayout, keep: int, config: VLMPrunerConfig
+) -> tuple[Tensor, Tensor]:
     """Stage 2: T passes with rising thresholds, each a `scan` over its ceil(N / B) blocks.
 
-    Returns bool [N] with R True. Once R are selected, later blocks accept nothing. (Skipping the
+    Returns bool [N] with R True, and the tokens the passes accepted in the order they did, int64
+    [R - |S|] (a block's in block order). Once R are selected, later blocks accept nothing. (Skipping the
     passes that start with a full budget under a `cond` made ONNX Runtime 3.5x faster, but
     ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and cannot emit a `while_loop`.)
     """
     n = similarity.shape[0]
     blocks = -(-n // config.block)
+    to_accept = keep - min(config.kappa, keep)  # S holds the pivots
     room = keep - state[0].sum()
+    # Every pass's candidates in its order, and whether each was accepted: [passes * blocks * B] each.
+    candidates: list[Tensor] = []
+    accepted_flags: list[Tensor] = []
     lam = constant(config.lam, state[1])
     for tau in config.thresholds():
         if not torch.compiler.is_compiling() and not room:
@@ -191,8 +207,13 @@ def _greedy_fill(state: _State, similarity: Tensor, layout: TokenLayout, keep: i
             state = _absorb((selected, nearest_sim, nearest_dist), block, accepted, similarity, layout)
             return (*state, room - accepted.sum()), accepted
 
-        (*state, room), _ = loop_scan(step, (*state, room), order)
-    return state[0]
+        (*state, room), accepted = loop_scan(step, (*state, room), order)
+        candidates.append(order.reshape(-1))
+        # A copy: a view of a scan output fails ExecuTorch's emitter ("Guard shape_dynamism_eq_base").
+        accepted_flags.append(accepted.clone().reshape(-1))
+    if not candidates:  # eager, the pivots filled S
+        return state[0], torch.zeros(0, dtype=torch.int64, device=similarity.device)
+    return state[0], compact(torch.cat(candidates), torch.cat(accepted_flags), to_accept)
 
 
 def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor, beta: float) -> Tensor:

@@ -73,10 +73,20 @@ def mask_to_indices(mask: Tensor, count: int) -> Tensor:
     Returns:
         int64 [count].
     """
-    index = torch.arange(mask.shape[0], device=mask.device)
+    return compact(torch.arange(mask.shape[0], device=mask.device), mask, count)
+
+
+def compact(values: Tensor, mask: Tensor, count: int) -> Tensor:
+    """The entries of `values` where `mask` is True, in order (a static boolean-mask gather).
+
+    Args:
+        values: int64 [P]. mask: bool [P] with exactly `count` True entries.
+    Returns:
+        int64 [count].
+    """
     # The r-th True entry goes to slot r; the False ones all add into a spare slot `count`.
     slot = torch.where(mask, torch.cumsum(mask.to(torch.int64), dim=0) - 1, count)
-    return torch.zeros(count + 1, dtype=torch.int64, device=mask.device).scatter_add(0, slot, index)[:count]
+    return torch.zeros(count + 1, dtype=torch.int64, device=mask.device).scatter_add(0, slot, values)[:count]
 
 
 def rank_ascending(values: Tensor) -> Tensor:
@@ -100,6 +110,15 @@ def order_ascending(values: Tensor) -> Tensor:
     rank = rank_ascending(values)
     # rank is a permutation: scattering each index to its rank inverts it.
     return torch.zeros_like(rank).scatter(0, rank, torch.arange(rank.shape[0], device=rank.device))
+
+
+def order_lexicographic(primary: Tensor, secondary: Tensor) -> Tensor:
+    """Indices that sort by (primary, secondary, index) ascending: float [N], [N] -> int64 [N].
+
+    Two stable sorts, the minor key first (a radix sort of two digits).
+    """
+    by_secondary = order_ascending(secondary)
+    return by_secondary.index_select(0, order_ascending(primary.index_select(0, by_secondary)))
 
 
 def one_hot(index: Tensor, n: int) -> Tensor:

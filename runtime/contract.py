@@ -6,14 +6,17 @@ up from here. Plain Python, no torch, no onnx.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 MANIFEST = "manifest.json"
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
 # The graphs a token selection can run in (the manifest's `pruning.graph`): the prefill, at the
 # input of the pruning layer, or the vision encoder, on its output (then its graph also returns
-# `kept_indices`, and the prompt holds only the kept image tokens).
+# `kept_indices` and `selection_order`, and the prompt holds only the kept image tokens).
 SELECTION_GRAPHS = ("prefill", "vision_encoder")
+
+# The outputs of the graph that selects: the kept image tokens, ascending, and in selection order.
+SELECTION_OUTPUTS = ("kept_indices", "selection_order")
 
 # Files of an artifact, relative to its folder.
 ONNX_DIR = "onnx"
@@ -56,16 +59,18 @@ def graph_io(
     token selection runs in `selection_graph` (one of `SELECTION_GRAPHS`).
 
     ExecuTorch methods take and return the same tensors positionally, in this order.
+    `kept_indices` [R] are the kept image tokens, ascending; `selection_order` [R] the same tokens
+    in the order the method chose them.
     """
     if selection_graph not in SELECTION_GRAPHS:
         raise ValueError(f"a selection runs in one of {', '.join(SELECTION_GRAPHS)}, not {selection_graph!r}")
     selects_in_vision = selection_graph == "vision_encoder"
     io = {
-        "vision_encoder": (("pixel_values",), ("image_embeds", "kept_indices") if selects_in_vision else ("image_embeds",)),
+        "vision_encoder": (("pixel_values",), ("image_embeds", *SELECTION_OUTPUTS) if selects_in_vision else ("image_embeds",)),
         "embed_tokens": (("input_ids",), ("inputs_embeds",)),
         "prefill": (
             ("inputs_embeds", "position_ids", "image_positions"),
-            ("logits", "kept_indices", *cache_names("present", num_layers)),
+            ("logits", *SELECTION_OUTPUTS, *cache_names("present", num_layers)),
         ),
         "decode": (
             ("inputs_embeds", "position_ids", *cache_names("past", num_layers)),

@@ -23,6 +23,7 @@ from models import LoadedModel, ModelSpec, load_model
 from models.families import prompt_image_tokens
 from models.selectors import DEFAULT_METHOD, SelectionMethod, get_method
 from runtime.artifact import token_id_set
+from runtime.backends.base import Selection
 from runtime.families import PromptInputs
 from runtime.generate import GenerationConfig, Greedy, InputProcessor, greedy
 
@@ -50,12 +51,12 @@ class EagerSession:
         self.device, self.dtype = weight.device, weight.dtype
 
     @torch.no_grad()
-    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Selection | None]:
         output = self.vision(self._float(pixel_values))
         if isinstance(output, torch.Tensor):
             return _numpy(output), None
-        image_embeds, kept = output  # the vision graph selects (`models.families.SelectedVision`)
-        return _numpy(image_embeds), kept.cpu().numpy()
+        image_embeds, kept, order = output  # the vision graph selects (`models.families.SelectedVision`)
+        return _numpy(image_embeds), (kept.cpu().numpy(), order.cpu().numpy())
 
     @torch.no_grad()
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
@@ -64,11 +65,11 @@ class EagerSession:
     @torch.no_grad()
     def prefill(
         self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]:
-        logits, kept, cache = self.prefill_module(
+    ) -> tuple[np.ndarray, Selection, tuple[torch.Tensor, ...]]:
+        logits, kept, order, cache = self.prefill_module(
             self._float(inputs_embeds), self._int(position_ids), self._int(image_positions)
         )
-        return _numpy(logits), kept.cpu().numpy(), tuple(cache)
+        return _numpy(logits), (kept.cpu().numpy(), order.cpu().numpy()), tuple(cache)
 
     @torch.no_grad()
     def decode(
@@ -87,11 +88,12 @@ class EagerSession:
 @dataclass(frozen=True)
 class Generation:
     """Output of `EagerModel.generate`: the answer, the generated ids (EOS included when produced)
-    and the image tokens the pruner kept."""
+    and the image tokens the pruner kept (ascending, and in selection order)."""
 
     text: str
     token_ids: list[int]
     kept_indices: list[int]
+    selection_order: list[int]
 
 
 class EagerModel:
@@ -173,7 +175,12 @@ class EagerModel:
         """Answer `prompt` about `image` with greedy decoding."""
         result = self.generate_ids(*self.prepare_inputs(image, prompt), GenerationConfig(max_new_tokens=max_new_tokens))
         text = self.processor.decode(result.token_ids, skip_special_tokens=True)
-        return Generation(text=text, token_ids=result.token_ids, kept_indices=result.kept_indices)
+        return Generation(
+            text=text,
+            token_ids=result.token_ids,
+            kept_indices=result.kept_indices,
+            selection_order=result.selection_order,
+        )
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:

@@ -91,6 +91,7 @@ class GenerationResult:
         token_ids: the generated ids, the end-of-sequence token included when it was produced.
         kept_indices: the image tokens the pruner kept, ascending indices into the image's N tokens
             (in the order of the manifest's `geometry.grid`).
+        selection_order: the same tokens in the order the method chose them (`runtime.show`).
         stats: timings.
         logits: with `return_logits`, float32 [V] of the prefill and of each decode step, one
             per generated token; else None.
@@ -99,6 +100,7 @@ class GenerationResult:
     text: str
     token_ids: list[int]
     kept_indices: list[int]
+    selection_order: list[int]
     stats: Stats
     logits: list[np.ndarray] | None = None
 
@@ -259,6 +261,7 @@ class Runner:
             text=self.inputs.decode(result.token_ids),
             token_ids=result.token_ids,
             kept_indices=result.kept_indices,
+            selection_order=result.selection_order,
             stats=stats,
             logits=result.logits,
         )
@@ -266,11 +269,13 @@ class Runner:
 
 @dataclass(frozen=True)
 class Greedy:
-    """What `greedy` returns: the tokens, kept indices and logits (with `return_logits`) of one
-    prompt, and the milliseconds of each step (time to first token: vision + embed + prefill)."""
+    """What `greedy` returns: the tokens, kept indices (ascending and in selection order) and logits
+    (with `return_logits`) of one prompt, and the milliseconds of each step (time to first token:
+    vision + embed + prefill)."""
 
     token_ids: list[int]
     kept_indices: list[int]
+    selection_order: list[int]
     logits: list[np.ndarray] | None
     vision_ms: float
     embed_ms: float
@@ -289,18 +294,18 @@ def greedy(session: Session, inputs: PromptInputs, config: GenerationConfig, eos
     result) unless `config.ignore_eos`.
     """
     tick = time.perf_counter()
-    # [N, d] and None, or [R, d] and the indices of the R tokens when the vision graph selects.
-    image_embeds, image_tokens = session.vision_encoder(inputs.pixel_values)
+    # [N, d] and None, or [R, d] and the selection of the R tokens when the vision graph selects.
+    image_embeds, vision_selection = session.vision_encoder(inputs.pixel_values)
     vision_ms = _ms_since(tick)
 
     tick = time.perf_counter()
     inputs_embeds = session.embed_tokens(inputs.input_ids)  # [1, T, d]
     inputs_embeds[0, inputs.image_positions] = image_embeds
-    positions = inputs.positions(image_tokens)
+    positions = inputs.positions(None if vision_selection is None else vision_selection[0])
     embed_ms = _ms_since(tick)
 
     tick = time.perf_counter()
-    logits, kept, cache = session.prefill(inputs_embeds, positions.prompt, inputs.image_positions)
+    logits, prefill_selection, cache = session.prefill(inputs_embeds, positions.prompt, inputs.image_positions)
     prefill_ms = _ms_since(tick)
     token = int(logits[0].argmax())
 
@@ -315,9 +320,12 @@ def greedy(session: Session, inputs: PromptInputs, config: GenerationConfig, eos
         tokens.append(token)
         if all_logits is not None:
             all_logits.append(logits[0])
+    # A vision-selecting artifact's prefill keeps all its R image tokens (`ModelFamily.prefill`).
+    kept, order = prefill_selection if vision_selection is None else vision_selection
     return Greedy(
         token_ids=tokens,
-        kept_indices=[int(i) for i in (kept if image_tokens is None else image_tokens[kept])],
+        kept_indices=kept.tolist(),
+        selection_order=order.tolist(),
         logits=all_logits,
         vision_ms=vision_ms,
         embed_ms=embed_ms,

@@ -84,7 +84,8 @@ class BackendParity:
         exact: held to exact parity (`TOLERANCES`), else to the statistical criteria (`STATISTICAL`).
         tolerance: the allowed max-abs logits difference (statistical: of the prefill logits only,
             `MAX_PREFILL_RELATIVE` times their largest magnitude).
-        kept_indices_equal: the artifact kept exactly the eager model's image tokens.
+        kept_indices_equal: the artifact kept exactly the eager model's image tokens, chosen in the
+            same order.
         kept_overlap: the fraction of eager's kept tokens the artifact kept too.
         prefill_logits_max_abs: max |artifact - eager| of the prefill logits.
         decode_logits_max_abs: the same for each decode step.
@@ -240,7 +241,8 @@ def check_parity(
                 tolerance=TOLERANCES[backend, artifact.quantization]
                 if exact
                 else MAX_PREFILL_RELATIVE * float(np.abs(eager_logits[0]).max()),
-                kept_indices_equal=result.kept_indices == eager_kept,
+                kept_indices_equal=result.kept_indices == eager_kept
+                and result.selection_order == eager.selection_order,
                 kept_overlap=len(set(result.kept_indices) & set(eager_kept)) / len(eager_kept),
                 prefill_logits_max_abs=diffs[0],
                 decode_logits_max_abs=diffs[1:],

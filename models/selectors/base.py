@@ -1,9 +1,12 @@
 """The selector seam: where a selection runs, what it is handed, and what a selection method is.
 
     in the prefill (most methods):
-        layers 0..K-1 ──> LayerOutputs ──PrefillSelector──> kept [R], their states [R, d]
+        layers 0..K-1 ──> LayerOutputs ──PrefillSelector──> kept [R], their states [R, d], order [R]
     in the vision encoder graph (DivPrune):
-        vision encoder ──> image_embeds [N, d] ──VisionSelector──> kept [R]
+        vision encoder ──> image_embeds [N, d] ──VisionSelector──> kept [R], order [R]
+
+`kept` is ascending; `order` holds the same tokens in the order the method chose them (what
+`runtime.show` numbers).
         (the language model then is an unpruned one fed the R kept tokens)
 
 A method is one file in this package: a frozen dataclass (its settings) that builds the
@@ -94,21 +97,21 @@ class PrefillSelector(nn.Module, ABC):
     """Chooses R of the N image tokens at the input of layer K.
 
     forward(outputs: LayerOutputs) -> (kept int64 [R] ascending, states [R, d]: the kept tokens'
-    states as they enter layer K, fused or unchanged).
+    states as they enter layer K, fused or unchanged, order int64 [R]: kept in selection order).
     """
 
     @abstractmethod
-    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]: ...
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 class VisionSelector(nn.Module, ABC):
     """Chooses R of the N image tokens from the vision encoder's output, before the language model.
 
-    forward(image_embeds [N, d]) -> kept int64 [R], ascending.
+    forward(image_embeds [N, d]) -> (kept int64 [R] ascending, order int64 [R]: kept in selection order).
     """
 
     @abstractmethod
-    def forward(self, image_embeds: Tensor) -> Tensor: ...
+    def forward(self, image_embeds: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 # The graphs a selection can run in (the artifact contract's names, `runtime.contract.GRAPH_NAMES`).

@@ -23,12 +23,13 @@ class DARTSelector(PrefillSelector):
         check_keep(keep)
         self.keep = keep
 
-    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]:
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
         normed = outputs.normed_states()  # [T, d]
         text_pivots = dart_text_pivots(outputs.token_keys(), outputs.after_image())  # [PIVOTS]
         image_states = normed.index_select(0, outputs.image_positions)
-        kept = dart_select_pivoted(outputs.image_keys(), image_states, normed.index_select(0, text_pivots), self.keep)
-        return kept, kept_states(outputs, kept)
+        text_pivot_states = normed.index_select(0, text_pivots)
+        kept, order = dart_select_pivoted(outputs.image_keys(), image_states, text_pivot_states, self.keep)
+        return kept, kept_states(outputs, kept), order
 
     def extra_repr(self) -> str:
         return f"keep={self.keep}"

@@ -18,8 +18,8 @@ class DivPruneSelector(VisionSelector):
         super().__init__()
         self.select = DivPruneSelect(keep)
 
-    def forward(self, image_embeds: Tensor) -> Tensor:
-        return self.select(image_embeds)
+    def forward(self, image_embeds: Tensor) -> tuple[Tensor, Tensor]:
+        return self.select.ordered(image_embeds)
 
 
 @register

@@ -18,9 +18,9 @@ class FastVSelector(PrefillSelector):
         super().__init__()
         self.select = FastVSelect(keep)
 
-    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]:
-        kept = self.select(outputs.last_token_attention())
-        return kept, kept_states(outputs, kept)
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
+        kept, order = self.select.ordered(outputs.last_token_attention())
+        return kept, kept_states(outputs, kept), order
 
 
 @register

@@ -19,8 +19,8 @@ class VLMPrunerSelector(PrefillSelector):
         super().__init__()
         self.select = VLMPrunerSelect(grid, keep, config)
 
-    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]:
-        return self.select(outputs.image_keys(), outputs.image_states())
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
+        return self.select.ordered(outputs.image_keys(), outputs.image_states())
 
 
 @register

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
-from runtime.backends.base import KVCache
+from runtime.backends.base import KVCache, Selection
 from runtime.contract import GRAPH_NAMES, PTE_PATH, graph_io
 from runtime.cli import native_output_hidden
 
@@ -57,7 +57,7 @@ class ExecuTorchSession:
         """What the methods' tensor metadata say of the model (`Artifact.check_graph_facts`)."""
         prefill = program.metadata("prefill")
         outputs = [tuple(prefill.output_tensor_meta(i).sizes()) for i in range(prefill.num_outputs())]
-        logits, kept, *cache = outputs
+        logits, kept, _, *cache = outputs
         lengths = [key[2] for key in cache[::2]]
         pruned = [i for i, length in enumerate(lengths) if length != lengths[0]]
         image_embeds = tuple(program.metadata("vision_encoder").output_tensor_meta(0).sizes())
@@ -88,18 +88,18 @@ class ExecuTorchSession:
         # Outputs may live in the method's planned memory, which the next call overwrites: copy.
         return [output.numpy().copy() for output in outputs]
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        image_embeds, *kept = self._run("vision_encoder", pixel_values)
-        return image_embeds, kept[0] if kept else None
+    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Selection | None]:
+        image_embeds, *selection = self._run("vision_encoder", pixel_values)
+        return image_embeds, tuple(selection) or None
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         return self._run("embed_tokens", input_ids)[0]
 
     def prefill(
         self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, KVCache]:
-        logits, kept, *cache = self._run("prefill", inputs_embeds, position_ids, image_positions)
-        return logits, kept, tuple(cache)
+    ) -> tuple[np.ndarray, Selection, KVCache]:
+        logits, kept, order, *cache = self._run("prefill", inputs_embeds, position_ids, image_positions)
+        return logits, (kept, order), tuple(cache)
 
     def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
         logits, *present = self._run("decode", inputs_embeds, position_ids, *cache)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
-from runtime.backends.base import KVCache
-from runtime.contract import GRAPH_NAMES, MAX_SEQ_LEN_KEY, cache_names, graph_io, onnx_file
+from runtime.backends.base import KVCache, Selection
+from runtime.contract import GRAPH_NAMES, MAX_SEQ_LEN_KEY, SELECTION_OUTPUTS, cache_names, graph_io, onnx_file
 
 try:
     import onnxruntime as ort
@@ -70,19 +70,19 @@ class OnnxSession:
             "max_seq_len": int(bound),
         }
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        image_embeds, *kept = self._sessions["vision_encoder"].run(None, {"pixel_values": pixel_values})
-        return image_embeds, kept[0] if kept else None
+    def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Selection | None]:
+        image_embeds, *selection = self._sessions["vision_encoder"].run(None, {"pixel_values": pixel_values})
+        return image_embeds, tuple(selection) or None
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         return self._sessions["embed_tokens"].run(["inputs_embeds"], {"input_ids": input_ids})[0]
 
     def prefill(
         self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, KVCache]:
+    ) -> tuple[np.ndarray, Selection, KVCache]:
         feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "image_positions": image_positions}
-        logits, kept, *cache = self._sessions["prefill"].run(["logits", "kept_indices", *self._present], feeds)
-        return logits, kept, tuple(cache)
+        logits, kept, order, *cache = self._sessions["prefill"].run(["logits", *SELECTION_OUTPUTS, *self._present], feeds)
+        return logits, (kept, order), tuple(cache)
 
     def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
         feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, **dict(zip(self._past, cache))}

@@ -90,6 +90,11 @@ class HostFamily(ABC):
         """pixel_values float32 of `pixel_values_shape` for one image (any size: see the family);
         `on_note` receives what the user should know (e.g. that the image was stretched)."""
 
+    @abstractmethod
+    def model_view(self, image: Image.Image) -> Image.Image:
+        """The 8-bit RGB picture the model's image tokens cover, as `preprocess` crops and resizes
+        `image`: its `grid` of tokens tiles it evenly, row-major (`runtime.show`)."""
+
     def fit_image(self, image: Image.Image) -> Image.Image:
         """The image as the family brings it to the export's fixed geometry before the steps its
         transformers processor would take too (identity where that processor takes any image the

@@ -73,6 +73,9 @@ class LlavaHost(HostFamily):
     def preprocess(self, image: Image.Image, *, on_note: Callable[[str], None] | None = None) -> np.ndarray:
         return preprocess_image(image, self.config)
 
+    def model_view(self, image: Image.Image) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(crop_image(image, self.config).transpose(1, 2, 0)))
+
     def checked_position_ids(
         self, num_tokens: int, image_positions: np.ndarray, image_tokens: np.ndarray
     ) -> tuple[np.ndarray, int]:
@@ -88,12 +91,20 @@ def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray
         ValueError: the image is empty, has more than `MAX_IMAGE_PIXELS` or is more elongated than
             `MAX_ASPECT_RATIO`.
     """
+    pixels = crop_image(image, config)
+    return rescale_and_normalize(pixels, config.rescale_factor, config.image_mean, config.image_std)[None]
+
+
+def crop_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """uint8 [3, crop_height, crop_width]: the image resized (shortest edge) and center-cropped.
+
+    Raises:
+        ValueError: as `preprocess_image`.
+    """
     check_size(image.size, "the image")
     rgb = to_rgb(image)
     rgb = rgb.resize(_resized_size(rgb.width, rgb.height, config.size), resample=RESAMPLE[config.resample])
-    pixels = np.asarray(rgb).transpose(2, 0, 1)  # [3, H, W] uint8
-    pixels = _center_crop(pixels, config.crop_size)
-    return rescale_and_normalize(pixels, config.rescale_factor, config.image_mean, config.image_std)[None]
+    return _center_crop(np.asarray(rgb).transpose(2, 0, 1), config.crop_size)
 
 
 def _resized_size(width: int, height: int, shortest: int) -> tuple[int, int]:

@@ -94,6 +94,8 @@ class Qwen2VLHost(HostFamily):
     def fit_image(self, image: Image.Image) -> Image.Image:
         return fit_image(image, self.config)
 
+    model_view = fit_image  # the patches tile the stretched S x S image
+
     def checked_position_ids(
         self, num_tokens: int, image_positions: np.ndarray, image_tokens: np.ndarray
     ) -> tuple[np.ndarray, int]:

@@ -46,8 +46,8 @@ def test_scenes_are_deterministic_and_hold_their_objects(kind):
     assert scene.states.shape == (576, 256) and scene.keys.shape == (576, 128)
     assert scene.attention.shape == (4, 576) and bool((scene.attention.sum(dim=1) < 1).all())
     for method, select in METHODS.items():
-        kept = select(scene, 64)
-        assert kept.shape == (64,) and bool((kept[1:] > kept[:-1]).all()), method
+        order = select(scene, 64)
+        assert order.shape == (64,) and len(set(order.tolist())) == 64, method
 
 
 def test_cli_writes_table_json_and_figure(tmp_path, capsys):

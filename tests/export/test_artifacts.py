@@ -76,7 +76,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == FORMAT_VERSION == 6
+    assert manifest["format_version"] == FORMAT_VERSION == 7
     assert manifest["model"] == {
         "name": "tiny-llava",
         "family": "llava",
@@ -147,7 +147,7 @@ def test_onnx_graphs_follow_the_contract(exported_artifact, keep):
 
     prefill = onnx.load(str(folder / "prefill.onnx"))
     shapes = {value.name: _dims(value) for value in prefill.graph.output}
-    assert shapes["kept_indices"] == [keep]
+    assert shapes["kept_indices"] == shapes["selection_order"] == [keep]
     assert shapes["logits"] == [1, 320]
     assert shapes["present.0.key"] == [1, 2, "sequence_length", 16]
     inputs = {value.name: _dims(value) for value in prefill.graph.input}
@@ -191,8 +191,8 @@ def test_pte_has_the_four_methods(exported_artifact, keep):
     program = Runtime.get().load_program(exported_artifact(keep) / "executorch" / "model.pte")
     assert set(program.method_names) == {"vision_encoder", "embed_tokens", "prefill", "decode"}
     prefill = program.metadata("prefill")
-    assert (prefill.num_inputs(), prefill.num_outputs()) == (3, 2 + 2 * NUM_LAYERS)
-    assert tuple(prefill.output_tensor_meta(1).sizes()) == (keep,)
+    assert (prefill.num_inputs(), prefill.num_outputs()) == (3, 3 + 2 * NUM_LAYERS)
+    assert tuple(prefill.output_tensor_meta(1).sizes()) == tuple(prefill.output_tensor_meta(2).sizes()) == (keep,)
     decode = program.metadata("decode")
     assert (decode.num_inputs(), decode.num_outputs()) == (2 + 2 * NUM_LAYERS, 1 + 2 * NUM_LAYERS)
 
@@ -210,7 +210,7 @@ def test_exported_graphs_match_eager(exported_artifact, eager, image, keep, back
             expected_image = session.vision(pixel_values)
             expected_text = session.embedding(input_ids)
             inputs_embeds, position_ids, image_positions = embed(model, input_ids, pixel_values)
-            expected_logits, expected_kept, expected_cache = session.prefill_module(
+            expected_logits, expected_kept, expected_order, expected_cache = session.prefill_module(
                 inputs_embeds, position_ids, image_positions
             )
 
@@ -219,10 +219,11 @@ def test_exported_graphs_match_eager(exported_artifact, eager, image, keep, back
         (text_embeds,) = graphs.run("embed_tokens", input_ids.numpy())
         np.testing.assert_allclose(text_embeds, expected_text.numpy(), atol=tolerance, rtol=0)
 
-        logits, kept, *cache = graphs.run(
+        logits, kept, order, *cache = graphs.run(
             "prefill", inputs_embeds.numpy(), position_ids.numpy(), image_positions.numpy()
         )
         np.testing.assert_array_equal(kept, expected_kept.numpy())
+        np.testing.assert_array_equal(order, expected_order.numpy())
         np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
         seq_len = inputs_embeds.shape[1]
         lengths = [seq_len] * PRUNE_LAYER + [seq_len - N + keep] * (NUM_LAYERS - PRUNE_LAYER)

@@ -7,22 +7,26 @@ runtime CLI."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from export.__main__ import take_reference
 from export.config import ExportConfig
 from export.manifest import read_manifest
 from export.pipeline import ExportPipeline
 from models import build_tiny_qwen2_vl
-from pruning_graph import divprune_select
+from pruning_graph import divprune_reference_order, divprune_select
 from runtime.__main__ import main as runtime_main
 from runtime.artifact import load_artifact
 from runtime.eager import EagerModel
 from runtime.generate import GenerationConfig, InputProcessor, Runner
 from runtime.parity import check_parity, load_reference
 from runtime.samples import DEFAULT_PROMPT, sample_image
+from runtime.show import draw_selection
+from runtime.show import main as show_main
 from tests.export.parity_checks import assert_exact_parity
 
 STEPS = 16
@@ -86,7 +90,8 @@ def test_divprune_prunes_in_the_vision_graph(exported, case):
     def dims(value):
         return [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
 
-    assert [(v.name, dims(v)[0]) for v in vision.graph.output] == [("image_embeds", keep), ("kept_indices", keep)]
+    outputs = [(v.name, dims(v)[0]) for v in vision.graph.output]
+    assert outputs == [("image_embeds", keep), ("kept_indices", keep), ("selection_order", keep)]
     assert {node.op_type for node in vision.graph.node} & {"Scan", "Loop"}
     assert not {node.op_type for node in prefill.graph.node} & {"Scan", "Loop"}
     inputs = {v.name: dims(v) for v in prefill.graph.input}
@@ -108,9 +113,11 @@ def test_divprune_keeps_divprune_select_of_the_vision_encoder_output(exported, c
     with torch.no_grad():
         embeds = encoder(torch.from_numpy(inputs.pixel_values))
     expected = divprune_select(embeds, keep).tolist()
+    expected_order = divprune_reference_order(embeds, keep).tolist()
     for backend in backends:
         result = Runner(artifact, backend).generate(sample_image(), DEFAULT_PROMPT, GenerationConfig(max_new_tokens=1))
         assert result.kept_indices == expected, backend
+        assert result.selection_order == expected_order, backend
 
 
 def test_runtime_cli_answers_and_names_the_method(exported, tmp_path, capfd):
@@ -127,3 +134,32 @@ def test_parity_refuses_a_reference_of_another_method(exported, tiny):
     folder, _ = exported("fastv")
     with pytest.raises(ValueError, match="the reference selects with vlm-pruner, the artifact with fastv"):
         check_parity(folder, reference=EagerModel.from_loaded(tiny, keep=64), steps=1)
+
+
+def test_show_draws_a_panel_per_method_numbered_in_selection_order(exported, tmp_path, capfd):
+    """Each panel is the runtime's selection order drawn on the model's view of the image."""
+    folders = [exported(case)[0] for case in ("fastv", "divprune")]
+    path, figure = tmp_path / "photo.png", tmp_path / "kept.png"
+    sample_image().save(path)
+    assert show_main([*map(str, folders), "--image", str(path), "-o", str(figure)]) == 0, capfd.readouterr().err
+    drawn = np.asarray(Image.open(figure).convert("RGB"))
+    left = 8
+    for folder in folders:
+        runner = Runner(folder, "onnx")
+        order = runner.generate(sample_image(), DEFAULT_PROMPT, GenerationConfig(max_new_tokens=1)).selection_order
+        assert sorted(order) != order and len(order) == 64  # a selection order, not the ascending indices
+        family = runner.inputs.family
+        panel = np.asarray(draw_selection(family.model_view(sample_image()), family.grid, order))
+        height, width, _ = panel.shape
+        np.testing.assert_array_equal(drawn[30 : 30 + height, left : left + width], panel)
+        left += width + 8
+    assert drawn.shape[1] == left
+
+
+def test_show_refuses_artifacts_of_different_models(exported, tmp_path, capfd):
+    path = tmp_path / "photo.png"
+    sample_image().save(path)
+    folders = [str(exported(case)[0]) for case in ("fastv", "divprune-qwen2-vl")]
+    assert show_main([*folders, "--image", str(path), "-o", str(tmp_path / "kept.png")]) == 2
+    assert "different models (tiny-llava, tiny-qwen2-vl)" in capfd.readouterr().err
+    assert not (tmp_path / "kept.png").exists()

@@ -16,7 +16,7 @@ def graphs(tiny):
 
 def test_graph_names_and_interface(graphs):
     assert tuple(graph.name for graph in graphs) == GRAPH_NAMES
-    assert find_graph(graphs, "prefill").output_names[:3] == ("logits", "kept_indices", "present.0.key")
+    assert find_graph(graphs, "prefill").output_names[:4] == ("logits", "kept_indices", "selection_order", "present.0.key")
     assert find_graph(graphs, "decode").input_names[2:] == cache_names("past", 4)
     assert cache_names("present", 2) == ("present.0.key", "present.0.value", "present.1.key", "present.1.value")
 
@@ -47,7 +47,7 @@ def test_divprune_graphs_are_an_unpruned_model_of_r_image_tokens(tiny):
     """The vision graph selects (and says which); the language model's graphs take R image tokens,
     bounds from R + 1, one cache length."""
     graphs = build_graphs(tiny.model, tiny.spec, keep=64, max_seq_len=1024, method=get_method("divprune"))
-    assert find_graph(graphs, "vision_encoder").output_names == ("image_embeds", "kept_indices")
+    assert find_graph(graphs, "vision_encoder").output_names == ("image_embeds", "kept_indices", "selection_order")
     prefill = find_graph(graphs, "prefill")
     assert prefill.example_inputs[2].shape == (64,) and prefill.module.prefill.selector is None
     (seq,) = prefill.dynamic_shapes[0].values()

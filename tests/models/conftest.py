@@ -47,7 +47,7 @@ def embed(model: EagerModel, input_ids: torch.Tensor, pixel_values: torch.Tensor
     image_positions int64 [N]."""
     prepared = model.inputs.prepare(input_ids.numpy(), pixel_values.numpy())
     embeds = model.session.embed_tokens(prepared.input_ids)
-    image_embeds, image_tokens = model.session.vision_encoder(prepared.pixel_values)
+    image_embeds, selection = model.session.vision_encoder(prepared.pixel_values)
     embeds[0, prepared.image_positions] = image_embeds
-    positions = prepared.positions(image_tokens).prompt
+    positions = prepared.positions(None if selection is None else selection[0]).prompt
     return tuple(torch.from_numpy(x) for x in (embeds, positions, prepared.image_positions))

@@ -102,9 +102,9 @@ def test_unpruned_prefill_matches_transformers(tiny, unpruned, inputs):
     input_ids, pixel_values = inputs
     with torch.no_grad():
         expected = tiny.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True)
-        logits, kept, cache = unpruned.session.prefill_module(*embed(unpruned, input_ids, pixel_values))
+        logits, kept, order, cache = unpruned.session.prefill_module(*embed(unpruned, input_ids, pixel_values))
     torch.testing.assert_close(logits, expected.logits[:, -1], atol=ATOL, rtol=0)
-    assert torch.equal(kept, torch.arange(576))
+    assert torch.equal(kept, torch.arange(576)) and torch.equal(order, kept)
     assert len(cache) == tiny.spec.text.num_hidden_layers
     for (key, value), layer in zip(cache, expected.past_key_values.layers):
         torch.testing.assert_close(key, layer.keys, atol=ATOL, rtol=0)
@@ -131,7 +131,7 @@ def test_unpruned_greedy_generation_matches_transformers(tiny, unpruned, inputs)
 
     # Every step's logits, not only their argmax.
     with torch.no_grad():
-        logits, _, cache = unpruned.session.prefill_module(*embed(unpruned, input_ids, pixel_values))
+        logits, _, _, cache = unpruned.session.prefill_module(*embed(unpruned, input_ids, pixel_values))
         for step, token in enumerate(expected_tokens):
             torch.testing.assert_close(logits, expected.logits[step], atol=ATOL, rtol=0)
             position = decode_position(input_ids.shape[1] + step)
@@ -142,7 +142,7 @@ def test_unpruned_greedy_generation_matches_transformers(tiny, unpruned, inputs)
 def test_pruned_prefill_matches_hand_composition(tiny, pruned, embedded, pruned_prefill):
     inputs_embeds, _, image_positions = embedded
     image_start = image_positions[0]
-    logits, kept, cache = pruned_prefill
+    logits, kept, _, cache = pruned_prefill
     expected_logits, expected_kept, expected_cache = reference_pruned_logits(
         tiny.model,
         inputs_embeds,
@@ -171,7 +171,7 @@ def test_pruned_prefill_with_the_image_further_in(tiny, pruned, image):
     image_start = image_positions[0]
     assert int(image_start) > 10
     with torch.no_grad():
-        logits, kept, cache = pruned.session.prefill_module(inputs_embeds, position_ids, image_positions)
+        logits, kept, _, cache = pruned.session.prefill_module(inputs_embeds, position_ids, image_positions)
     expected_logits, expected_kept, _ = reference_pruned_logits(
         tiny.model,
         inputs_embeds,
@@ -187,14 +187,14 @@ def test_pruned_prefill_with_the_image_further_in(tiny, pruned, image):
 
 def test_pruning_changes_the_output(unpruned, embedded, pruned_prefill):
     with torch.no_grad():
-        full_logits, _, _ = unpruned.session.prefill_module(*embedded)
+        full_logits, *_ = unpruned.session.prefill_module(*embedded)
     assert (pruned_prefill[0] - full_logits).abs().max() > 1e-2
 
 
 def test_decode_steps_match_recomputation_without_cache(tiny, pruned, embedded, pruned_prefill):
     inputs_embeds, _, image_positions = embedded
     image_start = image_positions[0]
-    logits, kept, cache = pruned_prefill
+    logits, kept, _, cache = pruned_prefill
     seq_len = inputs_embeds.shape[1]
     sequence = inputs_embeds
     for step in range(DECODE_STEPS):
@@ -256,9 +256,9 @@ def test_export_unpruned_prefill_and_decode_with_dynamic_lengths(unpruned, input
             expected = prefill_module(sequence, positions, image_positions)
             got = prefill(sequence, positions, image_positions)
             torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
-            assert [k.shape[2] for k, _ in got[2]] == [sequence.shape[1]] * len(got[2])
+            assert [k.shape[2] for k, _ in got[3]] == [sequence.shape[1]] * len(got[3])
 
-        _, _, cache = prefill_module(embeds, position_ids, image_positions)
+        *_, cache = prefill_module(embeds, position_ids, image_positions)
         length = Dim("cache", min=2, max=4096)
         step_args = (embeds[:, -1:], decode_position(seq_len), cache)
         cache_dims = tuple(({2: length}, {2: length}) for _ in cache)

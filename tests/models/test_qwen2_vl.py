@@ -53,7 +53,7 @@ class Modules:
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, steps: int) -> tuple[list[int], list]:
         """Greedy tokens and the logits [1, V] of each step."""
         embeds, position_ids, image_positions, delta = self.embed(input_ids, pixel_values)
-        logits, _, cache = self.prefill(embeds, position_ids, image_positions)
+        logits, _, _, cache = self.prefill(embeds, position_ids, image_positions)
         tokens, all_logits = [], []
         for step in range(steps):
             all_logits.append(logits)
@@ -204,9 +204,9 @@ def test_image_block_that_does_not_fit_is_rejected():
 def test_unpruned_prefill_matches_transformers(qwen, unpruned, processed):
     with torch.no_grad():
         expected = qwen(**processed, use_cache=True)
-        logits, kept, cache = unpruned.prefill(*unpruned.embed(processed["input_ids"], processed["pixel_values"])[:3])
+        logits, kept, order, cache = unpruned.prefill(*unpruned.embed(processed["input_ids"], processed["pixel_values"])[:3])
     torch.testing.assert_close(logits, expected.logits[:, -1], atol=ATOL, rtol=0)
-    assert torch.equal(kept, torch.arange(N))
+    assert torch.equal(kept, torch.arange(N)) and torch.equal(order, kept)
     for (key, value), layer in zip(cache, expected.past_key_values.layers, strict=True):
         torch.testing.assert_close(key, layer.keys, atol=ATOL, rtol=0)
         torch.testing.assert_close(value, layer.values, atol=ATOL, rtol=0)
@@ -246,7 +246,7 @@ def test_pruned_prefill_matches_hand_composition(qwen, processed, keep):
     modules = Modules(qwen, keep=keep)
     embeds, position_ids, image_positions, _ = modules.embed(processed["input_ids"], processed["pixel_values"])
     with torch.no_grad():
-        logits, kept, cache = modules.prefill(embeds, position_ids, image_positions)
+        logits, kept, _, cache = modules.prefill(embeds, position_ids, image_positions)
     expected_logits, expected_kept, expected_cache = reference_pruned(
         qwen, embeds, position_ids, int(image_positions[0]), keep
     )
@@ -266,7 +266,7 @@ def test_pruned_decode_matches_recomputation(qwen, pruned, processed):
     image_start = image_positions[0]
     seq_len = embeds.shape[1]
     with torch.no_grad():
-        logits, kept, cache = pruned.prefill(embeds, position_ids, image_positions)
+        logits, kept, _, cache = pruned.prefill(embeds, position_ids, image_positions)
         for step in range(2):
             token_embeds = pruned.token_embedding(logits.argmax(dim=-1, keepdim=True))  # [1, 1, d]
             position = torch.full((3, 1, 1), seq_len + step + delta)
@@ -304,7 +304,7 @@ def exported(pruned, processed):
             dynamic_shapes=({1: seq_len}, {2: seq_len}, None),
             strict=False,
         )
-        _, _, cache = pruned.prefill(embeds, position_ids, image_positions)
+        *_, cache = pruned.prefill(embeds, position_ids, image_positions)
         past, pruned_past = Dim("past", min=N + 1, max=4095), Dim("pruned_past", min=17, max=4095 - N + 16)
         cache_dims = tuple(
             ({2: dim}, {2: dim}) for dim in [past] * PRUNE_LAYER + [pruned_past] * (len(cache) - PRUNE_LAYER)
@@ -323,8 +323,8 @@ def test_exported_graphs_match_eager(pruned, processed, exported):
         for args in (prefill_args, longer(*prefill_args)):
             expected, got = pruned.prefill(*args), prefill.module()(*args)
             torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
-            assert torch.equal(got[1], expected[1])
-            assert got[2][-1][0].shape[2] == args[0].shape[1] - N + 16
+            assert torch.equal(got[1], expected[1]) and torch.equal(got[2], expected[2])
+            assert got[3][-1][0].shape[2] == args[0].shape[1] - N + 16
 
         inputs, position, cache = step_args
         for past in (cache, tuple((k[:, :, :-5], v[:, :, :-5]) for k, v in cache)):
@@ -346,10 +346,11 @@ def test_onnx_prefill_matches_eager(pruned, exported, tmp_path):
         feed = {value.name: x.numpy() for value, x in zip(session.get_inputs(), args, strict=True)}
         got = session.run(None, feed)
         with torch.no_grad():
-            logits, kept, cache = pruned.prefill(*args)
+            logits, kept, order, cache = pruned.prefill(*args)
         np.testing.assert_allclose(got[0], logits.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_array_equal(got[1], kept.numpy())
-        for output, expected in zip(got[2:], [x for pair in cache for x in pair], strict=True):
+        np.testing.assert_array_equal(got[2], order.numpy())
+        for output, expected in zip(got[3:], [x for pair in cache for x in pair], strict=True):
             np.testing.assert_allclose(output, expected.numpy(), atol=1e-4, rtol=0)
 
 

@@ -14,7 +14,16 @@ from torch import Tensor
 
 from models import LoadedModel, Prefill, load_model
 from models.selectors import LayerOutputs, PrefillSelector, get_method, method_names
-from pruning_graph import dart_reference, divprune_reference, divprune_select, fastv_reference
+from pruning_graph import (
+    dart_reference,
+    dart_reference_order,
+    divprune_reference,
+    divprune_reference_order,
+    divprune_select,
+    fastv_reference,
+    fastv_reference_order,
+    reference_order,
+)
 from runtime.contract import SELECTION_GRAPHS
 from runtime.eager import EagerModel
 from runtime.generate import GenerationConfig
@@ -32,7 +41,7 @@ class Recording(PrefillSelector):
         self.inner = inner
         self.seen: LayerOutputs | None = None
 
-    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor]:
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
         self.seen = outputs
         return self.inner(outputs)
 
@@ -136,15 +145,35 @@ def test_dart_states_are_the_final_norm_of_layer_k_minus_1(tiny, recorded, trans
 
 @pytest.mark.parametrize("method", ["fastv", "dart"])
 def test_kept_tokens_equal_the_reference_on_transformers_tensors(tiny, method, recorded, transformers_run, embedded):
-    (_, kept, _), _ = recorded(method)
+    (_, kept, _, _), _ = recorded(method)
     expected = _reference_kept(method, transformers_run, embedded, tiny.spec.prune_layer - 1)
     assert kept.tolist() == expected.tolist()
+
+
+def _reference_order(method: str, seen: LayerOutputs, grid: tuple[int, int]) -> Tensor:
+    """The reference's selection order on what the selector was handed."""
+    if method == "vlm-pruner":
+        return reference_order(seen.image_keys(), seen.image_states(), grid, KEEP)
+    if method == "fastv":
+        return fastv_reference_order(seen.last_token_attention(), KEEP)
+    keys, normed, image, after = seen.token_keys(), seen.normed_states(), seen.image_positions, seen.after_image()
+    return dart_reference_order(keys[image], normed[image], keys[after], normed[after], KEEP)
+
+
+@pytest.mark.parametrize("method", ["vlm-pruner", "fastv", "dart"])
+def test_selection_order_is_the_references(tiny, method, recorded):
+    """The prefill's second selection output: the kept tokens in the order the method chose them."""
+    (_, kept, order, _), seen = recorded(method)
+    with torch.no_grad():
+        expected = _reference_order(method, seen, tiny.spec.grid)
+    assert order.tolist() == expected.tolist()
+    assert sorted(order.tolist()) == kept.tolist() and order.tolist() != kept.tolist()
 
 
 @pytest.mark.parametrize("method", ["fastv", "dart"])
 def test_pruned_prefill_equals_transformers_layers_composed_by_hand(tiny, tiny_copy, method, recorded, embedded):
     """No fusion: the kept tokens enter layer K unchanged, at their original positions."""
-    (logits, kept, cache), _ = recorded(method)
+    (logits, kept, _, cache), _ = recorded(method)
     image_start = int(embedded[2][0])
     expected_logits, _, expected_cache = reference_pruned_logits(
         tiny_copy.model,
@@ -181,9 +210,10 @@ def test_divprune_selects_in_the_vision_graph(tiny, inputs):
     graph = family.vision_graph(tiny.model, tiny.spec, keep=KEEP, method=method).eval()
     _, pixel_values = inputs
     with torch.no_grad():
-        embeds, kept = graph(pixel_values)
+        embeds, kept, order = graph(pixel_values)
         full = family.vision_encoder(tiny.model, tiny.spec).eval()(pixel_values)
     assert kept.tolist() == divprune_select(full, KEEP).tolist() == divprune_reference(full, KEEP).tolist()
+    assert order.tolist() == divprune_reference_order(full, KEEP).tolist()
     torch.testing.assert_close(embeds, full[kept], atol=0, rtol=0)
     prefill = family.prefill(tiny.model, tiny.spec, keep=KEEP, method=method)
     assert prefill.selector is None and prefill.num_image_tokens == KEEP

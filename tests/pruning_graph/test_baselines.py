@@ -21,26 +21,31 @@ from pruning_graph import (
     DivPruneSelect,
     FastVSelect,
     dart_reference,
+    dart_reference_order,
     dart_select,
     divprune_reference,
+    divprune_reference_order,
     divprune_select,
     fastv_reference,
+    fastv_reference_order,
     fastv_select,
 )
 from pruning_graph.dart import dart_budgets
 from tests.pruning_graph.baseline_cases import dart_cases, divprune_cases, fastv_cases, real_size_cases
+from tests.pruning_graph.ordered import Ordered
 
 
 class Method(NamedTuple):
     select: Callable
     reference: Callable
     module: type[nn.Module]
+    reference_order: Callable
 
 
 METHODS = {
-    "fastv": Method(fastv_select, fastv_reference, FastVSelect),
-    "dart": Method(dart_select, dart_reference, DARTSelect),
-    "divprune": Method(divprune_select, divprune_reference, DivPruneSelect),
+    "fastv": Method(fastv_select, fastv_reference, FastVSelect, fastv_reference_order),
+    "dart": Method(dart_select, dart_reference, DARTSelect, dart_reference_order),
+    "divprune": Method(divprune_select, divprune_reference, DivPruneSelect, divprune_reference_order),
 }
 CASES = {"fastv": fastv_cases(), "dart": dart_cases(), "divprune": divprune_cases()}
 
@@ -65,11 +70,15 @@ def test_case_count(method):
     [pytest.param(m, c, id=f"{m}-{c.name}") for m, cases in CASES.items() for c in cases],
 )
 def test_static_matches_reference(method, case):
-    select, reference, _ = METHODS[method]
+    select, reference, module, reference_order = METHODS[method]
     indices = select(*case.inputs, case.keep)
     assert indices.dtype == torch.int64 and indices.shape == (case.keep,)
     assert torch.equal(indices, reference(*case.inputs, case.keep))
     assert torch.all(indices[1:] > indices[:-1])
+    # The module's second output: the same tokens in the reference's selection order.
+    ordered_indices, order = module(case.keep).ordered(*case.inputs)
+    assert torch.equal(ordered_indices, indices)
+    assert torch.equal(order, reference_order(*case.inputs, case.keep))
 
 
 # --- The spec's rules on inputs whose answer is known ---------------------------------------------
@@ -103,6 +112,8 @@ def test_fastv_ranks_by_the_mean_over_heads():
     attention = torch.tensor([[0.5, 0.125, 0.375, 0.0], [0.0, 0.375, 0.25, 0.375]])
     for select in (fastv_select, fastv_reference):
         assert [select(attention, k).tolist() for k in (1, 2, 3)] == [[2], [0, 2], [0, 1, 2]]
+    for order in (fastv_reference_order, lambda *args: FastVSelect(args[-1]).ordered(*args[:-1])[1]):
+        assert order(attention, 3).tolist() == [2, 0, 1]  # by rank
 
 
 def test_dart_budget_split():
@@ -128,6 +139,9 @@ def test_dart_pivots_in_norm_order_take_their_least_similar_tokens():
         assert select(keys, states, text_keys, text_states, 4).tolist() == [2, 4, 7, 9]
         assert select(keys, states, text_keys, text_states, 5).tolist() == [2, 4, 7, 9, 11]
         assert select(keys, states, text_keys, text_states, 6).tolist() == [2, 4, 5, 7, 9, 11]
+    # Selection order: the image pivots by norm, then each pivot's picks.
+    for order in (dart_reference_order, lambda *args: DARTSelect(args[-1]).ordered(*args[:-1])[1]):
+        assert order(keys, states, text_keys, text_states, 6).tolist() == [7, 2, 9, 4, 11, 5]
 
 
 def test_divprune_starts_with_the_most_isolated_token():
@@ -145,6 +159,8 @@ def test_divprune_zero_vector_is_at_distance_one_from_everything():
     for select in (divprune_select, divprune_reference):
         assert select(embeds, 1).tolist() == [3]
         assert select(embeds, 2).tolist() == [0, 3]
+    for order in (divprune_reference_order, lambda embeds, keep: DivPruneSelect(keep).ordered(embeds)[1]):
+        assert order(embeds, 2).tolist() == [3, 0]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -225,7 +241,7 @@ def exported(request, tmp_path_factory):
     """One export per method (N = 576, width 4096, keep 64), run on every input kind (ties in all)."""
     method = request.param
     cases = real_size_cases(method, EXPORT_KEEP)
-    module = METHODS[method].module(EXPORT_KEEP).eval()
+    module = Ordered(METHODS[method].module(EXPORT_KEEP)).eval()
     program = torch.export.export(module, cases[0].inputs, strict=False)
     folder = tmp_path_factory.mktemp(method)
     return {
@@ -236,24 +252,29 @@ def exported(request, tmp_path_factory):
     }
 
 
-def _eager(exported, case) -> torch.Tensor:
-    return METHODS[exported["method"]].select(*case.inputs, case.keep)
+def _eager(exported, case) -> list[torch.Tensor]:
+    """[indices, order] of the static selector in eager."""
+    method = METHODS[exported["method"]]
+    indices, order = method.module(case.keep).ordered(*case.inputs)
+    assert torch.equal(indices, method.select(*case.inputs, case.keep))
+    return [indices, order]
 
 
 def test_real_size_static_matches_reference(exported):
-    reference = METHODS[exported["method"]].reference
+    method = METHODS[exported["method"]]
     for case in exported["cases"]:
-        assert torch.equal(_eager(exported, case), reference(*case.inputs, case.keep)), case.name
+        expected = [method.reference(*case.inputs, case.keep), method.reference_order(*case.inputs, case.keep)]
+        assert all(map(torch.equal, _eager(exported, case), expected)), case.name
 
 
 def test_onnx_runtime_matches_eager(exported):
     session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
-    assert session.get_outputs()[0].shape == [EXPORT_KEEP]
+    assert [output.shape for output in session.get_outputs()] == [[EXPORT_KEEP]] * 2
     names = [i.name for i in session.get_inputs()]
     for case in exported["cases"]:
-        (indices,) = session.run(None, dict(zip(names, (x.numpy() for x in case.inputs))))
-        assert indices.dtype == np.int64
-        assert torch.equal(torch.from_numpy(indices), _eager(exported, case)), case.name
+        outputs = session.run(None, dict(zip(names, (x.numpy() for x in case.inputs))))
+        assert all(output.dtype == np.int64 for output in outputs)
+        assert all(map(torch.equal, map(torch.from_numpy, outputs), _eager(exported, case))), case.name
 
 
 def test_executorch_matches_eager(exported):
@@ -261,5 +282,5 @@ def test_executorch_matches_eager(exported):
 
     method = Runtime.get().load_program(exported["pte"]).load_method("forward")
     for case in exported["cases"]:
-        (indices,) = method.execute(list(case.inputs))
-        assert torch.equal(indices, _eager(exported, case)), case.name
+        outputs = method.execute(list(case.inputs))
+        assert all(map(torch.equal, outputs, _eager(exported, case))), case.name

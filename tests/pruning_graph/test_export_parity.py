@@ -1,7 +1,7 @@
 """The exported VLMPrunerSelect, run by ONNX Runtime and by the ExecuTorch runtime, against eager.
 
 One export per shape (grid, widths, keep, config); every generated image of that shape runs
-through it. Indices must be identical, fused states within 1e-5. ONNX Runtime runs every shape;
+through it (`VLMPrunerSelect.ordered`). Indices and selection order must be identical, fused states within 1e-5. ONNX Runtime runs every shape;
 ExecuTorch, whose lowering of the selection's scans takes a minute or more per shape, runs the
 shapes of `EXECUTORCH_SHAPES` (the paper's headline keep, the extreme keep counts, the config whose
 final pass runs, two views): the op set is the same for every shape, only the constants differ.
@@ -16,8 +16,9 @@ import torch
 
 from export.executorch import save_pte
 from export.onnx import save_onnx
-from pruning_graph import VLMPrunerConfig, VLMPrunerSelect, select_tokens
+from pruning_graph import VLMPrunerConfig, VLMPrunerSelect
 from tests.pruning_graph.cases import CONFIGS, MULTI_VIEWS, all_cases, multi_view_cases
+from tests.pruning_graph.ordered import Ordered
 
 # (grid, d, keep, config): the LLaVA-1.5 grid at every keep count of the paper and the extremes,
 # the other grids once each, the config whose final +inf pass runs, and LLaVA-NeXT's two views.
@@ -47,7 +48,7 @@ def _shape_id(shape) -> str:
 def _program(shape) -> tuple[list, torch.export.ExportedProgram]:
     grid, d, keep, config = shape
     cases = _cases(shape)
-    module = VLMPrunerSelect(grid, keep, config).eval()
+    module = Ordered(VLMPrunerSelect(grid, keep, config)).eval()
     return cases, torch.export.export(module, (cases[0].keys, cases[0].hidden), strict=False)
 
 
@@ -63,9 +64,12 @@ def exported_pte(request, tmp_path_factory):
     return cases, save_pte(program, tmp_path_factory.mktemp("select") / "select.pte")
 
 
-def _check(case, indices, fused):
-    expected_indices, expected_fused = select_tokens(case.keys, case.hidden, case.grid, case.keep, case.config)
+def _check(case, indices, fused, order):
+    expected_indices, expected_fused, expected_order = VLMPrunerSelect(case.grid, case.keep, case.config).ordered(
+        case.keys, case.hidden
+    )
     assert torch.equal(torch.as_tensor(indices), expected_indices), case.name
+    assert torch.equal(torch.as_tensor(order), expected_order), case.name
     torch.testing.assert_close(torch.as_tensor(fused), expected_fused, atol=1e-5, rtol=0, msg=case.name)
 
 
@@ -74,9 +78,9 @@ def test_onnx_runtime_matches_eager(exported_onnx):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     for case in cases:
-        indices, fused = session.run(None, dict(zip(names, (case.keys.numpy(), case.hidden.numpy()))))
-        assert indices.dtype == np.int64 and indices.shape == (case.keep,)
-        _check(case, indices, fused)
+        indices, fused, order = session.run(None, dict(zip(names, (case.keys.numpy(), case.hidden.numpy()))))
+        assert indices.dtype == order.dtype == np.int64 and indices.shape == order.shape == (case.keep,)
+        _check(case, indices, fused, order)
 
 
 def test_executorch_matches_eager(exported_pte):
@@ -85,8 +89,7 @@ def test_executorch_matches_eager(exported_pte):
     cases, path = exported_pte
     method = Runtime.get().load_program(path).load_method("forward")
     for case in cases:
-        indices, fused = method.execute([case.keys, case.hidden])
-        _check(case, indices, fused)
+        _check(case, *method.execute([case.keys, case.hidden]))
 
 
 def test_graph_is_static(exported_onnx):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning_graph import VLMPrunerConfig, reference_select, select_tokens
+from pruning_graph import VLMPrunerConfig, VLMPrunerSelect, reference_order, reference_select, select_tokens
 from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance, similarity_columns
 from pruning_graph.reference import _greedy_fill, _pivots, _screened_channels
 from pruning_graph.static_ops import order_ascending
@@ -27,6 +27,8 @@ def test_static_matches_reference(case):
     assert indices.dtype == torch.int64 and indices.shape == (case.keep,)
     assert torch.equal(indices, ref_indices)
     torch.testing.assert_close(fused, ref_fused, atol=1e-5, rtol=0)
+    _, _, order = VLMPrunerSelect(case.grid, case.keep, case.config).ordered(case.keys, case.hidden)
+    assert torch.equal(order, reference_order(case.keys, case.hidden, case.grid, case.keep, case.config))
 
 
 def _passes_run(case) -> int:

@@ -16,6 +16,7 @@ from models import get_spec
 from runtime.artifact import ArtifactError
 from runtime.families import host_family
 from runtime.families.qwen2_vl import patchify
+from runtime.preprocess import rescale_and_normalize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +56,24 @@ def test_qwen2_vl_stretch_is_noted():
         "the image (500 x 300) is stretched to 224 x 224, the one size this artifact was exported for "
         "(export another size with --image-size)"
     ]
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+def test_model_view_is_the_picture_the_pixel_values_hold(name):
+    """`model_view` (what runtime.show draws the grid on) is the image preprocessing normalises."""
+    host = host_family(sections(name))
+    image = random_image(500, 300)
+    view = host.model_view(image)
+    assert view.mode == "RGB"
+    if name == "tiny-llava":
+        config = host.config
+        pixels = np.asarray(view).transpose(2, 0, 1)
+        assert view.size == (config.crop_size[1], config.crop_size[0])
+        expected = rescale_and_normalize(pixels, config.rescale_factor, config.image_mean, config.image_std)[None]
+        np.testing.assert_array_equal(host.preprocess(image), expected)
+    else:
+        assert view.size == (host.config.image_size,) * 2
+        np.testing.assert_array_equal(np.asarray(view), np.asarray(host.fit_image(image)))
 
 
 def test_patchify_order():
@@ -107,7 +126,7 @@ def test_unknown_family_in_a_manifest():
 def test_onnx_runtime_path_imports_no_torch():
     """The runtime, its families and the ONNX Runtime backend import numpy, PIL, tokenizers and
     onnxruntime only: a device with ONNX Runtime alone runs the artifacts."""
-    modules = "runtime.generate, runtime.families, runtime.backends.onnx, runtime.__main__"
+    modules = "runtime.generate, runtime.families, runtime.backends.onnx, runtime.__main__, runtime.show"
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {modules}"], cwd=REPO, capture_output=True, text=True
     )
