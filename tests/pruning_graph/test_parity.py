@@ -61,3 +61,18 @@ def test_blocked_similarity_and_order_match_at_video_size():
     assert torch.equal(similarity_columns(states).double(), cosine_similarity_matrix(states).T)
     values = torch.randint(0, 50, (2500,), generator=g).double()  # many ties
     assert torch.equal(order_ascending(values), torch.sort(values, stable=True).indices)
+
+
+def test_selection_without_the_distance_table(monkeypatch):
+    """Beyond `DISTANCE_TABLE_MAX_N` tokens the grid distances are computed at each block step
+    instead of read from the table: the same tokens, fused states and order."""
+    from pruning_graph import select
+
+    cases = MULTI_VIEW_CASES[:4] + CASES[::50]
+    with_table = [VLMPrunerSelect(c.grid, c.keep, c.config).ordered(c.keys, c.hidden) for c in cases]
+    monkeypatch.setattr(select, "DISTANCE_TABLE_MAX_N", 0)
+    for case, expected in zip(cases, with_table):
+        module = VLMPrunerSelect(case.grid, case.keep, case.config)
+        got = module.ordered(case.keys, case.hidden)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2]), case.name
+        torch.testing.assert_close(got[1], expected[1], atol=0, rtol=0)
