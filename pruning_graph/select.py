@@ -129,7 +129,7 @@ def _select(
         torch.ones(n, dtype=DECISION_DTYPE, device=keys.device),
     )
     state = _absorb(state, pivots, torch.ones_like(pivots, dtype=torch.bool), similarity, distances)
-    selected, accepted = _greedy_fill(state, similarity, distances, keep, config)
+    selected, accepted = _greedy_fill(state, similarity, distances, keep - pivots.shape[0], config)
     indices = mask_to_indices(selected, keep)
     fused = _fuse(hidden.float(), similarity, selected, indices, config.beta)
     return indices, fused.to(hidden.dtype), torch.cat([pivots, accepted])
@@ -199,19 +199,19 @@ def _redundancy(nearest_sim: Tensor, nearest_dist: Tensor, lam: Tensor) -> Tenso
 
 
 def _greedy_fill(
-    state: _State, similarity: Tensor, distances: _Distances, keep: int, config: VLMPrunerConfig
+    state: _State, similarity: Tensor, distances: _Distances, to_accept: int, config: VLMPrunerConfig
 ) -> tuple[Tensor, Tensor]:
-    """Stage 2: T passes with rising thresholds, each a `scan` over its ceil(N / B) blocks.
+    """Stage 2: T passes with rising thresholds, each a `scan` over its ceil(N / B) blocks, until
+    `to_accept` = R - |S| more tokens are selected.
 
     Returns bool [N] with R True, and the tokens the passes accepted in the order they did, int64
-    [R - |S|] (a block's in block order). Once R are selected, later blocks accept nothing. (Skipping the
+    [to_accept] (a block's in block order). Once R are selected, later blocks accept nothing. (Skipping the
     passes that start with a full budget under a `cond` made ONNX Runtime 3.5x faster, but
     ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and cannot emit a `while_loop`.)
     """
     n = similarity.shape[0]
     blocks = -(-n // config.block)
-    to_accept = keep - min(config.kappa, keep)  # S holds the pivots
-    room = keep - state[0].sum()
+    room = torch.tensor(to_accept, device=similarity.device)
     # Every pass's candidates in its order, and whether each was accepted: [passes * blocks * B] each.
     candidates: list[Tensor] = []
     accepted_flags: list[Tensor] = []

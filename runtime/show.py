@@ -67,14 +67,15 @@ def draw_selection(
     scale = max(1, math.ceil(MIN_CELL / min(picture.width / width, picture.height / height)))
     canvas = picture.convert("RGB").resize((picture.width * scale, picture.height * scale), resample=resample)
     dimmed = Image.eval(canvas, lambda value: int(value * _DIMMED))
+    boxes = [_cell(canvas, grid, token) for token in order]
     mask = Image.new("L", canvas.size, 0)
-    for token in order:
-        ImageDraw.Draw(mask).rectangle(_cell(canvas, grid, token), fill=255)
+    mask_draw = ImageDraw.Draw(mask)
+    for box in boxes:
+        mask_draw.rectangle(box, fill=255)
     canvas = Image.composite(canvas, dimmed, mask)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=max(9, min(14, canvas.width // width // 2)))
-    for number, token in enumerate(order, start=1):
-        box = _cell(canvas, grid, token)
+    for number, box in enumerate(boxes, start=1):
         draw.rectangle(box, outline=_OUTLINE)
         draw.text((box[0] + 2, box[1] + 1), str(number), fill="white", font=font, stroke_width=1, stroke_fill="black")
     return canvas

@@ -4,10 +4,10 @@
         layers 0..K-1 ──> LayerOutputs ──PrefillSelector──> kept [R], their states [R, d], order [R]
     in the vision encoder graph (DivPrune):
         vision encoder ──> image_embeds [N, d] ──VisionSelector──> kept [R], order [R]
+        (the language model then is an unpruned one fed the R kept tokens)
 
 `kept` is ascending; `order` holds the same tokens in the order the method chose them (what
 `runtime.show` numbers).
-        (the language model then is an unpruned one fed the R kept tokens)
 
 A method is one file in this package: a frozen dataclass (its settings) that builds the
 selector module for one geometry and keep count, registered by name (`register`). The models
