@@ -15,7 +15,7 @@ import torch
 from torch.export import ExportedProgram
 
 from export.graphs import GraphSpec
-from runtime.contract import GRAPH_NAMES, SELECTION_OUTPUTS
+from runtime.contract import PTE_METADATA, SELECTION_OUTPUTS
 
 # ONNX ops that can carry the selection's loops.
 _ONNX_LOOP_OPS = frozenset({"Scan", "Loop"})
@@ -76,16 +76,18 @@ def check_onnx(path: Path, graph: GraphSpec, *, keep: int, loops: bool) -> None:
 
 
 def check_pte(path: Path, graphs: tuple[GraphSpec, ...], *, keep: int) -> None:
-    """The .pte loads, has the four methods with the contract's input and output counts, and
-    static int64 [R] selection outputs wherever the contract has them."""
+    """The .pte loads, has exactly the methods of `graphs` and the runner metadata methods, the
+    contract's input and output counts, and static int64 [R] selection outputs wherever the
+    contract has them."""
     from executorch.runtime import Runtime
 
     try:
         program = Runtime.get().load_program(path)
     except Exception as error:  # the pybindings raise RuntimeError or ValueError
         raise ExportCheckError(f"ExecuTorch cannot load {path}: {error}") from None
-    if set(program.method_names) != set(GRAPH_NAMES):
-        raise ExportCheckError(f"{path}: methods {sorted(program.method_names)}, the contract says {list(GRAPH_NAMES)}")
+    expected_methods = {graph.name for graph in graphs} | set(PTE_METADATA)
+    if set(program.method_names) != expected_methods:
+        raise ExportCheckError(f"{path}: methods {sorted(program.method_names)}, the contract says {sorted(expected_methods)}")
     for graph in graphs:
         meta = program.metadata(graph.name)
         counts = (meta.num_inputs(), meta.num_outputs())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, Backend

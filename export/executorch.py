@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch.export import ExportedProgram
+from transformers import PreTrainedModel
 
 
 def _xnnpack_partitioner():
@@ -15,8 +16,36 @@ def _xnnpack_partitioner():
     return XnnpackPartitioner()
 
 
-def save_pte(programs: ExportedProgram | dict[str, ExportedProgram], path: Path) -> Path:
-    """Lower one program (method `forward`) or several named methods into one .pte file.
+def runner_metadata(model: PreTrainedModel, max_seq_len: int, prune_layer: int) -> dict[str, int | bool | list[int]]:
+    """The .pte's constant methods, `runtime.contract.PTE_METADATA` in order."""
+    generation, text = model.generation_config, model.config.text_config
+    eos = generation.eos_token_id
+    return {
+        "get_max_seq_len": max_seq_len,
+        "get_max_context_len": max_seq_len,
+        "get_bos_id": generation.bos_token_id,
+        "get_eos_ids": list(eos) if isinstance(eos, (list, tuple)) else [eos],
+        "get_vocab_size": text.vocab_size,
+        "use_kv_cache": True,
+        "enable_dynamic_shape": True,
+        "get_n_layers": text.num_hidden_layers,
+        "get_n_kv_heads": text.num_key_value_heads,
+        "get_head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+        "get_prune_layer": prune_layer,
+    }
+
+
+def save_pte(
+    programs: ExportedProgram | dict[str, ExportedProgram],
+    path: Path,
+    metadata: dict[str, int | bool | list[int]] | None = None,
+) -> Path:
+    """Lower one program (method `forward`) or several named methods into one .pte file, with
+    `metadata` as constant methods (`runner_metadata`).
+
+    Buffers the methods mutate (the in-place KV cache, `models.stateful`) are planned once and
+    shared by name across the methods: the Python runtime gives a program's methods one memory
+    arena, where unshared buffers would overwrite each other.
 
     XNNPACK takes the linears, matmuls and elementwise ops it has kernels for,
     the rest (the selection's loops and index ops) runs on ExecuTorch's portable kernels.
@@ -29,16 +58,24 @@ def save_pte(programs: ExportedProgram | dict[str, ExportedProgram], path: Path)
     torch.export, which verified them.
     """
     partitioner = _xnnpack_partitioner()
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
 
     if isinstance(programs, ExportedProgram):
         programs = {"forward": programs}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     edge = to_edge_transform_and_lower(
-        programs, partitioner=[partitioner], compile_config=EdgeCompileConfig(_check_ir_validity=False)
+        programs,
+        partitioner=[partitioner],
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        constant_methods=metadata,
     )
-    executorch_program = edge.to_executorch()
+    executorch_program = edge.to_executorch(
+        ExecutorchBackendConfig(
+            memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True), emit_mutable_buffer_names=True
+        )
+    )
     del edge
     with open(path, "wb") as file:
         executorch_program.write_to_file(file)

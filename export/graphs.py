@@ -33,8 +33,9 @@ from transformers import PreTrainedModel
 
 from models import KVCache, ModelSpec, Prefill
 from models.families import prompt_image_tokens, selection_graph
-from models.selectors import SelectionMethod
-from runtime.contract import MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, SEQUENCE_DIM, graph_io
+from models.selectors import PREFILL, SelectionMethod
+from models.stateful import SelectTokens, TextDecoder, TextDecoderHead, TextDecoderTail
+from runtime.contract import MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, PRUNED_SEQUENCE_DIM, SEQUENCE_DIM, graph_io, pte_io
 
 # Text tokens around the image in the example prompt: any length inside the bounds would do,
 # torch.export traces symbolically.
@@ -153,8 +154,8 @@ def build_graphs(
     selected_in = selection_graph(spec, keep, method)
 
     def graph(name: str, module: nn.Module, example_inputs: tuple, dynamic_shapes: tuple | None, **kwargs) -> GraphSpec:
-        inputs, outputs = graph_io(name, num_layers, selection_graph=selected_in)
-        return GraphSpec(name, module.eval(), example_inputs, dynamic_shapes, inputs, outputs, **kwargs)
+        io = graph_io(name, num_layers, selection_graph=selected_in)
+        return GraphSpec(name, module.eval(), example_inputs, dynamic_shapes, *io, **kwargs)
 
     vision = graph(
         "vision_encoder",
@@ -203,3 +204,87 @@ def build_graphs(
         metadata=bounds,
     )
     return vision, embed, prefill, decode
+
+
+class BatchedVision(nn.Module):
+    """A vision graph whose image_embeds come out as [1, N, d], the shape ExecuTorch's LLM runners
+    read as one prompt segment (any selection outputs follow unchanged)."""
+
+    def __init__(self, vision: nn.Module):
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixel_values: Tensor) -> Tensor | tuple[Tensor, ...]:
+        outputs = self.vision(pixel_values)
+        if isinstance(outputs, Tensor):
+            return outputs[None]
+        return (outputs[0][None], *outputs[1:])
+
+
+def build_pte_graphs(
+    model: PreTrainedModel,
+    spec: ModelSpec,
+    *,
+    keep: int,
+    max_seq_len: int,
+    method: SelectionMethod | None = None,
+) -> tuple[GraphSpec, ...]:
+    """The .pte's methods (`runtime.contract.pte_methods`), in that order, their text decoders
+    keeping the KV cache as in-place state (`models.stateful`).
+
+    Bounds, with M = max_seq_len: T in [1, M] for token_embedding, text_decoder and the head (prompt
+    segments and decode steps alike), [N + 1, M] for select_tokens, [1, M - (N - R)] for the tail.
+    Raises: as `build_graphs`.
+    """
+    # The contract's graphs give the checks of keep and M, and the vision and embedding modules.
+    vision, embed, *_ = build_graphs(model, spec, keep=keep, max_seq_len=max_seq_len, method=method)
+    n = prompt_image_tokens(spec, keep, method)
+    selected_in = selection_graph(spec, keep, method)
+    config = model.config.text_config
+    rows, hidden = spec.model_family.position_rows, config.hidden_size
+    bounds = {MAX_SEQ_LEN_KEY: str(max_seq_len)}
+    start = torch.tensor([0])
+
+    def graph(name: str, module: nn.Module, example_inputs: tuple, dynamic_shapes: tuple | None) -> GraphSpec:
+        io = pte_io(name, position_rows=rows, selection_graph=selected_in)
+        return GraphSpec(name, module.eval(), example_inputs, dynamic_shapes, *io, bounds)
+
+    def text(length: int) -> tuple[Tensor, Tensor]:
+        """Example states [1, T, d] and position ids [P, 1, T]."""
+        return torch.zeros(1, length, hidden), torch.arange(length).expand(rows, 1, length).contiguous()
+
+    sequence = Dim(SEQUENCE_DIM, min=1, max=max_seq_len)
+    methods = [
+        graph("vision_encoder", BatchedVision(vision.module), vision.example_inputs, None),
+        graph("token_embedding", embed.module, embed.example_inputs, embed.dynamic_shapes),
+    ]
+    prompt = n + _EXAMPLE_TEXT_TOKENS
+    if keep == n or selected_in != PREFILL:
+        embeds, positions = text(prompt)
+        decoder = TextDecoder(model, max_seq_len=max_seq_len)
+        if rows == 1:
+            methods.append(graph("text_decoder", decoder, (embeds, start), ({1: sequence}, None)))
+        else:
+            methods.append(graph("text_decoder", decoder, (embeds, start, positions), ({1: sequence}, None, {2: sequence})))
+        return tuple(methods)
+
+    k = spec.prune_layer
+    embeds, positions = text(prompt)
+    head = TextDecoderHead(model, prune_layer=k, max_seq_len=max_seq_len)
+    methods.append(graph("text_decoder_head", head, (embeds, positions, start), ({1: sequence}, {2: sequence}, None)))
+    with torch.no_grad():
+        states, keys, last_query = head(embeds, positions, start)
+    image_start = _EXAMPLE_TEXT_TOKENS // 2
+    prompt_dim = Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)
+    select = SelectTokens(model, method.selector(spec.grid, keep), keep=keep, prune_layer=k)
+    methods.append(graph(
+        "select_tokens",
+        select,
+        (states, keys, last_query, positions, torch.arange(image_start, image_start + n)),
+        ({1: prompt_dim}, {2: prompt_dim}, None, {2: prompt_dim}, None),
+    ))
+    capacity = max_seq_len - (n - keep)
+    tail = TextDecoderTail(model, prune_layer=k, capacity=capacity)
+    short = Dim(PRUNED_SEQUENCE_DIM, min=1, max=capacity)
+    methods.append(graph("text_decoder_tail", tail, (*text(prompt - n + keep), start), ({1: short}, {2: short}, None)))
+    return tuple(methods)

@@ -4,9 +4,9 @@
       │         │       │        │        │          │           │          │            │          │
     lock,    weights, four    torch.   .onnx      trace the   contract  tokenizer,   manifest    the check
     staging  block by graphs  export   graphs,    weighted    checks    image proc.  (seconds,   given to
-    folder   block,   (hollow of the   one shared model, one                         memory per  `run`, on
-             quantized model)  hollow  weights    .pte, 4                            stage),     the artifact
-                               model   file       methods                            moved in    in place;
+    folder   block,   (hollow of the   one shared model's                            memory per  `run`, on
+             quantized model)  hollow  weights    .pte methods,                      stage),     the artifact
+                               model   file       in-place KV                        moved in    in place;
                                                                                      place       report in
                                                                                                  manifest
 
@@ -50,8 +50,8 @@ from transformers import PreTrainedModel
 
 from export.checks import check_onnx, check_program, check_pte
 from export.config import Backend, ExportConfig
-from export.executorch import save_pte
-from export.graphs import GraphSpec, build_graphs
+from export.executorch import runner_metadata, save_pte
+from export.graphs import GraphSpec, build_graphs, build_pte_graphs
 from export.manifest import ParityStatus, build_manifest, file_entries, update_manifest, write_manifest
 from export.memory import check_fits, describe_misfit
 from export.onnx import save_onnx
@@ -59,7 +59,7 @@ from export.onnx_weights import WeightFile, attach_weights
 from export.staging import DestinationBusy, DestinationLock, clean_command, find_leftovers, replace_folder, staging_path
 from models import LoadedModel, load_for_export
 from runtime.cli import raise_if_interrupted
-from runtime.contract import MANIFEST, ONNX_DIR, PROCESSOR_DIR, PTE_PATH, onnx_file
+from runtime.contract import MANIFEST, ONNX_DIR, PROCESSOR_DIR, PTE_PATH, PTE_SELECTION_METHODS, onnx_file
 from runtime.measure import peak_rss_mib
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class ExportPipeline:
         loaded: the materialized (quantized) model and the processor, after `load`.
         hollow: the same architecture with allocated but unwritten storage, after `load`.
         graphs: the four graphs of the hollow model, after `wrap`.
+        pte_graphs: the .pte's methods of the materialized model, after `to_executorch`.
         programs: {graph name: ExportedProgram} of the hollow graphs, after `trace`.
         peak_rss_mib: {stage: peak resident memory of the process so far, MiB}.
     """
@@ -94,6 +95,7 @@ class ExportPipeline:
         self.loaded: LoadedModel | None = None
         self.hollow: PreTrainedModel | None = None
         self.graphs: tuple[GraphSpec, ...] | None = None
+        self.pte_graphs: tuple[GraphSpec, ...] | None = None
         self.programs: dict[str, ExportedProgram] | None = None
         self._lock = DestinationLock(self.artifact_dir)
         self._staging: Path | None = None
@@ -212,18 +214,19 @@ class ExportPipeline:
         return self
 
     def to_executorch(self) -> ExportPipeline:
-        """Trace the materialized model's four graphs; one .pte with them as methods, lowered to XNNPACK."""
+        """Trace the materialized model's .pte methods (in-place KV cache); one .pte, lowered to XNNPACK."""
         self._require(self.loaded is not None, "load")
-        graphs = self._graphs(self.loaded.model)
+        model, config = self.loaded.model, self.config
+        self.pte_graphs = build_pte_graphs(
+            model, config.spec, keep=config.keep_count, max_seq_len=config.seq_len_limit, method=config.method
+        )
         programs = {}
-        for graph in graphs:
+        for graph in self.pte_graphs:
             with self._stage(f"executorch.torch_export.{graph.name}"):
                 programs[graph.name] = _export(graph)
             check_program(programs[graph.name], graph, loops=self.loops_in(graph.name))
         with self._stage("executorch.lower"):
-            save_pte(programs, self._staging / PTE_PATH)
-        if self.graphs is None:
-            self.graphs = graphs
+            save_pte(programs, self._staging / PTE_PATH, runner_metadata(model, config.seq_len_limit, config.spec.prune_layer))
         self._written.add(Backend.EXECUTORCH)
         return self
 
@@ -236,7 +239,7 @@ class ExportPipeline:
                 for graph in self.graphs:
                     check_onnx(self._staging / onnx_file(graph.name), graph, keep=keep, loops=self.loops_in(graph.name))
             if Backend.EXECUTORCH in self._written:
-                check_pte(self._staging / PTE_PATH, self.graphs, keep=keep)
+                check_pte(self._staging / PTE_PATH, self.pte_graphs, keep=keep)
         return self
 
     def save_processor(self) -> ExportPipeline:
@@ -307,9 +310,11 @@ class ExportPipeline:
         return self.config.keep_count < self.config.spec.num_image_tokens
 
     def loops_in(self, graph: str) -> bool:
-        """Whether `graph` holds the selection's loops (`SelectionMethod.loops`, `selection_graph`)."""
+        """Whether `graph` (an ONNX graph or a .pte method) holds the selection's loops
+        (`SelectionMethod.loops`, `selection_graph`)."""
         method = self.config.method
-        return self.pruned and method.loops and graph == method.selection_graph
+        where = (method.selection_graph, PTE_SELECTION_METHODS[method.selection_graph])
+        return self.pruned and method.loops and graph in where
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:

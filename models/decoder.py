@@ -15,11 +15,15 @@ rotary embedding, lm_head) directly, so that the KV cache is a tuple of explicit
 (key, value) pair per layer, each [1, n_kv_heads, length, head_dim], and the traced graph holds
 neither HF's cache object nor its attention-mask builders. Control flow is static: the keep count
 R, the pruning layer K and the image geometry are constructor ints; only the sequence length T and
-the cache length vary. A family whose positions are not one row of 0..T-1 overrides `rotary`
-(Qwen2-VL's M-RoPE: three rows).
+the cache length vary. Positions are one row (RoPE, LLaVA) or three (M-RoPE, Qwen2-VL): `rotary_tables`.
+
+`decoder_layer` is the one layer computation; what its attention reads and hands on as cache is an
+`Attend` (here explicit tensors; `models.stateful` keeps the cache as in-place buffers).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -94,20 +98,15 @@ class Prefill(nn.Module):
             # On the weights' device, so that the selector's constant tables follow the model.
             self.selector = method.selector(grid, keep).to(model.lm_head.weight.device)
 
-    def rotary(self, inputs_embeds: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """cos, sin [1, q, head_dim] of position_ids [1, 1, q] (one row: RoPE)."""
-        return self.rotary_emb(inputs_embeds, position_ids[0])
-
     def forward(
         self, inputs_embeds: Tensor, position_ids: Tensor, image_positions: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, KVCache]:
         check_batch_of_one("inputs_embeds", inputs_embeds)
-        cos, sin = self.rotary(inputs_embeds, position_ids)  # [1, T, head_dim] each
+        cos, sin = rotary_tables(self.rotary_emb, inputs_embeds, position_ids)  # [1, T, head_dim] each
         hidden = inputs_embeds
         cache = []
         for layer in self.layers[: self.prune_layer]:
-            layer_input = hidden
-            hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
+            hidden, key, value, query = decoder_layer(layer, hidden, cos, sin, causal_attend(layer.self_attn.scaling))
             cache.append((key, value))
 
         if self.selector is None:
@@ -115,40 +114,40 @@ class Prefill(nn.Module):
             kept = torch.arange(self.num_image_tokens, device=hidden.device)
             order = torch.arange(self.num_image_tokens, device=hidden.device)
         else:
-            outputs = LayerOutputs(layer, layer_input, hidden, key, cos, sin, self.norm, image_positions)
-            kept, order, hidden, gather = self._prune(outputs)
+            outputs = LayerOutputs.of_layer(layer, hidden, key, query, self.norm, image_positions)
+            kept, order, hidden, gather = prune_sequence(self.selector, outputs, self.keep)
             cos, sin = cos.index_select(1, gather), sin.index_select(1, gather)
 
         for layer in self.layers[self.prune_layer :]:
-            hidden, key, value = _decoder_layer(layer, hidden, cos, sin)
+            hidden, key, value, _ = decoder_layer(layer, hidden, cos, sin, causal_attend(layer.self_attn.scaling))
             cache.append((key, value))
         logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
         return logits, kept, order, tuple(cache)
 
-    def _prune(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Select the image tokens (their states fused or not), then drop the others from the sequence.
 
-        Returns:
-            kept: int64 [R]; order: int64 [R], kept in selection order; hidden: [1, T - N + R, d],
-            the input of layer K; gather: int64
-            [T - N + R], the original position of each remaining token.
-        """
-        n, r = self.num_image_tokens, self.keep
-        hidden, image_positions = outputs.hidden, outputs.image_positions
-        length = hidden.shape[1]
-        kept, fused, order = self.selector(outputs)  # [R], [R, d], [R]
-        rows = image_positions.index_select(0, kept)[:, None].expand(r, fused.shape[1])  # [R, d]
-        states = hidden[0].scatter(0, rows, fused)  # [T, d], the kept image tokens fused
+def prune_sequence(selector: nn.Module, outputs: LayerOutputs, keep: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Select R = `keep` image tokens (their states fused or not), then drop the others from the sequence.
 
-        # The remaining tokens in order, by scatter, not nonzero (a data-dependent size): token t
-        # goes to slot rank(t) if it remains, to a spare slot past the end if it was dropped.
-        image_kept = torch.zeros(n, dtype=torch.int64, device=hidden.device).scatter(0, kept, torch.ones_like(kept))
-        remains = torch.ones(length, dtype=torch.int64, device=hidden.device).scatter(0, image_positions, image_kept)
-        short = length - n + r
-        slot = torch.where(remains > 0, remains.cumsum(0) - 1, short)  # [T]
-        positions = torch.arange(length, device=hidden.device)
-        gather = torch.zeros(short + 1, dtype=torch.int64, device=hidden.device).scatter(0, slot, positions)[:short]
-        return kept, order, states.index_select(0, gather)[None], gather
+    Returns:
+        kept: int64 [R]; order: int64 [R], kept in selection order; hidden: [1, T - N + R, d],
+        the input of layer K; gather: int64 [T - N + R], the original position of each remaining token.
+    """
+    hidden, image_positions = outputs.hidden, outputs.image_positions
+    n, r = image_positions.shape[0], keep
+    length = hidden.shape[1]
+    kept, fused, order = selector(outputs)  # [R], [R, d], [R]
+    rows = image_positions.index_select(0, kept)[:, None].expand(r, fused.shape[1])  # [R, d]
+    states = hidden[0].scatter(0, rows, fused)  # [T, d], the kept image tokens fused
+
+    # The remaining tokens in order, by scatter, not nonzero (a data-dependent size): token t
+    # goes to slot rank(t) if it remains, to a spare slot past the end if it was dropped.
+    image_kept = torch.zeros(n, dtype=torch.int64, device=hidden.device).scatter(0, kept, torch.ones_like(kept))
+    remains = torch.ones(length, dtype=torch.int64, device=hidden.device).scatter(0, image_positions, image_kept)
+    short = length - n + r
+    slot = torch.where(remains > 0, remains.cumsum(0) - 1, short)  # [T]
+    positions = torch.arange(length, device=hidden.device)
+    gather = torch.zeros(short + 1, dtype=torch.int64, device=hidden.device).scatter(0, slot, positions)[:short]
+    return kept, order, states.index_select(0, gather)[None], gather
 
 
 class DecodeStep(nn.Module):
@@ -168,40 +167,35 @@ class DecodeStep(nn.Module):
         self.rotary_emb = text.rotary_emb
         self.lm_head = model.lm_head
 
-    rotary = Prefill.rotary
-
     def forward(self, inputs_embeds: Tensor, position_ids: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
         check_batch_of_one("inputs_embeds", inputs_embeds)
         if len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.layers)}")
-        cos, sin = self.rotary(inputs_embeds, position_ids)  # [1, 1, head_dim] each
+        cos, sin = rotary_tables(self.rotary_emb, inputs_embeds, position_ids)  # [1, 1, head_dim] each
         hidden = inputs_embeds
         present = []
         for layer, (past_key, past_value) in zip(self.layers, cache):
-            hidden, key, value = _decoder_layer(layer, hidden, cos, sin, past_key, past_value)
+            attend = past_attend(past_key, past_value, layer.self_attn.scaling)
+            hidden, key, value, _ = decoder_layer(layer, hidden, cos, sin, attend)
             present.append((key, value))
         logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
         return logits, tuple(present)
 
 
-def _decoder_layer(
-    layer: LlamaDecoderLayer,
-    hidden: Tensor,
-    cos: Tensor,
-    sin: Tensor,
-    past_key: Tensor | None = None,
-    past_value: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One Llama decoder layer with an explicit cache.
+# attend(query [1, q, n_heads, hd], key, value [1, q, n_kv_heads, hd], the q tokens' post-RoPE
+# projections) -> (out [1, q, n_heads, hd], key, value: what the layer hands on as its cache).
+Attend = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
-    Without a past: causal attention over the q tokens themselves (prefill). With a past: the q
-    tokens are one new token, which attends to the past and itself (decode).
+
+def decoder_layer(
+    layer: LlamaDecoderLayer, hidden: Tensor, cos: Tensor, sin: Tensor, attend: Attend
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Llama decoder layer whose attention over the cache is `attend`'s.
 
     Args:
         hidden: [1, q, d]. cos, sin: [1, q, head_dim], rotary tables of the q tokens' positions.
-        past_key, past_value: [1, n_kv_heads, p, head_dim] or None.
     Returns:
-        hidden [1, q, d], key and value [1, n_kv_heads, p + q, head_dim] (keys after RoPE).
+        hidden [1, q, d]; the key and value `attend` returns; query [1, q, n_heads, head_dim] (post-RoPE).
     """
     attn = layer.self_attn
     batch, length, _ = hidden.shape
@@ -209,20 +203,43 @@ def _decoder_layer(
     # exported graph that torch.export cannot always prove.
     heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
     x = layer.input_layernorm(hidden)
-    query = attn.q_proj(x).view(batch, length, heads, attn.head_dim).transpose(1, 2)  # [1, n_heads, q, head_dim]
-    key = attn.k_proj(x).view(batch, length, kv_heads, attn.head_dim).transpose(1, 2)  # [1, n_kv_heads, q, head_dim]
-    value = attn.v_proj(x).view(batch, length, kv_heads, attn.head_dim).transpose(1, 2)
-    query, key = apply_rotary_pos_emb(query, key, cos, sin)
-    if past_key is None:
-        out = _causal_attention(query, key, value, attn.scaling)
-    else:
-        key = torch.cat([past_key, key], dim=2)
-        value = torch.cat([past_value, value], dim=2)
-        out = _single_query_attention(query, key, value, attn.scaling)
-    out = out.transpose(1, 2).reshape(batch, length, heads * attn.head_dim)
-    hidden = hidden + attn.o_proj(out)
+    query = attn.q_proj(x).view(batch, length, heads, attn.head_dim)
+    key = attn.k_proj(x).view(batch, length, kv_heads, attn.head_dim)
+    value = attn.v_proj(x).view(batch, length, kv_heads, attn.head_dim)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=2)
+    out, key, value = attend(query, key, value)
+    hidden = hidden + attn.o_proj(out.reshape(batch, length, heads * attn.head_dim))
     hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return hidden, key, value
+    return hidden, key, value, query
+
+
+def causal_attend(scale: float) -> Attend:
+    """Causal self-attention of the q tokens among themselves (prefill); the cache is their
+    keys and values, [1, n_kv_heads, q, hd]."""
+
+    def attend(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        key, value = key.transpose(1, 2), value.transpose(1, 2)
+        return _causal_attention(query.transpose(1, 2), key, value, scale).transpose(1, 2), key, value
+
+    return attend
+
+
+def past_attend(past_key: Tensor, past_value: Tensor, scale: float) -> Attend:
+    """One new token attending to the past [1, n_kv_heads, p, hd] and itself (decode); the cache
+    is the past one entry longer."""
+
+    def attend(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        key = torch.cat([past_key, key.transpose(1, 2)], dim=2)
+        value = torch.cat([past_value, value.transpose(1, 2)], dim=2)
+        return _single_query_attention(query.transpose(1, 2), key, value, scale).transpose(1, 2), key, value
+
+    return attend
+
+
+def rotary_tables(rotary_emb: nn.Module, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """cos, sin [1, q, head_dim] of position_ids int64 [rows, 1, q]: one row is RoPE (LLaVA), three
+    rows M-RoPE (Qwen2-VL's rotary embedding takes them all and interleaves its sections)."""
+    return rotary_emb(x, position_ids[0] if position_ids.shape[0] == 1 else position_ids)
 
 
 def _causal_attention(query: Tensor, key: Tensor, value: Tensor, scale: float) -> Tensor:

@@ -56,18 +56,25 @@ def materialized_bytes(model: nn.Module, quantization: Quantization) -> int:
     """Bytes `model`'s tensors take once materialized in float32 and quantized by `quantize_block`
     (works on the meta device). torchao keeps 4-bit codes one per int8, with a float32 scale and
     an int8 zero point per group."""
-    quantized = {
-        id(module.weight)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and f"{name}.".startswith(QUANTIZED_BLOCKS)
-    }
+    quantized = quantized_linear_weights(model, quantization)
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
-        if quantization is not Quantization.NONE and id(tensor) in quantized:
+        if id(tensor) in quantized:
             total += tensor.numel() + tensor.numel() // GROUP_SIZE * (4 + 1)
         else:
             total += tensor.numel() * (4 if tensor.is_floating_point() else tensor.element_size())
     return total
+
+
+def quantized_linear_weights(model: nn.Module, quantization: Quantization) -> set[int]:
+    """ids of the linear weights `quantize_block` quantizes in `model` (none for `Quantization.NONE`)."""
+    if quantization is Quantization.NONE:
+        return set()
+    return {
+        id(module.weight)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and f"{name}.".startswith(QUANTIZED_BLOCKS)
+    }
 
 
 def is_quantized(tensor: torch.Tensor) -> bool:

@@ -7,8 +7,8 @@
         `get_rope_index` makes them, and the rope delta: decode step s sits at T + s + delta on
         all three rows, T the full prompt length, whatever was pruned.
 
-    Qwen2VLPrefill / Qwen2VLDecodeStep: `models.decoder`'s, with M-RoPE rotary tables from the
-    3-row position ids. The selection's geometry is the merged H x W token grid (spec section 6);
+    Qwen2VLPrefill / Qwen2VLDecodeStep: `models.decoder`'s (M-RoPE rotary tables from the 3-row
+    position ids there), after checking that every layer attends fully (no sliding window). The selection's geometry is the merged H x W token grid (spec section 6);
     each kept token keeps its original 3-row position ids.
 
 The vision side runs for one fixed image grid: the Conv3d patch embedding as the equivalent
@@ -123,10 +123,6 @@ class Qwen2VLPrefill(Prefill):
         _check_full_attention(model)
         super().__init__(model, grid=grid, keep=keep, prune_layer=prune_layer, method=method)
 
-    def rotary(self, inputs_embeds: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """cos, sin [1, q, head_dim] of position_ids [3, 1, q], the sections interleaved."""
-        return self.rotary_emb(inputs_embeds, position_ids)
-
 
 class Qwen2VLDecodeStep(DecodeStep):
     """`models.decoder.DecodeStep` with M-RoPE: position_ids int64 [3, 1, 1]."""
@@ -134,8 +130,6 @@ class Qwen2VLDecodeStep(DecodeStep):
     def __init__(self, model: Qwen2VLForConditionalGeneration):
         _check_full_attention(model)
         super().__init__(model)
-
-    rotary = Qwen2VLPrefill.rotary
 
 
 @register

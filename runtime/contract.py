@@ -6,7 +6,7 @@ up from here. Plain Python, no torch, no onnx.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 MANIFEST = "manifest.json"
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
@@ -17,6 +17,22 @@ SELECTION_GRAPHS = ("prefill", "vision_encoder")
 
 # The outputs of the graph that selects: the kept image tokens, ascending, and in selection order.
 SELECTION_OUTPUTS = ("kept_indices", "selection_order")
+
+# The .pte's methods. Its language model keeps the KV cache as in-place state, and each weight
+# lives in one method: unpruned (keep = N, or the selection in the vision graph), one text decoder
+# for prompt segments and decode steps, under the names ExecuTorch's LLM runners call; pruned in the
+# prefill, the layers before and from the pruning layer K, the selection between them.
+PTE_METHODS = ("vision_encoder", "token_embedding", "text_decoder")
+PTE_SPLIT_METHODS = ("vision_encoder", "token_embedding", "text_decoder_head", "select_tokens", "text_decoder_tail")
+# The .pte method that runs the selection of each `SELECTION_GRAPHS` entry.
+PTE_SELECTION_METHODS = {"prefill": "select_tokens", "vision_encoder": "vision_encoder"}
+# Methods without inputs returning constants: those ExecuTorch's LLM runners read (`get_max_seq_len`
+# required, `get_eos_ids` replaces the tokenizer's end-of-sequence ids), then the cache's geometry
+# and the pruning layer K, which no method's inputs or outputs show.
+PTE_METADATA = (
+    "get_max_seq_len", "get_max_context_len", "get_bos_id", "get_eos_ids", "get_vocab_size", "use_kv_cache",
+    "enable_dynamic_shape", "get_n_layers", "get_n_kv_heads", "get_head_dim", "get_prune_layer",
+)
 
 # Files of an artifact, relative to its folder.
 ONNX_DIR = "onnx"
@@ -33,6 +49,7 @@ MAX_SEQ_LEN_KEY = "max_seq_len"
 SEQUENCE_DIM = "sequence_length"
 PAST_DIM = "past_length"
 PRUNED_PAST_DIM = "pruned_past_length"
+PRUNED_SEQUENCE_DIM = "pruned_sequence_length"  # the .pte's text_decoder_tail
 
 
 def onnx_file(graph: str) -> str:
@@ -80,3 +97,32 @@ def graph_io(
     if graph not in io:
         raise KeyError(f"no graph {graph!r} in the contract; graphs: {', '.join(GRAPH_NAMES)}")
     return io[graph]
+
+
+def pte_methods(*, split: bool) -> tuple[str, ...]:
+    """The .pte's graph methods: `PTE_SPLIT_METHODS` when the prefill prunes, else `PTE_METHODS`."""
+    return PTE_SPLIT_METHODS if split else PTE_METHODS
+
+
+def pte_io(method: str, *, position_rows: int, selection_graph: str = "prefill") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of the .pte's `method`, positional in this order.
+
+    `cache_position` int64 [1] is the cache slot of the method's first token; `position_ids`
+    [P, 1, T] the rotary positions (the unpruned `text_decoder` derives one row from the cache
+    position, so it takes them only with M-RoPE, P = 3).
+    """
+    positions = ("position_ids",)
+    io = {
+        "vision_encoder": graph_io("vision_encoder", 0, selection_graph=selection_graph),
+        "token_embedding": graph_io("embed_tokens", 0),
+        "text_decoder": (("inputs_embeds", "cache_position", *(positions if position_rows > 1 else ())), ("logits",)),
+        "text_decoder_head": (("inputs_embeds", "position_ids", "cache_position"), ("hidden", "keys", "last_query")),
+        "select_tokens": (
+            ("hidden", "keys", "last_query", "position_ids", "image_positions"),
+            ("hidden", "position_ids", *SELECTION_OUTPUTS),
+        ),
+        "text_decoder_tail": (("hidden", "position_ids", "cache_position"), ("logits",)),
+    }
+    if method not in io:
+        raise KeyError(f"no method {method!r} in the .pte contract; methods: {', '.join(io)}")
+    return io[method]

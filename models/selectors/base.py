@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb, repeat_kv
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, repeat_kv
 
 from pruning_graph.validation import Grid
 
@@ -36,23 +36,28 @@ class LayerOutputs:
     selector reads.
 
     Attributes:
-        layer: decoder layer K-1 (its attention's projections give `last_token_attention`).
-        layer_input: [1, T, d], the layer's input.
-        hidden: [1, T, d], its output.
+        hidden: [1, T, d], the layer's output.
         keys: [1, n_kv_heads, T, head_dim], its post-RoPE keys.
-        cos, sin: [1, T, head_dim], the rotary tables of the T positions.
+        last_query: [1, n_heads, 1, head_dim], the last token's post-RoPE query in the layer.
+        scaling: the layer's attention scale.
         final_norm: the model's final norm.
         image_positions: int64 [N], the sequence positions of the image tokens.
     """
 
-    layer: LlamaDecoderLayer
-    layer_input: Tensor
     hidden: Tensor
     keys: Tensor
-    cos: Tensor
-    sin: Tensor
+    last_query: Tensor
+    scaling: float
     final_norm: nn.Module
     image_positions: Tensor
+
+    @classmethod
+    def of_layer(
+        cls, layer: LlamaDecoderLayer, hidden: Tensor, keys: Tensor, query: Tensor, final_norm: nn.Module, image_positions: Tensor
+    ) -> LayerOutputs:
+        """From `models.decoder.decoder_layer`'s results: keys [1, n_kv_heads, T, hd], query [1, T, n_heads, hd]."""
+        last_query = query[:, -1:].transpose(1, 2)
+        return cls(hidden, keys, last_query, layer.self_attn.scaling, final_norm, image_positions)
 
     @property
     def num_image_tokens(self) -> int:
@@ -83,13 +88,9 @@ class LayerOutputs:
     def last_token_attention(self) -> Tensor:
         """The last token's attention probabilities to the image tokens in this layer, one row per
         query head, the softmax over its whole causal row (all T keys): float32 [heads, N]."""
-        attn = self.layer.self_attn
-        heads = attn.config.num_attention_heads
-        x = self.layer.input_layernorm(self.layer_input[:, -1:])  # [1, 1, d]
-        query = attn.q_proj(x).view(1, 1, heads, attn.head_dim).transpose(1, 2)  # [1, heads, 1, head_dim]
-        query, _ = apply_rotary_pos_emb(query, query, self.cos[:, -1:], self.sin[:, -1:])
+        heads = self.last_query.shape[1]
         keys = repeat_kv(self.keys, heads // self.keys.shape[1])  # [1, heads, T, head_dim]
-        scores = (query.float() @ keys.float().transpose(2, 3))[0, :, 0] * attn.scaling  # [heads, T]
+        scores = (self.last_query.float() @ keys.float().transpose(2, 3))[0, :, 0] * self.scaling  # [heads, T]
         return scores.softmax(dim=-1).index_select(1, self.image_positions)
 
 

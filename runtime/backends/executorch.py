@@ -1,26 +1,40 @@
-"""The artifact's .pte (one method per graph of the contract) on the ExecuTorch runtime.
+"""The artifact's .pte on the ExecuTorch runtime: the `Session` graphs from its methods, the KV
+cache in place inside the program (`runtime.contract.pte_methods`, export/ARTIFACTS.md).
 
 Imports torch and executorch, so it is loaded only when the executorch backend is asked for.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
-from runtime.backends.base import KVCache, Selection
-from runtime.contract import GRAPH_NAMES, PTE_PATH, graph_io
+from runtime.backends.base import Selection
 from runtime.cli import native_output_hidden
+from runtime.contract import PTE_METADATA, PTE_PATH, pte_io, pte_methods
 
 try:
     import torch
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 - the KV cache's kernels (llama::)
     from executorch.runtime import Runtime
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("the executorch backend needs torch and executorch: run `make setup`") from error
 
 
+@dataclass(frozen=True)
+class CachePosition:
+    """Where the .pte's in-place KV cache stands (the `KVCache` this session hands back and takes):
+    the entries written in the layers before the pruning layer (`full`) and from it on (`pruned`)."""
+
+    full: int
+    pruned: int
+
+
 class ExecuTorchSession:
-    """One loaded program; methods take and return the contract's tensors positionally."""
+    """One loaded program; methods take and return the contract's tensors positionally
+    (`runtime.contract.pte_io`). The KV cache lives inside the program: one generation at a time."""
 
     backend = "executorch"
 
@@ -31,13 +45,16 @@ class ExecuTorchSession:
                 program = Runtime.get().load_program(path)
         except Exception as error:  # the pybindings raise RuntimeError/ValueError for unusable files
             raise ArtifactError(f"ExecuTorch cannot load {path}: {error}") from None
-        missing = [name for name in GRAPH_NAMES if name not in program.method_names]
+        self.split = artifact.selection_graph == "prefill" and artifact.keep < artifact.num_image_tokens
+        self.names = pte_methods(split=self.split)
+        missing = [name for name in (*self.names, *PTE_METADATA) if name not in program.method_names]
         if missing:
             raise ArtifactError(
                 f"{path} lacks the methods {missing} (has {sorted(program.method_names)}); see export/ARTIFACTS.md"
             )
-        for name in GRAPH_NAMES:
-            inputs, outputs = graph_io(name, artifact.text.num_layers, selection_graph=artifact.selection_graph)
+        self.position_rows = artifact.position_rows
+        for name in self.names:
+            inputs, outputs = pte_io(name, position_rows=self.position_rows, selection_graph=artifact.selection_graph)
             meta = program.metadata(name)
             if (meta.num_inputs(), meta.num_outputs()) != (len(inputs), len(outputs)):
                 raise ArtifactError(
@@ -45,36 +62,45 @@ class ExecuTorchSession:
                     f"the manifest's contract says {len(inputs)} and {len(outputs)} (export/ARTIFACTS.md)"
                 )
         with native_output_hidden():
-            self._methods = {name: program.load_method(name) for name in GRAPH_NAMES}
+            self._methods = {name: program.load_method(name) for name in self.names}
+            self._constants = {name: program.load_method(name).execute([]) for name in PTE_METADATA}
+        metas = {name: program.metadata(name) for name in self.names}
         # Largest size of each input tensor: a dynamic dimension's upper bound.
         self._input_sizes = {
-            name: [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
-            for name, meta in ((name, program.metadata(name)) for name in GRAPH_NAMES)
+            name: [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())] for name, meta in metas.items()
         }
-        artifact.check_graph_facts(self._graph_facts(program), "ExecuTorch")
+        self._output_sizes = {
+            name: [tuple(meta.output_tensor_meta(i).sizes()) for i in range(meta.num_outputs())] for name, meta in metas.items()
+        }
+        self.max_seq_len = self._input_sizes["token_embedding"][0][1]
+        last = "text_decoder_tail" if self.split else "text_decoder"
+        # Entries each cache holds: layers before K all M, layers from K on M - (N - R).
+        self._capacity = CachePosition(self.max_seq_len, self._input_sizes[last][0][1])
+        artifact.check_graph_facts(self._graph_facts(), "ExecuTorch")
 
-    def _graph_facts(self, program) -> dict[str, int | None]:
-        """What the methods' tensor metadata say of the model (`Artifact.check_graph_facts`)."""
-        prefill = program.metadata("prefill")
-        outputs = [tuple(prefill.output_tensor_meta(i).sizes()) for i in range(prefill.num_outputs())]
-        logits, kept, _, *cache = outputs
-        lengths = [key[2] for key in cache[::2]]
-        pruned = [i for i, length in enumerate(lengths) if length != lengths[0]]
-        image_embeds = tuple(program.metadata("vision_encoder").output_tensor_meta(0).sizes())
-        inputs_embeds = self._input_sizes["prefill"][0]
-        return {
-            "keep": kept[0],
-            "prompt_image_tokens": image_embeds[0],
+    def _graph_facts(self) -> dict[str, int | list[int] | None]:
+        """What the methods' tensor metadata and constant methods say of the model (`Artifact.check_graph_facts`)."""
+        vision = self._output_sizes["vision_encoder"]
+        image_embeds = vision[0]
+        if self.split:
+            keep = self._output_sizes["select_tokens"][2][0]
+        else:  # the vision graph's selection, or none: the image tokens the prompt holds
+            keep = vision[1][0] if len(vision) > 1 else image_embeds[1]
+        facts = {
+            "keep": keep,
+            "prompt_image_tokens": image_embeds[1],
+            "hidden_size": image_embeds[2],
             "pixel_values_shape": list(self._input_sizes["vision_encoder"][0]),
-            "position_rows": self._input_sizes["prefill"][1][0],
-            "hidden_size": inputs_embeds[2],
-            "vocab_size": logits[1],
-            "num_layers": len(cache) // 2,
-            "num_kv_heads": cache[0][1],
-            "head_dim": cache[0][3],
-            "prune_layer": pruned[0] if pruned else None,
-            "max_seq_len": inputs_embeds[1],
+            "vocab_size": self._output_sizes["text_decoder_tail" if self.split else "text_decoder"][0][1],
+            "max_seq_len": self.max_seq_len,
+            "num_layers": self._constants["get_n_layers"][0],
+            "num_kv_heads": self._constants["get_n_kv_heads"][0],
+            "head_dim": self._constants["get_head_dim"][0],
+            "prune_layer": self._constants["get_prune_layer"][0] if self.split else None,
         }
+        if self.split:
+            facts["position_rows"] = self._input_sizes["select_tokens"][3][0]
+        return facts
 
     def _run(self, method: str, *inputs: np.ndarray) -> list[np.ndarray]:
         for i, (x, largest) in enumerate(zip(inputs, self._input_sizes[method])):
@@ -90,17 +116,52 @@ class ExecuTorchSession:
 
     def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Selection | None]:
         image_embeds, *selection = self._run("vision_encoder", pixel_values)
-        return image_embeds, tuple(selection) or None
+        return image_embeds[0], tuple(selection) or None
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run("embed_tokens", input_ids)[0]
+        return self._run("token_embedding", input_ids)[0]
 
     def prefill(
         self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
-    ) -> tuple[np.ndarray, Selection, KVCache]:
-        logits, kept, order, *cache = self._run("prefill", inputs_embeds, position_ids, image_positions)
-        return logits, (kept, order), tuple(cache)
+    ) -> tuple[np.ndarray, Selection, CachePosition]:
+        """The prompt from cache position 0 (what an earlier generation left in the cache is overwritten)."""
+        start = CachePosition(0, 0)
+        if not self.split:
+            logits = self._decode_text(inputs_embeds, position_ids, start)
+            every = np.arange(len(image_positions))
+            return logits, (every, every.copy()), CachePosition(inputs_embeds.shape[1], inputs_embeds.shape[1])
+        self._check_room(start, inputs_embeds.shape[1])
+        at = _position(0)
+        hidden, keys, last_query = self._run("text_decoder_head", inputs_embeds, position_ids, at)
+        hidden, position_ids, kept, order = self._run("select_tokens", hidden, keys, last_query, position_ids, image_positions)
+        logits = self._run("text_decoder_tail", hidden, position_ids, at)[0]
+        return logits, (kept, order), CachePosition(inputs_embeds.shape[1], hidden.shape[1])
 
-    def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        logits, *present = self._run("decode", inputs_embeds, position_ids, *cache)
-        return logits, tuple(present)
+    def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: CachePosition) -> tuple[np.ndarray, CachePosition]:
+        """One token at the cache's position; `cache` is what the previous prefill or decode returned."""
+        if not self.split:
+            logits = self._decode_text(inputs_embeds, position_ids, cache)
+        else:
+            self._check_room(cache, 1)
+            hidden, _, _ = self._run("text_decoder_head", inputs_embeds, position_ids, _position(cache.full))
+            logits = self._run("text_decoder_tail", hidden, position_ids, _position(cache.pruned))[0]
+        return logits, CachePosition(cache.full + 1, cache.pruned + 1)
+
+    def _decode_text(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: CachePosition) -> np.ndarray:
+        """The unpruned text decoder on T tokens at the cache's position: logits [1, V]."""
+        self._check_room(cache, inputs_embeds.shape[1])
+        positions = (position_ids,) if self.position_rows > 1 else ()
+        return self._run("text_decoder", inputs_embeds, _position(cache.full), *positions)[0]
+
+    def _check_room(self, cache: CachePosition, length: int) -> None:
+        """ExecuTorch would abort on a write past the cache's end: say so instead."""
+        if cache.full + length > self._capacity.full or cache.pruned + length > self._capacity.pruned:
+            raise ValueError(
+                f"the KV cache holds {self._capacity.full} entries ({self._capacity.pruned} after the pruning "
+                f"layer): no room for {length} more after {cache.full} ({cache.pruned})"
+            )
+
+
+def _position(value: int) -> np.ndarray:
+    """A cache position input: int64 [1]."""
+    return np.array([value], dtype=np.int64)

@@ -1,7 +1,7 @@
 """Exported tiny-llava artifacts at keep 64, 192 and 576 (unpruned): files, interface, parity with eager.
 
 The artifacts come from the session fixtures of tests/export/fixtures.py (one export per keep,
-both backends); the graphs run directly on ONNX Runtime and the ExecuTorch runtime.
+both backends), run through the runtime's sessions.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from PIL import Image
 
 from export.manifest import read_manifest, verify_files
 from export.onnx_weights import ALIGNMENT
-from runtime.contract import FORMAT_VERSION, GRAPH_NAMES, graph_io
+from runtime.artifact import load_artifact
+from runtime.backends import BACKENDS, open_session
+from runtime.contract import FORMAT_VERSION, GRAPH_NAMES, PTE_METADATA, graph_io, pte_io, pte_methods
 from runtime.eager import EagerModel
 from tests.export.fixtures import TEST_KEEPS
-from tests.export.runners import open_graphs
 from tests.models.conftest import embed
 
 N = 576
@@ -33,7 +34,6 @@ PROMPTS = (
     # A longer conversation: another prompt length T and the image block further in.
     "A chat between a curious user and an artificial intelligence assistant. USER: <image>\nWhy? ASSISTANT:",
 )
-BACKENDS = ("onnx", "executorch")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == FORMAT_VERSION == 7
+    assert manifest["format_version"] == FORMAT_VERSION == 8
     assert manifest["model"] == {
         "name": "tiny-llava",
         "family": "llava",
@@ -109,7 +109,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "wrap",
         "torch_export.prefill",
         "onnx.prefill",
-        "executorch.torch_export.prefill",
+        "executorch.torch_export.token_embedding",
         "executorch.lower",
         "check",
         "processor",
@@ -185,64 +185,71 @@ def test_onnx_graphs_share_one_weights_file(exported_artifact):
 
 
 @pytest.mark.parametrize("keep", TEST_KEEPS)
-def test_pte_has_the_four_methods(exported_artifact, keep):
+def test_pte_methods_follow_the_contract(exported_artifact, keep):
+    """Unpruned: ExecuTorch's LLM runner methods; pruned: the language model split at layer K."""
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(exported_artifact(keep) / "executorch" / "model.pte")
-    assert set(program.method_names) == {"vision_encoder", "embed_tokens", "prefill", "decode"}
-    prefill = program.metadata("prefill")
-    assert (prefill.num_inputs(), prefill.num_outputs()) == (3, 3 + 2 * NUM_LAYERS)
-    assert tuple(prefill.output_tensor_meta(1).sizes()) == tuple(prefill.output_tensor_meta(2).sizes()) == (keep,)
-    decode = program.metadata("decode")
-    assert (decode.num_inputs(), decode.num_outputs()) == (2 + 2 * NUM_LAYERS, 1 + 2 * NUM_LAYERS)
+    folder = exported_artifact(keep)
+    text = read_manifest(folder)["text"]
+    program = Runtime.get().load_program(folder / "executorch" / "model.pte")
+    split = keep < N
+    assert set(program.method_names) == {*pte_methods(split=split), *PTE_METADATA}
+    for name in pte_methods(split=split):
+        meta = program.metadata(name)
+        inputs, outputs = pte_io(name, position_rows=1)
+        assert (meta.num_inputs(), meta.num_outputs()) == (len(inputs), len(outputs))
+    assert tuple(program.metadata("vision_encoder").output_tensor_meta(0).sizes()) == (1, N, text["hidden_size"])
+    if split:
+        select = program.metadata("select_tokens")
+        assert tuple(select.output_tensor_meta(2).sizes()) == tuple(select.output_tensor_meta(3).sizes()) == (keep,)
+    metadata = {name: program.load_method(name).execute([]) for name in PTE_METADATA}
+    assert metadata["get_max_seq_len"] == metadata["get_max_context_len"] == [text["max_seq_len"]]
+    assert metadata["use_kv_cache"] == metadata["enable_dynamic_shape"] == [True]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("keep", TEST_KEEPS)
-def test_exported_graphs_match_eager(exported_artifact, eager, image, keep, backend):
-    graphs = open_graphs(exported_artifact(keep), backend)
+def test_sessions_match_eager(exported_artifact, eager, image, keep, backend):
+    """Each backend's session: vision, embeddings, prefill (selection, logits) and greedy decode
+    steps fed the eager model's tokens, against the eager modules. ONNX hands the cache out (its
+    per-layer lengths and values are checked too); the .pte keeps it inside the program."""
+    session = open_session(load_artifact(exported_artifact(keep)), backend)
     model = eager(keep)
     tolerance = TOLERANCE[backend]
     for prompt in PROMPTS:
         input_ids, pixel_values = prompt_inputs(model, image, prompt)
-        session = model.session
+        modules = model.session
         with torch.no_grad():
-            expected_image = session.vision(pixel_values)
-            expected_text = session.embedding(input_ids)
+            expected_image, expected_text = modules.vision(pixel_values), modules.embedding(input_ids)
             inputs_embeds, position_ids, image_positions = embed(model, input_ids, pixel_values)
-            expected_logits, expected_kept, expected_order, expected_cache = session.prefill_module(
+            expected_logits, expected_kept, expected_order, eager_cache = modules.prefill_module(
                 inputs_embeds, position_ids, image_positions
             )
-
-        (image_embeds,) = graphs.run("vision_encoder", pixel_values.numpy())
+        image_embeds, _ = session.vision_encoder(pixel_values.numpy())
         np.testing.assert_allclose(image_embeds, expected_image.numpy(), atol=tolerance, rtol=0)
-        (text_embeds,) = graphs.run("embed_tokens", input_ids.numpy())
-        np.testing.assert_allclose(text_embeds, expected_text.numpy(), atol=tolerance, rtol=0)
+        np.testing.assert_allclose(session.embed_tokens(input_ids.numpy()), expected_text.numpy(), atol=tolerance, rtol=0)
 
-        logits, kept, order, *cache = graphs.run(
-            "prefill", inputs_embeds.numpy(), position_ids.numpy(), image_positions.numpy()
-        )
+        logits, (kept, order), cache = session.prefill(inputs_embeds.numpy(), position_ids.numpy(), image_positions.numpy())
         np.testing.assert_array_equal(kept, expected_kept.numpy())
         np.testing.assert_array_equal(order, expected_order.numpy())
         np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
         seq_len = inputs_embeds.shape[1]
         lengths = [seq_len] * PRUNE_LAYER + [seq_len - N + keep] * (NUM_LAYERS - PRUNE_LAYER)
-        assert [entry.shape[2] for entry in cache] == [length for length in lengths for _ in range(2)]
-        flat_expected = [entry for pair in expected_cache for entry in pair]
-        for got, want in zip(cache, flat_expected):
-            np.testing.assert_allclose(got, want.numpy(), atol=tolerance, rtol=0)
+        if backend == "onnx":
+            assert [entry.shape[2] for entry in cache] == [length for length in lengths for _ in range(2)]
+            for got, want in zip(cache, [entry for pair in eager_cache for entry in pair], strict=True):
+                np.testing.assert_allclose(got, want.numpy(), atol=tolerance, rtol=0)
 
-        # Greedy decode steps, fed the eager model's tokens so that both see the same inputs.
-        eager_cache = expected_cache
         for step in range(DECODE_STEPS):
             token = expected_logits.argmax(dim=-1, keepdim=True)  # [1, 1]
             position = torch.tensor([[[seq_len + step]]])
             with torch.no_grad():
-                token_embeds = session.embedding(token)
-                expected_logits, eager_cache = session.decode_module(token_embeds, position, eager_cache)
-            logits, *cache = graphs.run("decode", token_embeds.numpy(), position.numpy(), *cache)
+                token_embeds = modules.embedding(token)
+                expected_logits, eager_cache = modules.decode_module(token_embeds, position, eager_cache)
+            logits, cache = session.decode(token_embeds.numpy(), position.numpy(), cache)
             np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
-            assert [entry.shape[2] for entry in cache] == [length + step + 1 for length in lengths for _ in range(2)]
+            if backend == "onnx":
+                assert [entry.shape[2] for entry in cache] == [length + step + 1 for length in lengths for _ in range(2)]
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
