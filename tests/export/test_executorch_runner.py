@@ -1,6 +1,7 @@
 """ExecuTorch's own multimodal LLM runner (`executorch.extension.llm.runner.MultimodalRunner`, the
-C++ runner behind its Android and iOS apps) runs an unpruned artifact's .pte unchanged and answers
-as this project's runtime does.
+C++ runner behind its Android and iOS apps) runs a .pte whose language model is unpruned unchanged
+and answers as this project's runtime does: the unpruned artifact, and a DivPrune one, whose vision
+encoder method returns the R kept tokens' embeddings (the runner prefills them as the image segment).
 
 The runner hands its callback decoded strings, never token ids, and fails on a piece that is not
 whole UTF-8, which a random tiny model emits often (byte-level tokens). So the test model is
@@ -30,9 +31,8 @@ NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def whole_character_artifact(tiny_dir, tmp_path_factory):
-    """The unpruned ExecuTorch artifact of tiny-llava whose LM head only picks tokens that decode
-    to whole characters."""
+def whole_character_checkpoint(tiny_dir, tmp_path_factory):
+    """tiny-llava whose LM head only picks tokens that decode to whole characters."""
     folder = tmp_path_factory.mktemp("whole-characters") / "tiny-llava"
     shutil.copytree(tiny_dir, folder)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -41,18 +41,24 @@ def whole_character_artifact(tiny_dir, tmp_path_factory):
     lm_head = next(name for name in weights if name.endswith("lm_head.weight"))
     weights[lm_head][partial] = 0.0  # logit 0, below the largest of the other random logits
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    config = ExportConfig(
-        model="tiny-llava", keep=N, model_path=folder, output_dir=folder.parent / "artifacts", backends=[Backend.EXECUTORCH]
-    )
-    return ExportPipeline(config).run()
+    return folder
 
 
-def test_multimodal_runner_answers_as_the_runtime(whole_character_artifact):
+@pytest.mark.parametrize(("method", "keep"), [("vlm-pruner", N), ("divprune", 64)])
+def test_multimodal_runner_answers_as_the_runtime(whole_character_checkpoint, method, keep):
     from executorch.extension.llm.runner import GenerationConfig as RunnerConfig
     from executorch.extension.llm.runner import MultimodalRunner
     from transformers.feature_extraction_utils import BatchFeature
 
-    artifact = load_artifact(whole_character_artifact)
+    config = ExportConfig(
+        model="tiny-llava",
+        method=method,
+        keep=keep,
+        model_path=whole_character_checkpoint,
+        output_dir=whole_character_checkpoint.parent / "artifacts",
+        backends=[Backend.EXECUTORCH],
+    )
+    artifact = load_artifact(ExportPipeline(config).run())
     inputs = InputProcessor.from_artifact(artifact)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(300, 400, 3), dtype=np.uint8))
     prompt = inputs(image, "What is in the image?")
