@@ -13,6 +13,8 @@ BACKENDS ?=
 RANDOM_WEIGHTS ?=
 # QUANTIZE=none|int4|int8: weights of the language model's linears (default: the model's own).
 QUANTIZE ?=
+# ONNX_PROFILE=exact|fast: how ONNX Runtime computes quantized linears (float32, or int8 activations).
+ONNX_PROFILE ?=
 # IMAGE_SIZE=S: the side of the square image the graphs take (Qwen2-VL: a multiple of 28; default the model's).
 IMAGE_SIZE ?=
 # METHOD=vlm-pruner|fastv|dart|divprune: the token selection (default vlm-pruner); make bench and
@@ -30,9 +32,9 @@ SOAK_RUNS ?= 1000
 # `?=` would then keep it empty.
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE IMAGE_SIZE METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
+export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE ONNX_PROFILE IMAGE_SIZE METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
-               $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
+               $${ONNX_PROFILE:+--onnx-profile "$$ONNX_PROFILE"} $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
 .PHONY: setup test export bench bench-select bench-quality bench-soak clean clean-staging
 
@@ -78,7 +80,7 @@ bench-soak: setup
 	$(PY) -m bench.soak $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} --runs "$$SOAK_RUNS"
 
 # make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [METHOD=vlm-pruner] [BACKENDS=onnx,executorch]
-#             [RANDOM_WEIGHTS=1] [QUANTIZE=int4] [IMAGE_SIZE=672]
+#             [RANDOM_WEIGHTS=1] [QUANTIZE=int4] [ONNX_PROFILE=fast] [IMAGE_SIZE=672]
 # -> artifacts/<MODEL>/keep<R>[-<METHOD>]/ (export/ARTIFACTS.md), parity-checked against the eager model.
 export: setup
 	$(PY) -m export $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${RATE:+--rate "$$RATE"} $${METHOD:+--method "$$METHOD"}

@@ -21,6 +21,7 @@ def add_artifact_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--quantize", help="as for `python -m export` (default: the model's)")
     parser.add_argument("--image-size", type=int, help="as for `python -m export` (default: the model's)")
+    parser.add_argument("--onnx-profile", help="as for `python -m export` (default: exact)")
     parser.add_argument("--backends", help="as for `python -m export` (default: every one that fits)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("artifacts"))
     return parser
@@ -49,6 +50,7 @@ def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = No
         quantization=args.quantize,
         image_size=args.image_size,
         output_dir=args.output_dir,
+        **({"onnx_profile": args.onnx_profile} if args.onnx_profile else {}),
     )
     folder = config.artifact_dir
     if (folder / MANIFEST).is_file():
@@ -57,6 +59,7 @@ def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = No
     flags += ["--random-weights"] if args.random_weights else []
     flags += ["--quantize", args.quantize] if args.quantize else []
     flags += ["--image-size", str(args.image_size)] if args.image_size else []
+    flags += ["--onnx-profile", args.onnx_profile] if args.onnx_profile else []
     flags += ["--backends", args.backends] if args.backends else []
     print(f"{folder} is missing; exporting it: python -m export {' '.join(flags)}", flush=True)
     done = subprocess.run([sys.executable, "-m", "export", *flags])

@@ -2,7 +2,7 @@
 
     python -m export [-m MODEL] [--keep R | --rate r] [--backends onnx,executorch]
                      [--model-path DIR | --random-weights [--seed S]] [--quantize none|int4|int8]
-                     [--image-size S] [-o DIR] [--max-seq-len M] [--skip-parity]
+                     [--onnx-profile exact|fast] [--image-size S] [-o DIR] [--max-seq-len M] [--skip-parity]
     python -m export --clean [-o DIR]
 
 Writes `<output-dir>/<model>/keep<R>/` (layout in export/ARTIFACTS.md), then runs the parity
@@ -37,6 +37,7 @@ from export.options import (
 )
 from export.staging import format_bytes, remove_leftovers
 from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, import_torch_quietly, run_cli
+from runtime.contract import ONNX_PROFILES
 
 if TYPE_CHECKING:
     from export.config import ExportConfig
@@ -157,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         "int8, none (float32) (default: the model's, int4 for LLaVA-1.5-7B and 13B)",
     )
     parser.add_argument(
+        "--onnx-profile",
+        choices=ONNX_PROFILES,
+        default=ONNX_PROFILES[0],
+        help="how ONNX Runtime computes the quantized linears: exact (float32 on the dequantized weights, "
+        "parity exact) or fast (int8 activations, about 1.3x faster prefill, parity statistical)",
+    )
+    parser.add_argument(
         "--skip-parity", action="store_true", help="do not run the parity check after the export (default: run it)"
     )
     parser.add_argument(
@@ -196,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         max_seq_len=args.max_seq_len,
         image_size=args.image_size,
         quantization=args.quantize,
+        onnx_profile=args.onnx_profile,
         random_weights=args.random_weights,
         seed=args.seed,
     )

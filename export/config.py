@@ -9,6 +9,7 @@ from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, Bac
 from models import ModelSpec, get_spec
 from models.quantize import Quantization
 from models.selectors import DEFAULT_METHOD, SelectionMethod, get_method
+from runtime.contract import ONNX_PROFILES
 
 __all__ = ["DEFAULT_MAX_SEQ_LEN", "DEFAULT_MODEL", "DEFAULT_RATE", "Backend", "ExportConfig"]
 
@@ -36,10 +37,13 @@ class ExportConfig:
         random_weights: export the architecture with random weights (drawn from `seed`) instead
             of a checkpoint, for speed and memory work where the weights are not at hand.
         seed: seed of the random weights.
+        onnx_profile: how ONNX Runtime computes the quantized linears (`runtime.contract.ONNX_PROFILES`):
+            "exact" (float32, the default) or "fast" (int8 activations; quantized weights and the
+            onnx backend only).
     Raises:
         ValueError: unknown model or method, keep and rate both given, either out of range, no or unknown
             or repeated backends, max_seq_len out of range, unknown quantization, an image size the
-            model does not take.
+            model does not take, an unknown ONNX profile or "fast" without quantized weights or ONNX.
     """
 
     model: str = DEFAULT_MODEL
@@ -54,6 +58,7 @@ class ExportConfig:
     quantization: Quantization | str | None = None
     random_weights: bool = False
     seed: int = 0
+    onnx_profile: str = ONNX_PROFILES[0]
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -94,6 +99,13 @@ class ExportConfig:
         if len(set(backends)) != len(backends):
             raise ValueError(f"backends repeated: {[backend.value for backend in backends]}")
         object.__setattr__(self, "backends", backends)
+        if self.onnx_profile not in ONNX_PROFILES:
+            raise ValueError(f"unknown ONNX profile {self.onnx_profile!r}; choose from {', '.join(ONNX_PROFILES)}")
+        if self.onnx_profile != ONNX_PROFILES[0] and (quantization is Quantization.NONE or Backend.ONNX not in backends):
+            raise ValueError(
+                f"the {self.onnx_profile} ONNX profile changes how ONNX Runtime computes quantized linears: "
+                "it needs quantized weights (--quantize int4 or int8) and the onnx backend"
+            )
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.model_path is not None:
             object.__setattr__(self, "model_path", Path(self.model_path))
@@ -138,13 +150,14 @@ class ExportConfig:
     @property
     def artifact_dir(self) -> Path:
         """`output_dir/<model>/keep<R>`, with `-<method>` appended when the method is not the default,
-        `-<S>px` when the image size is not the model's default, and `-<quantization>` when the
-        quantization is not."""
+        `-<S>px` when the image size is not the model's default, `-<quantization>` when the
+        quantization is not, and `-<profile>` when the ONNX profile is not."""
         spec = self.spec
         size = "" if spec.image_size == get_spec(self.model).image_size else f"-{spec.image_size}px"
         quantization = "" if self.quantization.value == spec.quantization else f"-{self.quantization.value}"
         method = "" if self.method.name == DEFAULT_METHOD else f"-{self.method.name}"
-        return self.output_dir / self.model / f"keep{self.keep_count}{method}{size}{quantization}"
+        profile = "" if self.onnx_profile == ONNX_PROFILES[0] else f"-{self.onnx_profile}"
+        return self.output_dir / self.model / f"keep{self.keep_count}{method}{size}{quantization}{profile}"
 
     def wants(self, backend: Backend) -> bool:
         return backend in self.backends

@@ -31,6 +31,7 @@ def build_manifest(
     checkpoint: Path | None,
     seed: int | None,
     quantization: Quantization,
+    onnx_profile: str,
     keep: int,
     method: SelectionMethod,
     max_seq_len: int,
@@ -45,6 +46,7 @@ def build_manifest(
     Args:
         checkpoint: the folder the weights were loaded from; None for random weights (drawn from `seed`).
         quantization: the weight format of the language model's linears.
+        onnx_profile: how ONNX Runtime computes them (`runtime.contract.ONNX_PROFILES`).
         files: `file_entries` of the complete artifact folder.
         export_seconds: {stage: seconds}.
         peak_rss_mib: {stage: peak resident memory of the exporting process after the stage, MiB}.
@@ -65,6 +67,7 @@ def build_manifest(
             "seed": seed,
             "dtype": "float32",
             "quantization": quantization.value,
+            "onnx_profile": onnx_profile,
         },
         "geometry": inputs["geometry"],
         "pruning": {

@@ -203,7 +203,9 @@ class ExportPipeline:
                     save_onnx(
                         self.programs[graph.name],
                         self._staging / onnx_file(graph.name),
-                        weights=partial(attach_weights, weights=weights, names=names, store=store),
+                        weights=partial(
+                            attach_weights, weights=weights, names=names, store=store, profile=self.config.onnx_profile
+                        ),
                         input_names=graph.input_names,
                         output_names=graph.output_names,
                         dim_names=graph.dim_names(),
@@ -267,6 +269,7 @@ class ExportPipeline:
             checkpoint=self.loaded.checkpoint,
             seed=self.config.seed if self.config.random_weights else None,
             quantization=self.config.quantization,
+            onnx_profile=self.config.onnx_profile,
             keep=self.config.keep_count,
             method=self.config.method,
             max_seq_len=self.config.seq_len_limit,

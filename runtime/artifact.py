@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.contract import BACKEND_FILES, FORMAT_VERSION, MANIFEST, SELECTION_GRAPHS, TOKENIZER_FILE
+from runtime.contract import BACKEND_FILES, FORMAT_VERSION, MANIFEST, ONNX_PROFILES, SELECTION_GRAPHS, TOKENIZER_FILE
 
 _HASH_CHUNK = 1 << 20
 
@@ -79,6 +79,14 @@ class Artifact:
     def quantization(self) -> str:
         """Weight format of the language model's linears: "none", "int4" or "int8"."""
         return self.manifest["model"]["quantization"]
+
+    @property
+    def onnx_profile(self) -> str:
+        """How ONNX Runtime computes the quantized linears (`runtime.contract.ONNX_PROFILES`)."""
+        profile = _section_field(self.manifest, "model", "onnx_profile", str)
+        if profile not in ONNX_PROFILES:
+            raise ArtifactError(f"{MANIFEST}: model.onnx_profile must be one of {', '.join(ONNX_PROFILES)}, got {profile!r}")
+        return profile
 
     def path(self, relative: str) -> Path:
         return self.root / relative

@@ -34,6 +34,11 @@ PTE_METADATA = (
     "enable_dynamic_shape", "get_n_layers", "get_n_kv_heads", "get_head_dim", "get_prune_layer",
 )
 
+# How ONNX Runtime computes the quantized linears (MatMulNBits `accuracy_level`, the manifest's
+# `model.onnx_profile`): "exact" in float32 on the dequantized weights (parity exact against the
+# weight-only eager model), "fast" with int8 activations quantized on the fly (statistical parity).
+ONNX_PROFILES = ("exact", "fast")
+
 # Files of an artifact, relative to its folder.
 ONNX_DIR = "onnx"
 ONNX_WEIGHTS_FILE = "weights.data"  # inside ONNX_DIR

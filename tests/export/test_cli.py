@@ -268,6 +268,7 @@ def test_random_weights_int4_onnx_export_with_parity_end_to_end(tmp_path, capsys
         "seed": 5,
         "dtype": "float32",
         "quantization": "int4",
+        "onnx_profile": "exact",
     }
     # Every linear of the decoder layers and the LM head: 4 x 7 + 1, weight-only 4-bit.
     for graph in ("prefill", "decode"):

@@ -62,6 +62,12 @@ def test_quantization_other_than_the_models_names_the_folder(model, quantization
     assert config.artifact_dir == Path("out") / model / folder
 
 
+def test_the_fast_onnx_profile_names_the_folder():
+    config = ExportConfig(model="llava-1.5-7b", onnx_profile="fast", output_dir="out")
+    assert config.onnx_profile == "fast" and config.artifact_dir == Path("out/llava-1.5-7b/keep64-fast")
+    assert ExportConfig(model="llava-1.5-7b").onnx_profile == "exact"
+
+
 def test_random_weights():
     config = ExportConfig(model="llava-1.5-7b-3layers", random_weights=True, seed=3)
     assert config.random_weights and config.seed == 3 and config.model_path is None
@@ -108,6 +114,9 @@ def test_image_size_sets_the_geometry_and_the_folder():
         ({"model": "tiny-qwen2-vl", "image_size": 250}, "image size must be a positive multiple of 28"),
         ({"model": "tiny-qwen2-vl", "image_size": 0}, "image size must be a positive multiple of 28"),
         ({"model": "tiny-llava", "image_size": 448}, r"tiny-llava takes 336 x 336 images only"),
+        ({"onnx_profile": "turbo"}, "unknown ONNX profile 'turbo'; choose from exact, fast"),
+        ({"onnx_profile": "fast"}, r"needs quantized weights \(--quantize int4 or int8\) and the onnx backend"),
+        ({"onnx_profile": "fast", "quantization": "int4", "backends": "executorch"}, "and the onnx backend"),
     ],
 )
 def test_invalid_configs_are_rejected(kwargs, message):

@@ -36,21 +36,32 @@ REAL_WIDTH = {"llava-1.5-7b-3layers": 3 * 7 + 1, "qwen2-vl-7b-3layers": 3 * 7 + 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def tiny_int4(tiny_dir, tmp_path_factory):
-    """tiny-llava int4 from its checkpoint, ONNX Runtime: the int4 ExecuTorch path (8da4w, its
-    statistical criteria) is `real_width_int4`'s, at the widths where its quantization matters."""
+def _tiny_int4(tiny_dir, output_dir: Path, profile: str):
     config = ExportConfig(
         model="tiny-llava",
         keep=64,
         quantization="int4",
         model_path=tiny_dir,
-        output_dir=tmp_path_factory.mktemp("q"),
+        output_dir=output_dir,
         backends="onnx",
+        onnx_profile=profile,
     )
     pipeline = ExportPipeline(config)
     folder = pipeline.run()
     return folder, check_parity(folder, reference=take_reference(pipeline), steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def tiny_int4(tiny_dir, tmp_path_factory):
+    """tiny-llava int4 from its checkpoint, ONNX Runtime: the int4 ExecuTorch path (8da4w, its
+    statistical criteria) is `real_width_int4`'s, at the widths where its quantization matters."""
+    return _tiny_int4(tiny_dir, tmp_path_factory.mktemp("q"), "exact")
+
+
+@pytest.fixture(scope="module")
+def tiny_int4_fast(tiny_dir, tmp_path_factory):
+    """The same in ONNX Runtime's fast profile (int8 activations)."""
+    return _tiny_int4(tiny_dir, tmp_path_factory.mktemp("q"), "fast")
 
 
 @pytest.fixture(scope="module", params=sorted(REAL_WIDTH))
@@ -66,9 +77,27 @@ def real_width_int4(request, tmp_path_factory):
     return request.param, folder, read_manifest(folder)
 
 
+@pytest.fixture(scope="module")
+def real_width_fast(tmp_path_factory):
+    """LLaVA-1.5-7B's widths with 3 layers, int4, ONNX Runtime's fast profile, exported and
+    parity-checked by `python -m export` in a child process: the folder."""
+    output = tmp_path_factory.mktemp("real-width-fast")
+    command = [sys.executable, "-m", "export", "--model", "llava-1.5-7b-3layers", "--random-weights", "--keep", "64"]
+    command += ["--quantize", "int4", "--onnx-profile", "fast", "--backends", "onnx", "--parity-steps", str(STEPS)]
+    done = subprocess.run([*command, "-o", str(output)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return output / "llava-1.5-7b-3layers" / "keep64-int4-fast"
+
+
 def _matmul_nbits(path: Path) -> list[onnx.NodeProto]:
     model = onnx.load(str(path), load_external_data=False)
     return [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+
+
+def _accuracy_levels(folder: Path) -> set[int]:
+    """The MatMulNBits `accuracy_level`s of the language model's graphs."""
+    nodes = [node for graph in ("prefill", "decode") for node in _matmul_nbits(folder / "onnx" / f"{graph}.onnx")]
+    return {{a.name: a.i for a in node.attribute}["accuracy_level"] for node in nodes}
 
 
 def test_tiny_int4_artifact_is_quantized_and_shares_its_weights(tiny_int4):
@@ -87,12 +116,23 @@ def test_tiny_int4_artifact_is_quantized_and_shares_its_weights(tiny_int4):
 
 
 def test_tiny_int4_parity(tiny_int4):
-    _, report = tiny_int4
+    folder, report = tiny_int4
     (onnx_result,) = report.backends
     # ONNX Runtime: weight-only int4, exact against eager on the same integer weights.
     assert onnx_result.exact and onnx_result.kept_indices_equal and onnx_result.tokens_equal
     assert onnx_result.logits_max_abs <= onnx_result.tolerance
     assert report.passed
+    assert _accuracy_levels(folder) == {0} and read_manifest(folder)["model"]["onnx_profile"] == "exact"
+
+
+def test_tiny_int4_fast_profile_parity(tiny_int4_fast):
+    """int8 activations: held to the statistical criteria, which it meets."""
+    folder, report = tiny_int4_fast
+    assert folder.name == "keep64-int4-fast"
+    assert _accuracy_levels(folder) == {4} and read_manifest(folder)["model"]["onnx_profile"] == "fast"
+    (onnx_result,) = report.backends
+    assert not onnx_result.exact and onnx_result.kept_overlap >= MIN_KEPT_OVERLAP
+    assert onnx_result.passed and report.passed
 
 
 @pytest.mark.real_width
@@ -110,6 +150,16 @@ def test_real_width_int4_parity(real_width_int4):
     assert not executorch_result["exact"] and executorch_result["kept_overlap"] >= MIN_KEPT_OVERLAP
     assert executorch_result["passed"]
     assert len(_matmul_nbits(folder / "onnx" / "decode.onnx")) == REAL_WIDTH[model]
+
+
+@pytest.mark.real_width
+def test_real_width_fast_profile_parity(real_width_fast):
+    """int8 activations at the real widths, where their rounding matters: the statistical criteria hold."""
+    parity = read_manifest(real_width_fast)["parity"]
+    assert parity["status"] == "passed" and parity["report"]["passed"]
+    onnx_result = parity["report"]["backends"]["onnx"]
+    assert not onnx_result["exact"] and onnx_result["kept_overlap"] >= MIN_KEPT_OVERLAP and onnx_result["passed"]
+    assert _accuracy_levels(real_width_fast) == {4}
 
 
 @pytest.mark.real_width
