@@ -259,8 +259,8 @@ def build_pte_graphs(
         graph("token_embedding", embed.module, embed.example_inputs, embed.dynamic_shapes),
     ]
     prompt = n + _EXAMPLE_TEXT_TOKENS
+    embeds, positions = text(prompt)
     if keep == n or selected_in != PREFILL:
-        embeds, positions = text(prompt)
         decoder = TextDecoder(model, max_seq_len=max_seq_len)
         if rows == 1:
             methods.append(graph("text_decoder", decoder, (embeds, start), ({1: sequence}, None)))
@@ -269,7 +269,6 @@ def build_pte_graphs(
         return tuple(methods)
 
     k = spec.prune_layer
-    embeds, positions = text(prompt)
     head = TextDecoderHead(model, prune_layer=k, max_seq_len=max_seq_len)
     methods.append(graph("text_decoder_head", head, (embeds, positions, start), ({1: sequence}, {2: sequence}, None)))
     with torch.no_grad():
