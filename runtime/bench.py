@@ -55,8 +55,8 @@ def run_bench(
     """Measure the artifacts (and the baseline) on each backend; return the JSON-ready results.
 
     Raises:
-        ValueError: no artifact, artifacts of different models or quantizations, or a backend
-            one of them lacks.
+        ValueError: no artifact, artifacts of different models, quantizations or ONNX profiles,
+            or a backend one of them lacks.
     """
     if runs < 1 or warmup < 0 or max_new_tokens < 1:
         raise ValueError(f"need runs >= 1, warmup >= 0, max_new_tokens >= 1; got {runs}, {warmup}, {max_new_tokens}")
@@ -65,9 +65,9 @@ def run_bench(
     pruned = [load_artifact(path) for path in artifact_dirs]
     baseline = load_artifact(baseline_dir) if baseline_dir is not None else None
     everything = pruned + ([baseline] if baseline is not None else [])
-    kinds = {(a.model_name, a.quantization) for a in everything}
+    kinds = {(a.model_name, a.quantization, a.onnx_profile) for a in everything}
     if len(kinds) > 1:
-        raise ValueError(f"the artifacts are of different models or quantizations: {sorted(kinds)}")
+        raise ValueError(f"the artifacts are of different models or quantizations (or ONNX profiles): {sorted(kinds)}")
     if backends is None:
         backends = [b for b in BACKENDS if all(b in a.backends for a in everything)]
     if not backends:
@@ -104,6 +104,7 @@ def run_bench(
     return {
         "model": pruned[0].model_name,
         "quantization": pruned[0].quantization,
+        "onnx_profile": pruned[0].onnx_profile,
         "artifacts": {"pruned": [_describe(a) for a in pruned]}
         | ({"baseline": _describe(baseline)} if baseline is not None else {}),
         "settings": {
@@ -171,10 +172,16 @@ def _speedups(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, di
     return speedups
 
 
+def _profile_note(report: dict[str, Any]) -> str:
+    """", ONNX fast profile" when the quantized ONNX graphs compute in int8 (the default says nothing)."""
+    return ", ONNX fast profile" if report["quantization"] != "none" and report["onnx_profile"] == "fast" else ""
+
+
 def format_report(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
-        f"{report['model']} ({report['quantization']} weights): T = {settings['prompt_tokens']} prompt tokens, "
+        f"{report['model']} ({report['quantization']} weights{_profile_note(report)}): "
+        f"T = {settings['prompt_tokens']} prompt tokens, "
         f"{settings['max_new_tokens']} new tokens, median of {settings['runs']} runs after {settings['warmup']} warm-up",
     ]
     rows = [

@@ -81,6 +81,15 @@ def test_artifacts_of_different_quantizations_are_not_compared(artifact_dirs, tm
     assert "different models or quantizations" in capsys.readouterr().err
 
 
+def test_artifacts_of_different_onnx_profiles_are_not_compared(artifact_dirs, tmp_path, capsys):
+    other = shutil.copytree(artifact_dirs[64], tmp_path / "keep64-fast")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model"]["onnx_profile"] = "fast"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert bench_main([str(artifact_dirs[64]), str(other), "--json", str(tmp_path / "x.json")]) == 2
+    assert "(or ONNX profiles)" in capsys.readouterr().err
+
+
 def test_default_json_name_lists_every_keep_and_other_methods():
     usual = "vlm-pruner"
     artifacts = {"pruned": [{"keep": 64, "method": usual}, {"keep": 128, "method": usual}]}
