@@ -10,6 +10,10 @@ the warm-up of the vision encoder time, prefill time, time to first token and de
 and the process's peak resident memory. Beside each measured speed-up over the baseline stands
 the one the prefill matmul FLOPs predict (`runtime.flops`), so that a reader sees how much of the
 possible gain the runtime turns into time; beside the memory, the KV cache the keep count leaves.
+Beside each time, the fraction of this machine's limit it reaches (`runtime.limits`, measured first,
+a few seconds): the prefill's LM FLOP rate against the GEMM peak of its arithmetic (float32, or
+int8 for ExecuTorch's quantized linears and ONNX Runtime's fast profile), decode tokens/s against
+the bandwidth bound of reading the weights and KV cache once per token.
 Prints a table, writes JSON (default under bench/results/).
 """
 
@@ -31,7 +35,8 @@ from tabulate import tabulate
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
 from runtime.cli import EXIT_OK, HelpFormatter, raise_for_exit_status, run_cli
-from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops
+from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops, lm_weight_bytes
+from runtime.limits import MachineLimits, measure_limits
 from runtime.measure import add_timing_flags
 from runtime.samples import DEFAULT_PROMPT
 
@@ -76,6 +81,8 @@ def run_bench(
         for backend in backends:
             artifact.require_backend(backend)
 
+    logger.info("measuring this machine's limits (GEMM rates, memory bandwidth)")
+    limits = measure_limits()
     options = ["--runs", str(runs), "--warmup", str(warmup), "--max-new-tokens", str(max_new_tokens)]
     options += ["--prompt", prompt] + (["--threads", str(num_threads)] if num_threads is not None else [])
     roles = [("pruned", a) for a in pruned] + ([("baseline", baseline)] if baseline is not None else [])
@@ -93,7 +100,14 @@ def run_bench(
                 keep=artifact.keep,
                 new_tokens=max_new_tokens,
             )
-            results.append({"role": role, **result, "kv_cache_mib": cache / MIB})
+            results.append(
+                {
+                    "role": role,
+                    **result,
+                    "kv_cache_mib": cache / MIB,
+                    "of_limits": of_limits(artifact, backend, result["median"], limits, prompt_tokens, max_new_tokens),
+                }
+            )
 
     reference_keep = baseline.keep if baseline is not None else pruned[0].num_image_tokens
     flops: dict[str, dict[int, Any]] = {}
@@ -116,9 +130,42 @@ def run_bench(
             "prompt_tokens": prompt_tokens,
         },
         "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "limits": limits.to_dict(),
         "flops": flops,
         "results": results,
         "speedups": _speedups(results) if baseline is not None else {},
+    }
+
+
+def compute_kind(artifact: Artifact, backend: str) -> str:
+    """The arithmetic of the language model's linears: "int8" (ExecuTorch's 8da4w / 8da8w, ONNX
+    Runtime's fast profile) or "float32"."""
+    if artifact.quantization == "none":
+        return "float32"
+    return "int8" if backend == "executorch" or artifact.onnx_profile == "fast" else "float32"
+
+
+def of_limits(
+    artifact: Artifact, backend: str, median: dict[str, float], limits: MachineLimits, prompt_tokens: int, new_tokens: int
+) -> dict[str, float]:
+    """How close a run came to the machine: the prefill's LM FLOPs per second against the GEMM
+    rate of its arithmetic, and decode tokens/s against the bandwidth bound (weights and half the
+    generation's KV cache read once per token)."""
+    dims = ModelDims.from_manifest(artifact.manifest)
+    kind = compute_kind(artifact, backend)
+    peak = limits.int8_gops if kind == "int8" else limits.float32_gflops
+    flops = lm_prefill_flops(dims, prompt_tokens=prompt_tokens, keep=artifact.keep)
+    prefill_rate = flops / (median["prefill_ms"] / 1000) / 1e9
+    read = lm_weight_bytes(dims, quantization=artifact.quantization, backend=backend) + kv_cache_bytes(
+        dims, prompt_tokens=prompt_tokens, keep=artifact.keep, new_tokens=new_tokens // 2
+    )
+    bound = limits.read_gbps * 1e9 / read  # tokens/s if a step only read its bytes
+    return {
+        "compute": kind,
+        "prefill_gflops": prefill_rate,
+        "prefill_of_peak": prefill_rate / peak,
+        "decode_bound_tokens_per_s": bound,
+        "decode_of_bound": median["decode_tokens_per_s"] / bound,
     }
 
 
@@ -195,11 +242,19 @@ def format_report(report: dict[str, Any]) -> str:
             f"{r['median']['decode_tokens_per_s']:.2f}",
             f"{r['kv_cache_mib']:.1f}",
             f"{r['peak_rss_mib']:.0f}",
+            f"{100 * r['of_limits']['prefill_of_peak']:.0f} % {r['of_limits']['compute']}",
+            f"{100 * r['of_limits']['decode_of_bound']:.0f} %",
         ]
         for r in report["results"]
     ]
     headers = ["backend", "method", "keep", "vision ms", "prefill ms", "TTFT ms", "decode tok/s", "KV cache MiB", "peak RSS MiB"]
+    headers += ["prefill of GEMM peak", "decode of bandwidth bound"]
     lines.append(tabulate(rows, headers=headers, disable_numparse=True))
+    limits = report["limits"]
+    lines.append(
+        f"machine: float32 GEMM {limits['float32_gflops']:.0f} GFLOP/s, int8 GEMM {limits['int8_gops']:.0f} GOP/s, "
+        f"memory read {limits['read_gbps']:.1f} GB/s (runtime.limits)"
+    )
     if report["speedups"]:
         rows = []
         for backend, by_method in report["speedups"].items():

@@ -79,3 +79,20 @@ def kv_cache_bytes(dims: ModelDims, *, prompt_tokens: int, keep: int, new_tokens
         short + new_tokens
     )
     return entries * entry
+
+
+# Bytes a decode step reads per language-model linear weight: float32; or 4- / 8-bit codes and one
+# scale per 32 input channels (float32 in ONNX Runtime's MatMulNBits, bfloat16 in XNNPACK).
+_SCALE_BYTES = {"onnx": 4, "executorch": 2}
+
+
+def lm_weight_bytes(dims: ModelDims, *, quantization: str, backend: str) -> int:
+    """The language model's linear weights (decoder layers and LM head) as `backend` stores them:
+    what one decode step reads."""
+    d, q_width, kv_width = dims.hidden_size, dims.num_attention_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim
+    per_layer = d * (2 * q_width + 2 * kv_width) + 3 * d * dims.intermediate_size
+    weights = dims.num_layers * per_layer + dims.vocab_size * d
+    if quantization == "none":
+        return 4 * weights
+    bits = {"int4": 4, "int8": 8}[quantization]
+    return int(weights * (bits / 8 + _SCALE_BYTES[backend] / 32))

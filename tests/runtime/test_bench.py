@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
 from runtime.artifact import load_artifact
-from runtime.bench import default_json_path, main as bench_main
+from runtime.bench import compute_kind, default_json_path, main as bench_main
 from runtime.flops import ModelDims, kv_cache_bytes
 from runtime.measure import measure
 
@@ -70,6 +71,14 @@ def test_bench_without_baseline_predicts_only(artifact_dirs, tmp_path, capsys):
     assert "vlm-pruner keep 64: predicted speed-up vs keep 576" in capsys.readouterr().out
     report = json.loads(path.read_text())
     assert report["speedups"] == {} and report["flops"]["vlm-pruner"]["64"]["reference_keep"] == 576
+    # The machine's limits, measured before the runs, and each run against them.
+    assert set(report["limits"]) == {"float32_gflops", "int8_gops", "read_gbps"}
+    assert all(value > 0 for value in report["limits"].values())
+    (result,) = report["results"]
+    of_limits, median = result["of_limits"], result["median"]
+    assert of_limits["compute"] == "float32"  # float32 weights
+    assert of_limits["prefill_of_peak"] == pytest.approx(of_limits["prefill_gflops"] / report["limits"]["float32_gflops"])
+    assert of_limits["decode_of_bound"] == pytest.approx(median["decode_tokens_per_s"] / of_limits["decode_bound_tokens_per_s"])
 
 
 def test_artifacts_of_different_quantizations_are_not_compared(artifact_dirs, tmp_path, capsys):
@@ -115,3 +124,18 @@ def test_bench_cli_errors(argv, message, tmp_path, artifact_dirs, capsys):
     target = artifact_dirs[64] if argv else tmp_path / "nothing"
     assert bench_main([str(target), *argv, "--json", str(tmp_path / "x.json")]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("quantization", "profile", "backend", "kind"),
+    [
+        ("none", "exact", "onnx", "float32"),
+        ("none", "exact", "executorch", "float32"),
+        ("int4", "exact", "onnx", "float32"),  # MatMulNBits weight-only
+        ("int4", "fast", "onnx", "int8"),
+        ("int4", "exact", "executorch", "int8"),  # 8da4w
+        ("int8", "exact", "executorch", "int8"),
+    ],
+)
+def test_the_prefill_is_held_to_the_gemm_peak_of_its_arithmetic(quantization, profile, backend, kind):
+    assert compute_kind(SimpleNamespace(quantization=quantization, onnx_profile=profile), backend) == kind

@@ -1,8 +1,8 @@
-"""The prefill FLOP count and the KV cache size."""
+"""The prefill FLOP count, the KV cache size and the weight bytes a decode step reads."""
 
 from __future__ import annotations
 
-from runtime.flops import ModelDims, decoder_layer_flops, kv_cache_bytes, lm_prefill_flops
+from runtime.flops import ModelDims, decoder_layer_flops, kv_cache_bytes, lm_prefill_flops, lm_weight_bytes
 
 DIMS = ModelDims(
     hidden_size=64,
@@ -65,3 +65,13 @@ def test_a_selection_in_the_vision_graph_counts_from_layer_0():
     assert kv_cache_bytes(dims, prompt_tokens=600, keep=64, new_tokens=10) == 4 * 98 * 256
     in_prefill = ModelDims.from_manifest(manifest | {"pruning": {"graph": "prefill", "prune_layer": 2}})
     assert in_prefill == DIMS
+
+
+def test_weight_bytes_by_hand():
+    # Per layer q, o 64 x 64, k, v 64 x 32, MLP 3 x 64 x 128; 4 layers and the 320 x 64 LM head.
+    weights = 4 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 320 * 64
+    assert lm_weight_bytes(DIMS, quantization="none", backend="onnx") == 4 * weights
+    # int4: half a byte per weight and a scale per 32 (float32 in MatMulNBits, bfloat16 in XNNPACK).
+    assert lm_weight_bytes(DIMS, quantization="int4", backend="onnx") == weights // 2 + weights // 32 * 4
+    assert lm_weight_bytes(DIMS, quantization="int4", backend="executorch") == weights // 2 + weights // 32 * 2
+    assert lm_weight_bytes(DIMS, quantization="int8", backend="executorch") == weights + weights // 32 * 2
