@@ -81,22 +81,14 @@ def test_bench_without_baseline_predicts_only(artifact_dirs, tmp_path, capsys):
     assert of_limits["decode_of_bound"] == pytest.approx(median["decode_tokens_per_s"] / of_limits["decode_bound_tokens_per_s"])
 
 
-def test_artifacts_of_different_quantizations_are_not_compared(artifact_dirs, tmp_path, capsys):
-    other = shutil.copytree(artifact_dirs[64], tmp_path / "keep64-int4")
+@pytest.mark.parametrize(("field", "value"), [("quantization", "int4"), ("onnx_profile", "fast")])
+def test_artifacts_of_different_quantizations_or_profiles_are_not_compared(artifact_dirs, tmp_path, capsys, field, value):
+    other = shutil.copytree(artifact_dirs[64], tmp_path / f"keep64-{value}")
     manifest = json.loads((other / "manifest.json").read_text())
-    manifest["model"]["quantization"] = "int4"
+    manifest["model"][field] = value
     (other / "manifest.json").write_text(json.dumps(manifest))
     assert bench_main([str(artifact_dirs[64]), str(other), "--json", str(tmp_path / "x.json")]) == 2
-    assert "different models or quantizations" in capsys.readouterr().err
-
-
-def test_artifacts_of_different_onnx_profiles_are_not_compared(artifact_dirs, tmp_path, capsys):
-    other = shutil.copytree(artifact_dirs[64], tmp_path / "keep64-fast")
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["model"]["onnx_profile"] = "fast"
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    assert bench_main([str(artifact_dirs[64]), str(other), "--json", str(tmp_path / "x.json")]) == 2
-    assert "(or ONNX profiles)" in capsys.readouterr().err
+    assert "different models or quantizations (or ONNX profiles)" in capsys.readouterr().err
 
 
 def test_default_json_name_lists_every_keep_and_other_methods():
