@@ -7,6 +7,8 @@ from pathlib import Path
 from torch.export import ExportedProgram
 from transformers import PreTrainedModel
 
+from models.decoder import head_dim
+
 
 def _xnnpack_partitioner():
     try:
@@ -30,7 +32,7 @@ def runner_metadata(model: PreTrainedModel, max_seq_len: int, prune_layer: int) 
         "enable_dynamic_shape": True,
         "get_n_layers": text.num_hidden_layers,
         "get_n_kv_heads": text.num_key_value_heads,
-        "get_head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+        "get_head_dim": head_dim(text),
         "get_prune_layer": prune_layer,
     }
 

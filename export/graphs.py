@@ -23,7 +23,7 @@ image of R tokens (N = R above).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 from models import KVCache, ModelSpec, Prefill
 from models.families import prompt_image_tokens, selection_graph
 from models.selectors import PREFILL, SelectionMethod
+from models.decoder import head_dim
 from models.stateful import SelectTokens, TextDecoder, TextDecoderHead, TextDecoderTail
 from runtime.contract import MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, PRUNED_SEQUENCE_DIM, SEQUENCE_DIM, graph_io, pte_io
 
@@ -115,6 +116,43 @@ def find_graph(graphs: tuple[GraphSpec, ...], name: str) -> GraphSpec:
     raise KeyError(f"no graph {name!r} among {[graph.name for graph in graphs]}")
 
 
+def _checked_image_tokens(spec: ModelSpec, *, keep: int, max_seq_len: int, method: SelectionMethod | None) -> int:
+    """The image tokens the language model is fed (R when the vision graph selects them, else N),
+    after checking keep and M (`build_graphs`' Raises)."""
+    if not 1 <= keep <= spec.num_image_tokens:
+        raise ValueError(f"keep must be in [1, N] = [1, {spec.num_image_tokens}], got {keep}")
+    n = prompt_image_tokens(spec, keep, method)
+    if max_seq_len < n + _EXAMPLE_TEXT_TOKENS + 1:
+        raise ValueError(
+            f"max_seq_len {max_seq_len} is too short: the prompt alone holds the {n} image tokens plus text"
+        )
+    return n
+
+
+def _input_graphs(
+    model: PreTrainedModel, spec: ModelSpec, *, keep: int, max_seq_len: int, method: SelectionMethod | None
+) -> tuple[GraphSpec, GraphSpec]:
+    """The vision_encoder and embed_tokens graphs, which every backend's export shares."""
+    family = spec.model_family
+    selected_in = selection_graph(spec, keep, method)
+    vision = GraphSpec(
+        "vision_encoder",
+        family.vision_graph(model, spec, keep=keep, method=method).eval(),
+        (torch.zeros(family.pixel_values_shape(spec)),),
+        None,
+        *graph_io("vision_encoder", 0, selection_graph=selected_in),
+    )
+    embed = GraphSpec(
+        "embed_tokens",
+        family.token_embedding(model).eval(),
+        (torch.zeros(1, _EXAMPLE_TEXT_TOKENS, dtype=torch.int64),),
+        ({1: Dim(SEQUENCE_DIM, min=1, max=max_seq_len)},),
+        *graph_io("embed_tokens", 0),
+        {MAX_SEQ_LEN_KEY: str(max_seq_len)},
+    )
+    return vision, embed
+
+
 def build_graphs(
     model: PreTrainedModel,
     spec: ModelSpec,
@@ -133,19 +171,13 @@ def build_graphs(
     Raises:
         ValueError: keep out of [1, N], or M leaving no room for text and one generated token.
     """
-    if not 1 <= keep <= spec.num_image_tokens:
-        raise ValueError(f"keep must be in [1, N] = [1, {spec.num_image_tokens}], got {keep}")
-    # The image tokens the language model is fed: R when the vision graph selects them, else N.
-    n = prompt_image_tokens(spec, keep, method)
-    if max_seq_len < n + _EXAMPLE_TEXT_TOKENS + 1:
-        raise ValueError(
-            f"max_seq_len {max_seq_len} is too short: the prompt alone holds the {n} image tokens plus text"
-        )
+    n = _checked_image_tokens(spec, keep=keep, max_seq_len=max_seq_len, method=method)
+    vision, embed = _input_graphs(model, spec, keep=keep, max_seq_len=max_seq_len, method=method)
     family = spec.model_family
     config = model.config.text_config
     num_layers = config.num_hidden_layers
     hidden, kv_heads = config.hidden_size, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    width = head_dim(config)
     rows = family.position_rows
     prompt_len = n + _EXAMPLE_TEXT_TOKENS
     dropped = n - keep
@@ -157,19 +189,6 @@ def build_graphs(
         io = graph_io(name, num_layers, selection_graph=selected_in)
         return GraphSpec(name, module.eval(), example_inputs, dynamic_shapes, *io, **kwargs)
 
-    vision = graph(
-        "vision_encoder",
-        family.vision_graph(model, spec, keep=keep, method=method),
-        (torch.zeros(family.pixel_values_shape(spec)),),
-        None,
-    )
-    embed = graph(
-        "embed_tokens",
-        family.token_embedding(model),
-        (torch.zeros(1, _EXAMPLE_TEXT_TOKENS, dtype=torch.int64),),
-        ({1: Dim(SEQUENCE_DIM, min=1, max=max_seq_len)},),
-        metadata=bounds,
-    )
     # The example's image block sits mid-prompt; positions as the host makes them do not matter
     # to the trace (any values inside the bounds would do).
     image_start = _EXAMPLE_TEXT_TOKENS // 2
@@ -192,7 +211,7 @@ def build_graphs(
     pruned_past = past if dropped == 0 else Dim(PRUNED_PAST_DIM, min=keep + 1, max=max_seq_len - 1 - dropped)
     lengths = [prompt_len if i < spec.prune_layer else prompt_len - dropped for i in range(num_layers)]
     cache = tuple(
-        (torch.zeros(1, kv_heads, length, head_dim), torch.zeros(1, kv_heads, length, head_dim)) for length in lengths
+        (torch.zeros(1, kv_heads, length, width), torch.zeros(1, kv_heads, length, width)) for length in lengths
     )
     dims = [past if i < spec.prune_layer else pruned_past for i in range(num_layers)]
     cache_dims = tuple(({2: dim}, {2: dim}) for dim in dims)
@@ -236,9 +255,8 @@ def build_pte_graphs(
     segments and decode steps alike), [N + 1, M] for select_tokens, [1, M - (N - R)] for the tail.
     Raises: as `build_graphs`.
     """
-    # The contract's graphs give the checks of keep and M, and the vision and embedding modules.
-    vision, embed, *_ = build_graphs(model, spec, keep=keep, max_seq_len=max_seq_len, method=method)
-    n = prompt_image_tokens(spec, keep, method)
+    n = _checked_image_tokens(spec, keep=keep, max_seq_len=max_seq_len, method=method)
+    vision, embed = _input_graphs(model, spec, keep=keep, max_seq_len=max_seq_len, method=method)
     selected_in = selection_graph(spec, keep, method)
     config = model.config.text_config
     rows, hidden = spec.model_family.position_rows, config.hidden_size
@@ -256,7 +274,7 @@ def build_pte_graphs(
     sequence = Dim(SEQUENCE_DIM, min=1, max=max_seq_len)
     methods = [
         graph("vision_encoder", BatchedVision(vision.module), vision.example_inputs, None),
-        graph("token_embedding", embed.module, embed.example_inputs, embed.dynamic_shapes),
+        replace(embed, name="token_embedding"),
     ]
     prompt = n + _EXAMPLE_TEXT_TOKENS
     embeds, positions = text(prompt)

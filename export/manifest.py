@@ -11,6 +11,7 @@ from typing import Any, Literal
 from transformers import PreTrainedModel, ProcessorMixin
 
 from models import ModelSpec
+from models.decoder import head_dim
 from models.families import selection_graph
 from models.quantize import Quantization
 from models.selectors import SelectionMethod
@@ -54,7 +55,6 @@ def build_manifest(
     family = spec.model_family
     inputs = family.input_sections(spec, processor)
     text = model.config.text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     generation = model.generation_config
     n = spec.num_image_tokens
     return {
@@ -84,7 +84,7 @@ def build_manifest(
             "num_layers": text.num_hidden_layers,
             "num_attention_heads": text.num_attention_heads,
             "num_kv_heads": text.num_key_value_heads,
-            "head_dim": head_dim,
+            "head_dim": head_dim(text),
             "hidden_size": text.hidden_size,
             "intermediate_size": text.intermediate_size,
             "vocab_size": text.vocab_size,

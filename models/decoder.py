@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb, repeat_kv
 
 from models.selectors import DEFAULT_METHOD, PREFILL, LayerOutputs, SelectionMethod, get_method
@@ -263,6 +263,11 @@ def _single_query_attention(query: Tensor, key: Tensor, value: Tensor, scale: fl
     # An explicit copy, not a view: ExecuTorch's decomposition of SDPA returns another layout than
     # the one traced, and a traced view of it fails to lower.
     return out.clone(memory_format=torch.contiguous_format).reshape(batch, heads, 1, head_dim)
+
+
+def head_dim(config: PretrainedConfig) -> int:
+    """The attention head width of a text config: its `head_dim`, else hidden size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def check_batch_of_one(name: str, x: Tensor) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from models.decoder import Attend, check_batch_of_one, decoder_layer, prune_sequence, rotary_tables
+from models.decoder import Attend, check_batch_of_one, decoder_layer, head_dim, prune_sequence, rotary_tables
 from models.selectors import LayerOutputs, PrefillSelector
 
 try:  # registers torch.ops.llama.update_cache and custom_sdpa (eager kernels and export)
@@ -50,11 +50,10 @@ class CachedLayers(nn.Module):
     def __init__(self, model: PreTrainedModel, layers: range, capacity: int):
         super().__init__()
         config = model.config.text_config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.first = layers.start
         self.capacity = capacity
         self.layers = nn.ModuleList(model.model.language_model.layers[i] for i in layers)
-        shape = (1, capacity, config.num_key_value_heads, head_dim)
+        shape = (1, capacity, config.num_key_value_heads, head_dim(config))
         for i in layers:
             # Not persistent: the cache is state, not a weight; ExecuTorch plans it as mutable memory.
             self.register_buffer(cache_name("key", i), torch.zeros(shape), persistent=False)

@@ -88,6 +88,11 @@ class Artifact:
             raise ArtifactError(f"{MANIFEST}: model.onnx_profile must be one of {', '.join(ONNX_PROFILES)}, got {profile!r}")
         return profile
 
+    def quantizes_activations(self, backend: str) -> bool:
+        """Whether `backend` runs the quantized linears with int8 activations quantized on the fly:
+        ExecuTorch's 8da4w / 8da8w, ONNX Runtime's fast profile."""
+        return self.quantization != "none" and (backend == "executorch" or self.onnx_profile == "fast")
+
     def path(self, relative: str) -> Path:
         return self.root / relative
 

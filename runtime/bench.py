@@ -140,9 +140,7 @@ def run_bench(
 def compute_kind(artifact: Artifact, backend: str) -> str:
     """The arithmetic of the language model's linears: "int8" (ExecuTorch's 8da4w / 8da8w, ONNX
     Runtime's fast profile) or "float32"."""
-    if artifact.quantization == "none":
-        return "float32"
-    return "int8" if backend == "executorch" or artifact.onnx_profile == "fast" else "float32"
+    return "int8" if artifact.quantizes_activations(backend) else "float32"
 
 
 def of_limits(

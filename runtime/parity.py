@@ -302,8 +302,7 @@ def _held_exact(backend: str, artifact: Artifact) -> bool:
     """Whether `backend` on `artifact` is held to exact parity (`TOLERANCES`), else to the
     statistical criteria: ExecuTorch's quantized linears and ONNX Runtime's fast profile quantize
     activations on the fly."""
-    fast = backend == "onnx" and artifact.quantization != "none" and artifact.onnx_profile == "fast"
-    return (backend, artifact.quantization) in TOLERANCES and not fast
+    return (backend, artifact.quantization) in TOLERANCES and not artifact.quantizes_activations(backend)
 
 
 def _eager_twin(backend: str, quantization: str) -> str:

@@ -73,9 +73,10 @@ class ExecuTorchSession:
             name: [tuple(meta.output_tensor_meta(i).sizes()) for i in range(meta.num_outputs())] for name, meta in metas.items()
         }
         self.max_seq_len = self._input_sizes["token_embedding"][0][1]
-        last = "text_decoder_tail" if self.split else "text_decoder"
+        # The method that returns the logits.
+        self._last = "text_decoder_tail" if self.split else "text_decoder"
         # Entries each cache holds: layers before K all M, layers from K on M - (N - R).
-        self._capacity = CachePosition(self.max_seq_len, self._input_sizes[last][0][1])
+        self._capacity = CachePosition(self.max_seq_len, self._input_sizes[self._last][0][1])
         artifact.check_graph_facts(self._graph_facts(), "ExecuTorch")
 
     def _graph_facts(self) -> dict[str, int | list[int] | None]:
@@ -91,7 +92,7 @@ class ExecuTorchSession:
             "prompt_image_tokens": image_embeds[1],
             "hidden_size": image_embeds[2],
             "pixel_values_shape": list(self._input_sizes["vision_encoder"][0]),
-            "vocab_size": self._output_sizes["text_decoder_tail" if self.split else "text_decoder"][0][1],
+            "vocab_size": self._output_sizes[self._last][0][1],
             "max_seq_len": self.max_seq_len,
             "num_layers": self._constants["get_n_layers"][0],
             "num_kv_heads": self._constants["get_n_kv_heads"][0],
