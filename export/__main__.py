@@ -30,6 +30,7 @@ from export.options import (
     DEFAULT_MAX_SEQ_LEN,
     DEFAULT_MODEL,
     DEFAULT_RATE,
+    DEFAULT_TEXT_ROOM,
     METHOD_NAMES,
     MODEL_NAMES,
     QUANTIZATIONS,
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-path",
         type=Path,
         metavar="DIR",
-        help="checkpoint folder (default: $MODEL_PATH, then the Hugging Face cache; tiny-llava, tiny-qwen2-vl: "
+        help="checkpoint folder (default: $MODEL_PATH, then the Hugging Face cache; tiny-*: "
         "build/models/<model>, built on demand)",
     )
     weights.add_argument(
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seq-len",
         type=int,
         metavar="M",
-        help=f"longest prompt + answer the graphs accept (default {DEFAULT_MAX_SEQ_LEN}, capped by the model)",
+        help=f"longest prompt + answer the graphs accept (default {DEFAULT_MAX_SEQ_LEN}, or N + {DEFAULT_TEXT_ROOM} "
+        "rounded up to 256 where more, capped by the model)",
     )
     parser.add_argument(
         "--image-size",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, Backend
+from export.options import DEFAULT_MAX_SEQ_LEN, DEFAULT_MODEL, DEFAULT_RATE, DEFAULT_TEXT_ROOM, Backend
 from models import ModelSpec, get_spec
 from models.quantize import Quantization
 from models.selectors import DEFAULT_METHOD, SelectionMethod, get_method
@@ -27,7 +27,8 @@ class ExportConfig:
         model_path: checkpoint folder; default as `models.resolve_checkpoint` looks it up.
         output_dir: the artifact goes to `output_dir/<model>/keep<R>/` (see `artifact_dir`).
         max_seq_len: M, the longest sequence (prompt + generated tokens) the graphs accept;
-            default min(`DEFAULT_MAX_SEQ_LEN`, the model's position limit).
+            default `DEFAULT_MAX_SEQ_LEN`, or N + `DEFAULT_TEXT_ROOM` rounded up to 256 where that is
+            more (LLaVA-NeXT: 4096), at most the model's position limit.
         image_size: S, the side of the square image the graphs take (`ModelSpec.with_image_size`);
             default the model's. Only models whose vision tower takes several sizes accept another.
         method: the selection method (`models.selectors`): a name (its default settings) or a
@@ -145,7 +146,8 @@ class ExportConfig:
         """M, max_seq_len resolved."""
         if self.max_seq_len is not None:
             return self.max_seq_len
-        return min(DEFAULT_MAX_SEQ_LEN, self.spec.text.max_position_embeddings)
+        room = -(-(self.spec.num_image_tokens + DEFAULT_TEXT_ROOM) // 256) * 256
+        return min(max(DEFAULT_MAX_SEQ_LEN, room), self.spec.text.max_position_embeddings)
 
     @property
     def artifact_dir(self) -> Path:

@@ -14,9 +14,11 @@ MODEL_NAMES = (
     "llava-1.5-13b",
     "llava-1.5-7b",
     "llava-1.5-7b-3layers",
+    "llava-next-7b",
     "qwen2-vl-7b",
     "qwen2-vl-7b-3layers",
     "tiny-llava",
+    "tiny-llava-next",
     "tiny-qwen2-vl",
 )
 # The default first.
@@ -28,6 +30,8 @@ DEFAULT_RATE = 0.889
 # Longest prompt + answer the graphs accept unless told otherwise. ExecuTorch plans memory for
 # the upper bound, and prefill's attention scores grow with its square.
 DEFAULT_MAX_SEQ_LEN = 2048
+# Text tokens (prompt and answer) an image of many tokens leaves room for by default.
+DEFAULT_TEXT_ROOM = 1024
 
 
 class Backend(str, Enum):

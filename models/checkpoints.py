@@ -21,7 +21,9 @@ from models.registry import ModelSpec, get_spec
 
 MODEL_PATH_ENV = "MODEL_PATH"
 # The checkpoints built here from a recipe, by model name.
-TINY_RECIPES: dict[str, Recipe] = {module.NAME: module.RECIPE for module in (tiny_llava, tiny_qwen2_vl)}
+TINY_RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe for recipe in (tiny_llava.RECIPE, tiny_llava.NEXT_RECIPE, tiny_qwen2_vl.RECIPE)
+}
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ def prompt_image_tokens(spec: ModelSpec, keep: int, method: SelectionMethod | No
 # name -> family, filled by `register` as the family modules are imported (`get_family`).
 FAMILIES: dict[str, ModelFamily] = {}
 # The modules that define the families: a new family is one more module here.
-FAMILY_MODULES = ("models.llava", "models.qwen2_vl")
+FAMILY_MODULES = ("models.llava", "models.llava_next", "models.qwen2_vl")
 
 
 def register(family: type[ModelFamily]) -> type[ModelFamily]:

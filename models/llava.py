@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 from torch import Tensor, nn
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers import (
     GenerationConfig,
     LlamaConfig,
@@ -58,10 +59,14 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         check_batch_of_one("pixel_values", pixel_values)
-        hidden = self.pre_layernorm(self.embeddings(pixel_values))  # [1, 1 + N, d_vision]
+        return self.features(pixel_values)[0]
+
+    def features(self, pixel_values: Tensor) -> Tensor:
+        """pixel_values float [B, 3, S, S] -> projected features [B, N, d_text] of B square images."""
+        hidden = self.pre_layernorm(self.embeddings(pixel_values))  # [B, 1 + N, d_vision]
         for layer in self.layers:
             hidden = layer(hidden, None)
-        return self.projector(hidden[0, 1:])  # [N, d_text]
+        return self.projector(hidden[:, 1:])
 
 
 @register
@@ -73,9 +78,13 @@ class LlavaFamily(ModelFamily):
     config_class = LlavaConfig
     processor_class = LlavaProcessor
 
-    def config(self, spec: ModelSpec) -> LlavaConfig:
+    def config(self, spec: ModelSpec) -> PretrainedConfig:
+        return self.config_class(**self.config_fields(spec))
+
+    def config_fields(self, spec: ModelSpec) -> dict[str, Any]:
+        """The keyword arguments of `config_class` for `spec`."""
         text = spec.text
-        return LlavaConfig(
+        return dict(
             vision_config=spec.vision.config(),
             text_config=LlamaConfig(
                 hidden_size=text.hidden_size,
@@ -91,7 +100,7 @@ class LlavaFamily(ModelFamily):
                 pad_token_id=spec.pad_token_id,
             ),
             image_token_index=spec.image_token_id,
-            image_seq_length=spec.num_image_tokens,
+            image_seq_length=_tile_tokens(spec),
             projector_hidden_act=PROJECTOR_HIDDEN_ACT,
             vision_feature_layer=VISION_FEATURE_LAYER,
             vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY,
@@ -100,7 +109,7 @@ class LlavaFamily(ModelFamily):
 
     def config_mismatches(self, spec: ModelSpec, config: PretrainedConfig) -> list[str]:
         checks = (
-            ("image size", config.vision_config.image_size, spec.vision.image_size),
+            ("vision tower image size", config.vision_config.image_size, spec.vision.tile_size),
             ("patch size", config.vision_config.patch_size, spec.vision.patch_size),
             ("image token id", config.image_token_id, spec.image_token_id),
             ("text layers", config.text_config.num_hidden_layers, spec.text.num_hidden_layers),
@@ -116,8 +125,16 @@ class LlavaFamily(ModelFamily):
     def vision_encoder(self, model: LlavaForConditionalGeneration, spec: ModelSpec) -> VisionEncoder:
         return VisionEncoder(model)
 
+    def vision_images(self, spec: ModelSpec) -> int:
+        """Square images CLIP encodes per picture: 1."""
+        return 1
+
     def synthetic_processor(self, spec: ModelSpec) -> LlavaProcessor:
-        return build_processor(spec, vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY)
+        side = spec.vision.image_size
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        return build_processor(
+            spec, image_processor, LlavaProcessor, vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY
+        )
 
     def generation_config(self, spec: ModelSpec) -> GenerationConfig:
         return generation_config(spec)
@@ -137,11 +154,12 @@ class LlavaFamily(ModelFamily):
     def vision_manifest(self, model: LlavaForConditionalGeneration, spec: ModelSpec) -> dict[str, Any]:
         vision = model.config.vision_config
         layers = _vision_depth(model.config.vision_feature_layer, vision.num_hidden_layers)
-        n, dv, d = spec.num_image_tokens, vision.hidden_size, model.config.text_config.hidden_size
+        n, dv, d = _tile_tokens(spec), vision.hidden_size, model.config.text_config.hidden_size
         tokens = n + 1  # CLS
         # One multiply-add is 2 FLOPs; the attention matmuls over the full n x n product.
         layer = 2 * tokens * dv * 4 * dv + 2 * 2 * tokens * tokens * dv + 2 * 2 * tokens * dv * vision.intermediate_size
-        flops = 2 * n * 3 * vision.patch_size**2 * dv + layers * layer + 2 * n * dv * d + 2 * n * d * d
+        per_image = 2 * n * 3 * vision.patch_size**2 * dv + layers * layer + 2 * n * dv * d + 2 * n * d * d
+        flops = self.vision_images(spec) * per_image
         return {
             "num_layers": layers,
             "hidden_size": dv,
@@ -149,6 +167,11 @@ class LlavaFamily(ModelFamily):
             "patch_size": vision.patch_size,
             "flops": flops,
         }
+
+
+def _tile_tokens(spec: ModelSpec) -> int:
+    """Image tokens of one square CLIP input: (tile / patch)^2."""
+    return (spec.vision.tile_size // spec.vision.patch_size) ** 2
 
 
 def _vision_depth(feature_layer: int | list[int], num_layers: int) -> int:

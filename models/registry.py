@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from transformers import CLIPVisionConfig, PretrainedConfig
 
+from pruning_graph.validation import Grid
+
 if TYPE_CHECKING:
     from models.families import ModelFamily
 
@@ -53,16 +55,64 @@ class VisionTowerSpec:
         """Pixels per image token side: one token per patch."""
         return self.patch_size
 
+    @property
+    def views(self) -> tuple[tuple[int, int], ...]:
+        """The image tokens' views (H, W), in sequence order: one S / patch square."""
+        side = self.image_size // self.token_size
+        return ((side, side),)
+
     def config(self) -> CLIPVisionConfig:
         return CLIPVisionConfig(
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
             intermediate_size=self.intermediate_size,
-            image_size=self.image_size,
+            image_size=self.tile_size,
             patch_size=self.patch_size,
             projection_dim=self.projection_dim,
         )
+
+    @property
+    def tile_size(self) -> int:
+        """The side of the square CLIP takes: the whole image."""
+        return self.image_size
+
+
+@dataclass(frozen=True)
+class AnyResVisionSpec(VisionTowerSpec):
+    """LLaVA-NeXT's AnyRes: CLIP on square tiles of `tile_size` px; `image_size` is the export's fixed
+    square image, one of the `image_grid_pinpoints` (height, width), so that the model's own choice
+    of resolution for it is itself and nothing is padded or unpadded.
+
+    The image tokens are two views: the base view (the whole image resized to one tile), t x t with
+    t = tile_size / patch; then the high-resolution view, the tiles' tokens stitched into one
+    (S / patch) x (S / patch) grid with a newline token closing each row, (S / patch) x (S / patch + 1).
+    """
+
+    image_size: int = 672
+    image_grid_pinpoints: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+    tile: int = 336
+
+    def __post_init__(self) -> None:
+        if (self.image_size, self.image_size) not in self.image_grid_pinpoints:
+            squares = sorted(height for height, width in self.image_grid_pinpoints if height == width)
+            raise ValueError(
+                f"LLaVA-NeXT image size {self.image_size} is not a square resolution of its grid pinpoints {squares}"
+            )
+
+    @property
+    def tile_size(self) -> int:
+        return self.tile
+
+    @property
+    def tiles(self) -> int:
+        """Tiles of the high-resolution view, row-major: (S / tile)^2."""
+        return (self.image_size // self.tile) ** 2
+
+    @property
+    def views(self) -> tuple[tuple[int, int], ...]:
+        tile, side = self.tile // self.patch_size, self.image_size // self.patch_size
+        return ((tile, tile), (side, side + 1))
 
 
 @dataclass(frozen=True)
@@ -87,6 +137,12 @@ class Qwen2VLVisionSpec:
     def token_size(self) -> int:
         """Pixels per image token side: a merged block of patches."""
         return self.patch_size * self.spatial_merge_size
+
+    @property
+    def views(self) -> tuple[tuple[int, int], ...]:
+        """The image tokens' views (H, W): one square of merged blocks."""
+        side = self.image_size // self.token_size
+        return ((side, side),)
 
     def config(self, text_hidden_size: int) -> dict:
         return {
@@ -124,7 +180,7 @@ class ModelSpec:
 
     Attributes:
         name: short registry name.
-        family: the model family (`models.families`): "llava" or "qwen2_vl".
+        family: the model family (`models.families`): "llava", "llava_next" or "qwen2_vl".
         hf_repo: Hugging Face repository of the weights; None for a model built locally.
         vision: vision tower hyperparameters, of the family's kind.
         text: language model hyperparameters.
@@ -174,16 +230,20 @@ class ModelSpec:
         return self.vision.image_size
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """(H, W) of the image tokens, row-major."""
-        side = self.vision.image_size // self.vision.token_size
-        return side, side
+    def views(self) -> tuple[tuple[int, int], ...]:
+        """The views (H, W) of the image tokens in sequence order, each row-major (spec section 6)."""
+        return self.vision.views
+
+    @property
+    def grid(self) -> Grid:
+        """The image geometry the selection takes: (H, W) of a single view, else the views."""
+        views = self.views
+        return views[0] if len(views) == 1 else views
 
     @property
     def num_image_tokens(self) -> int:
-        """N, the image tokens per image."""
-        height, width = self.grid
-        return height * width
+        """N, the image tokens per image: H * W summed over the views."""
+        return sum(height * width for height, width in self.views)
 
     def keep_for_rate(self, rate: float) -> int:
         """R = round(N * (1 - rate)) for a pruning rate in [0, 1) (spec section 6)."""
@@ -226,10 +286,10 @@ class ModelSpec:
         return self.model_family.config(self)
 
 
-# CLIP ViT-L/14 at 336 px, LLaVA-1.5's vision tower.
-_CLIP_VIT_L_336 = VisionTowerSpec(
-    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
-)
+# CLIP ViT-L/14 at 336 px: LLaVA-1.5's vision tower, and LLaVA-NeXT's on each tile.
+_CLIP_VIT_L = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096}
+_CLIP_VIT_L_336 = VisionTowerSpec(**_CLIP_VIT_L)
+_ANYRES_CLIP_VIT_L_336 = AnyResVisionSpec(**_CLIP_VIT_L)
 _LLAMA_7B = TextModelSpec(
     hidden_size=4096,
     num_hidden_layers=32,
@@ -237,6 +297,19 @@ _LLAMA_7B = TextModelSpec(
     num_key_value_heads=32,
     intermediate_size=11008,
     vocab_size=32064,
+)
+# The tiny LLaVA models' Llama: toy widths and depth. Two KV heads for four query heads, so that
+# grouped-query attention is exercised too. A wider initialisation than transformers' 0.02 keeps
+# greedy decoding of the random weights from collapsing onto one repeated token, while float32
+# noise stays far below 1e-5.
+_TINY_LLAMA = TextModelSpec(
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=320,
+    initializer_range=0.1,
 )
 # Qwen2-VL-7B-Instruct (its config.json): a 32-block ViT of width 1280, a 28-layer Qwen2 of width 3584.
 _QWEN2_VL_7B_VISION = Qwen2VLVisionSpec(depth=32, embed_dim=1280, num_heads=16)
@@ -366,11 +439,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             ),
             quantization="int4",
         ),
-        # LLaVA-1.5 at toy widths and depth, with the real 336 px image and 24 x 24 token grid.
-        # Two KV heads for four query heads, so that grouped-query attention is exercised too. A wider
-        # initialisation than transformers' 0.02 keeps greedy decoding of the random weights from
-        # collapsing onto one repeated token, while float32 noise stays far below 1e-5.
-        # Its token ids are those of the tokenizer `models.tiny_llava` trains.
+        # LLaVA-1.5 at toy widths and depth (`_TINY_LLAMA`), with the real 336 px image and 24 x 24
+        # token grid. Its token ids are those of the tokenizer `models.tiny_llava` trains.
         ModelSpec(
             name="tiny-llava",
             family="llava",
@@ -378,15 +448,38 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             vision=VisionTowerSpec(
                 hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, projection_dim=32
             ),
-            text=TextModelSpec(
-                hidden_size=64,
-                num_hidden_layers=4,
+            text=_TINY_LLAMA,
+            image_token_id=3,
+            pad_token_id=4,
+        ),
+        # LLaVA-NeXT (v1.6) Vicuna-7B: LLaVA-1.5's CLIP and Llama-7B with AnyRes tiles at 672 x 672
+        # (base view 24 x 24, high-resolution view 48 x 49 with its newline column: N = 2928).
+        ModelSpec(
+            name="llava-next-7b",
+            family="llava_next",
+            hf_repo="llava-hf/llava-v1.6-vicuna-7b-hf",
+            vision=_ANYRES_CLIP_VIT_L_336,
+            text=_LLAMA_7B,
+            quantization="int4",
+        ),
+        # LLaVA-NeXT at toy size: tiny-llava's widths, CLIP tiles of 112 px (8 x 8 tokens) and the
+        # pinpoints scaled to them, a 224 x 224 image: base view 8 x 8, high-resolution view 16 x 17,
+        # N = 336. Random weights, the same synthetic tokenizer as tiny-llava.
+        ModelSpec(
+            name="tiny-llava-next",
+            family="llava_next",
+            hf_repo=None,
+            vision=AnyResVisionSpec(
+                hidden_size=32,
+                num_hidden_layers=2,
                 num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=128,
-                vocab_size=320,
-                initializer_range=0.1,
+                intermediate_size=64,
+                projection_dim=32,
+                image_size=224,
+                image_grid_pinpoints=tuple((h // 3, w // 3) for h, w in _ANYRES_CLIP_VIT_L_336.image_grid_pinpoints),
+                tile=112,
             ),
+            text=_TINY_LLAMA,
             image_token_id=3,
             pad_token_id=4,
         ),

@@ -1,7 +1,7 @@
-"""A processor for models whose tokenizer is not on the machine: CLIP image processing and a byte-level BPE.
+"""A LLaVA processor for models whose tokenizer is not on the machine: the family's image processing and a byte-level BPE.
 
-Used by tiny-llava's checkpoint and by every export from random weights: the image processing is
-LLaVA-1.5's (CLIP at the spec's image size) and the tokenizer has exactly the spec's vocabulary
+Used by the tiny LLaVA checkpoints and by every LLaVA export from random weights: the family's image
+processor (`models.llava`, `models.llava_next`) with this tokenizer, which has exactly the spec's vocabulary
 size and special token ids, so that the runtime's pipeline is the real one. A BPE trained on
 the small built-in corpus below gives the first few hundred ids; a large vocabulary (32064 for
 LLaVA-1.5) is filled up with placeholder tokens, whose ids random weights can still generate.
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
-from transformers import GenerationConfig, LlavaProcessor, PreTrainedTokenizerFast
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers import BaseImageProcessor, GenerationConfig, PreTrainedTokenizerFast, ProcessorMixin
 
 from models.registry import ModelSpec
 
@@ -49,13 +48,16 @@ def generation_config(spec: ModelSpec) -> GenerationConfig:
     )
 
 
-def build_processor(spec: ModelSpec, *, vision_feature_select_strategy: str) -> LlavaProcessor:
-    """CLIP image processor + the trained tokenizer + the LLaVA-1.5 chat template."""
-    side = spec.vision.image_size
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-    )
-    return LlavaProcessor(
+def build_processor(
+    spec: ModelSpec,
+    image_processor: BaseImageProcessor,
+    processor_class: type[ProcessorMixin],
+    *,
+    vision_feature_select_strategy: str,
+) -> ProcessorMixin:
+    """A LLaVA-style processor (`processor_class`): `image_processor` + the trained tokenizer + the
+    spec's chat template."""
+    return processor_class(
         image_processor=image_processor,
         tokenizer=build_tokenizer(spec),
         patch_size=spec.vision.patch_size,

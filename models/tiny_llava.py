@@ -1,27 +1,31 @@
-"""Build the `tiny-llava` checkpoint: LLaVA-1.5 at toy size, random weights, saved like a real one.
+"""Build the `tiny-llava` and `tiny-llava-next` checkpoints: LLaVA-1.5 and LLaVA-NeXT at toy size,
+random weights, saved like real ones.
 
-The directory holds what `from_pretrained` expects from a llava-hf checkpoint: the model (config,
-safetensors, generation config) and a `LlavaProcessor` (CLIP image processor at 336 px, a small
-byte-level BPE tokenizer trained here on a built-in corpus, the LLaVA-1.5 chat template). Nothing
-is downloaded. Building is deterministic and idempotent: a recipe stamp in the directory tells a
-finished build of the current recipe, which is then reused. `check_build` accepts a folder someone
-names (`--model-path`) only when it holds such a build, and never writes there.
+A directory holds what `from_pretrained` expects from a llava-hf checkpoint: the model (config,
+safetensors, generation config) and the family's processor (its CLIP image processor at the spec's
+sizes, a small byte-level BPE tokenizer trained here on a built-in corpus, the LLaVA-1.5 chat
+template). Nothing is downloaded. Building is deterministic and idempotent: a recipe stamp in the
+directory tells a finished build of the current recipe, which is then reused. `check_build`
+accepts a folder someone names (`--model-path`) only when it holds such a build, and never writes
+there.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
-
-from transformers import LlavaForConditionalGeneration
 
 from models.random_weights import build_random_model
 from models.recipe_build import Recipe
-from models.registry import ModelSpec, get_spec
+from models.registry import get_spec
 from models.synthetic_processor import CORPUS, SPECIAL_TOKENS
 
 NAME = "tiny-llava"
-SEED = 2  # with this seed, greedy decoding of the random weights does not repeat one token
+NEXT_NAME = "tiny-llava-next"
+# Seeds with which greedy decoding of the random weights does not repeat one token.
+SEEDS = {NAME: 2, NEXT_NAME: 9}
+BUILD_DIR = Path(__file__).resolve().parent.parent / "build" / "models"
 
 
 def build_tiny_llava(directory: str | os.PathLike | None = None) -> Path:
@@ -36,23 +40,23 @@ def check_build(directory: str | os.PathLike) -> Path:
     return RECIPE.check(directory)
 
 
-def _write(folder: Path) -> None:
-    spec = get_spec(NAME)
+def _write(name: str, folder: Path) -> None:
+    spec = get_spec(name)
     spec.model_family.synthetic_processor(spec).save_pretrained(folder)
-    build_model(spec).save_pretrained(folder)
-
-
-def build_model(spec: ModelSpec) -> LlavaForConditionalGeneration:
-    """The tiny model with float32 random weights drawn from `SEED`."""
-    model = build_random_model(spec.name, materialize=True, seed=SEED)
+    model = build_random_model(name, materialize=True, seed=SEEDS[name])
     model.generation_config = spec.model_family.generation_config(spec)
-    return model.eval()
+    model.eval().save_pretrained(folder)
 
 
-RECIPE = Recipe(
-    name=NAME,
-    seed=SEED,
-    ingredients=(get_spec(NAME), SPECIAL_TOKENS, CORPUS),
-    write=_write,
-    default_dir=Path(__file__).resolve().parent.parent / "build" / "models" / NAME,
-)
+def _recipe(name: str) -> Recipe:
+    return Recipe(
+        name=name,
+        seed=SEEDS[name],
+        ingredients=(get_spec(name), SPECIAL_TOKENS, CORPUS),
+        write=partial(_write, name),
+        default_dir=BUILD_DIR / name,
+    )
+
+
+RECIPE = _recipe(NAME)
+NEXT_RECIPE = _recipe(NEXT_NAME)

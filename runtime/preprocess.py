@@ -186,6 +186,25 @@ def rescale_and_normalize(
     return (scaled - mean) / std
 
 
+def stretch(
+    image: Image.Image, side: int, resample: str, on_note: Callable[[str], None] | None = None, *, hint: str = ""
+) -> Image.Image:
+    """8-bit RGB at `side` x `side`: stretched, whatever the aspect ratio, for the families whose export
+    has one fixed image grid; `on_note` hears when an image that is not square gets stretched (the
+    note ends with `hint`, what the user can do about it).
+
+    Raises:
+        ValueError: the image is empty, too large or too elongated.
+    """
+    check_size(image.size, "the image")
+    if on_note is not None and image.width != image.height:
+        on_note(
+            f"the image ({image.width} x {image.height}) is stretched to {side} x {side}, the one size "
+            f"this artifact was exported for{hint}"
+        )
+    return to_rgb(image).resize((side, side), resample=RESAMPLE[resample])
+
+
 def check_resample(name: str) -> None:
     """Raise ValueError unless `name` is a PIL filter of `RESAMPLE`."""
     if name not in RESAMPLE:

@@ -7,9 +7,10 @@ from typing import Any
 from runtime.artifact import ArtifactError
 from runtime.families.base import HostFamily, Positions, PromptInputs
 from runtime.families.llava import LlavaHost
+from runtime.families.llava_next import LlavaNextHost
 from runtime.families.qwen2_vl import Qwen2VLHost
 
-HOST_FAMILIES: dict[str, type[HostFamily]] = {family.name: family for family in (LlavaHost, Qwen2VLHost)}
+HOST_FAMILIES: dict[str, type[HostFamily]] = {family.name: family for family in (LlavaHost, LlavaNextHost, Qwen2VLHost)}
 
 
 def host_family(manifest: dict[str, Any]) -> HostFamily:

@@ -70,6 +70,22 @@ class PromptInputs:
         return Positions(*self.host.position_ids(self.num_tokens, self.image_positions, image_tokens))
 
 
+@dataclass(frozen=True)
+class ViewPicture:
+    """One view of the image tokens drawn on a picture (`runtime.show`).
+
+    Attributes:
+        picture: 8-bit RGB, tiled evenly by `cells`, row-major.
+        grid: (H, W) of the view's tokens in the sequence.
+        cells: (H, W') of those that are picture cells: the first W' <= W columns of each row (the
+            others, LLaVA-NeXT's newline tokens, cover no part of the picture).
+    """
+
+    picture: Image.Image
+    grid: tuple[int, int]
+    cells: tuple[int, int]
+
+
 class HostFamily(ABC):
     """Preprocessing and position ids of one model family, configured from an artifact's manifest.
 
@@ -81,7 +97,11 @@ class HostFamily(ABC):
 
     def __init__(self, manifest: dict[str, Any]):
         geometry = manifest["geometry"]
-        self.grid: tuple[int, int] = tuple(geometry["grid"])
+        grid = geometry["grid"]
+        # (H, W) of one view, or the views ((H1, W1), ...) in sequence order.
+        self.grid: tuple[int, int] | tuple[tuple[int, int], ...] = (
+            tuple(tuple(view) for view in grid) if isinstance(grid[0], list) else tuple(grid)
+        )
         self.num_image_tokens: int = geometry["num_image_tokens"]
         self.pixel_values_shape: tuple[int, ...] = tuple(geometry["pixel_values_shape"])
 
@@ -94,6 +114,11 @@ class HostFamily(ABC):
     def model_view(self, image: Image.Image) -> Image.Image:
         """The 8-bit RGB picture the model's image tokens cover, as `preprocess` crops and resizes
         `image`: its `grid` of tokens tiles it evenly, row-major (`runtime.show`)."""
+
+    def view_pictures(self, image: Image.Image) -> list[ViewPicture]:
+        """Each view of the image tokens on the picture it covers (`runtime.show`): one grid on
+        `model_view` unless the family has several views."""
+        return [ViewPicture(self.model_view(image), self.grid, self.grid)]
 
     def fit_image(self, image: Image.Image) -> Image.Image:
         """The image as the family brings it to the export's fixed geometry before the steps its

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.families.base import HostFamily
-from runtime.preprocess import RESAMPLE, check_resample, check_size, rescale_and_normalize, to_rgb
+from runtime.preprocess import check_resample, rescale_and_normalize, stretch
 
 
 @dataclass(frozen=True)
@@ -83,16 +83,10 @@ class Qwen2VLHost(HostFamily):
         self.config = PatchConfig.from_manifest(manifest["preprocess"])
 
     def preprocess(self, image: Image.Image, *, on_note: Callable[[str], None] | None = None) -> np.ndarray:
-        side = self.config.image_size
-        if on_note is not None and image.width != image.height:
-            on_note(
-                f"the image ({image.width} x {image.height}) is stretched to {side} x {side}, the one size "
-                "this artifact was exported for (export another size with --image-size)"
-            )
-        return preprocess_patches(image, self.config)
+        return preprocess_patches(image, self.config, on_note)
 
     def fit_image(self, image: Image.Image) -> Image.Image:
-        return fit_image(image, self.config)
+        return stretch(image, self.config.image_size, self.config.resample)
 
     model_view = fit_image  # the patches tile the stretched S x S image
 
@@ -105,22 +99,18 @@ class Qwen2VLHost(HostFamily):
         return mrope_position_ids(num_tokens, start, self.grid, image_tokens)
 
 
-def preprocess_patches(image: Image.Image, config: PatchConfig) -> np.ndarray:
-    """pixel_values float32 [(S/p)^2, 3 * tp * p * p] of one image.
+def preprocess_patches(
+    image: Image.Image, config: PatchConfig, on_note: Callable[[str], None] | None = None
+) -> np.ndarray:
+    """pixel_values float32 [(S/p)^2, 3 * tp * p * p] of one image (stretched to S x S: `on_note`).
 
     Raises:
         ValueError: the image is empty, too large or too elongated (`runtime.preprocess`).
     """
-    pixels = np.asarray(fit_image(image, config)).transpose(2, 0, 1)  # [3, S, S] uint8
+    image = stretch(image, config.image_size, config.resample, on_note, hint=" (export another size with --image-size)")
+    pixels = np.asarray(image).transpose(2, 0, 1)  # [3, S, S] uint8
     normalized = rescale_and_normalize(pixels, config.rescale_factor, config.image_mean, config.image_std)
     return patchify(normalized, config.patch_size, config.merge_size, config.temporal_patch_size)
-
-
-def fit_image(image: Image.Image, config: PatchConfig) -> Image.Image:
-    """8-bit RGB at S x S: stretched, whatever the aspect ratio (an export has one image grid)."""
-    check_size(image.size, "the image")
-    side = config.image_size
-    return to_rgb(image).resize((side, side), resample=RESAMPLE[config.resample])
 
 
 def patchify(image: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int) -> np.ndarray:

@@ -25,10 +25,12 @@ import pytest
 import torch
 from filelock import FileLock
 
+from export.__main__ import take_reference
 from export.config import ExportConfig
 from export.pipeline import ExportPipeline
 from models import LoadedModel, build_tiny_llava, load_model
 from runtime.contract import MANIFEST
+from runtime.parity import ParityReport, check_parity
 
 # The keep counts the tests cover: 88.9 % and 66.7 % pruning, and the unpruned baseline.
 TEST_KEEPS = (64, 192, 576)
@@ -88,3 +90,23 @@ def exported_artifact(tiny_dir, tmp_path_factory) -> Callable[[int], Path]:
 def artifact_dirs(exported_artifact) -> Mapping[int, Path]:
     """{64, 192, 576: artifact folder}, each exported when first looked up."""
     return LazyArtifacts(exported_artifact)
+
+
+def exporter(model: str, checkpoint: Path, root: Path, steps: int) -> Callable[..., tuple[Path, ParityReport]]:
+    """(keep, quantization="none") -> (artifact folder, parity report over `steps` tokens) of `model`
+    from `checkpoint`, exported into `root` on first use: float32 to both backends, quantized to
+    ONNX Runtime only (ExecuTorch's 8da4w: tests/export/test_memory_saving_export.py)."""
+    done: dict[tuple[int, str], tuple[Path, ParityReport]] = {}
+
+    def export(keep: int, quantization: str = "none") -> tuple[Path, ParityReport]:
+        if (keep, quantization) not in done:
+            backends = ("onnx", "executorch") if quantization == "none" else ("onnx",)
+            config = ExportConfig(
+                model=model, keep=keep, quantization=quantization, model_path=checkpoint, output_dir=root, backends=backends
+            )
+            pipeline = ExportPipeline(config)
+            folder = pipeline.run()
+            done[keep, quantization] = folder, check_parity(folder, reference=take_reference(pipeline), steps=steps)
+        return done[keep, quantization]
+
+    return export

@@ -78,6 +78,13 @@ def test_backends_from_strings():
     assert ExportConfig(backends="onnx").backends == (Backend.ONNX,)
 
 
+def test_default_max_seq_len_leaves_room_for_the_text():
+    """2048 unless N + 1024 needs more (LLaVA-NeXT's 2928 image tokens: 4096, Llama's limit)."""
+    assert ExportConfig(model="llava-1.5-7b").seq_len_limit == 2048
+    assert ExportConfig(model="tiny-llava-next").seq_len_limit == 2048
+    assert ExportConfig(model="llava-next-7b").seq_len_limit == 4096
+
+
 def test_image_size_sets_the_geometry_and_the_folder():
     config = ExportConfig(model="tiny-qwen2-vl", image_size=448, keep=64)
     assert config.spec.grid == (16, 16) and config.spec.num_image_tokens == 256
@@ -92,7 +99,8 @@ def test_image_size_sets_the_geometry_and_the_folder():
         (
             {"model": "llava-9b"},
             "unknown model 'llava-9b'; registered models: "
-            "llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, qwen2-vl-7b, qwen2-vl-7b-3layers, tiny-llava, tiny-qwen2-vl",
+            "llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, llava-next-7b, qwen2-vl-7b, qwen2-vl-7b-3layers, "
+            "tiny-llava, tiny-llava-next, tiny-qwen2-vl",
         ),
         ({"keep": 64, "rate": 0.5}, r"give keep or rate, not both \(keep=64, rate=0.5\)"),
         ({"keep": 0}, r"keep must be an integer in \[1, N\] = \[1, 576\]"),

@@ -12,18 +12,15 @@ import numpy as np
 import onnx
 import pytest
 
-from export.__main__ import take_reference
-from export.config import ExportConfig
 from export.manifest import read_manifest, verify_files
-from export.pipeline import ExportPipeline
 from models import build_tiny_qwen2_vl
 from runtime.__main__ import main as runtime_main
 from runtime.artifact import load_artifact
 from runtime.eager import EagerModel
 from runtime.contract import GRAPH_NAMES, graph_io
 from runtime.generate import GenerationConfig, InputProcessor, Runner
-from runtime.parity import check_parity
 from runtime.samples import DEFAULT_PROMPT, sample_image
+from tests.export.fixtures import exporter
 from tests.export.parity_checks import assert_exact_parity
 
 MODEL = "tiny-qwen2-vl"
@@ -40,21 +37,7 @@ def qwen_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(qwen_dir, tmp_path_factory):
     """(keep, quantization) -> (artifact folder, parity report), exported on first use."""
-    root = tmp_path_factory.mktemp("qwen-artifacts")
-    done = {}
-
-    def export(keep: int, quantization: str = "none"):
-        if (keep, quantization) not in done:
-            backends = ("onnx", "executorch") if quantization == "none" else ("onnx",)
-            config = ExportConfig(
-                model=MODEL, keep=keep, quantization=quantization, model_path=qwen_dir, output_dir=root, backends=backends
-            )
-            pipeline = ExportPipeline(config)
-            folder = pipeline.run()
-            done[keep, quantization] = folder, check_parity(folder, reference=take_reference(pipeline), steps=STEPS)
-        return done[keep, quantization]
-
-    return export
+    return exporter(MODEL, qwen_dir, tmp_path_factory.mktemp("qwen-artifacts"), STEPS)
 
 
 @pytest.mark.parametrize("keep", [28, N])

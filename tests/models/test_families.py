@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, Qwen2VLForConditionalGeneration
 
 from models import MODEL_SPECS, build_random_model, get_family, get_spec
 from runtime.families import HOST_FAMILIES
@@ -11,17 +11,24 @@ from runtime.families import HOST_FAMILIES
 
 def test_every_model_has_a_family_on_both_sides():
     families = {spec.family for spec in MODEL_SPECS.values()}
-    assert families == {"llava", "qwen2_vl"}
+    assert families == {"llava", "llava_next", "qwen2_vl"}
     assert set(HOST_FAMILIES) == families
     assert get_family("llava").model_class is LlavaForConditionalGeneration
+    assert get_family("llava_next").model_class is LlavaNextForConditionalGeneration
     assert get_family("qwen2_vl").model_class is Qwen2VLForConditionalGeneration
-    with pytest.raises(ValueError, match="unknown model family 'blip'; families: llava, qwen2_vl"):
+    with pytest.raises(ValueError, match="unknown model family 'blip'; families: llava, llava_next, qwen2_vl"):
         get_family("blip")
 
 
 @pytest.mark.parametrize(
     ("name", "pixel_values_shape", "rows"),
-    [("tiny-llava", [1, 3, 336, 336], 1), ("tiny-qwen2-vl", [256, 1176], 3), ("qwen2-vl-7b", [2304, 1176], 3)],
+    [
+        ("tiny-llava", [1, 3, 336, 336], 1),
+        ("tiny-llava-next", [1, 5, 3, 112, 112], 1),
+        ("llava-next-7b", [1, 5, 3, 336, 336], 1),
+        ("tiny-qwen2-vl", [256, 1176], 3),
+        ("qwen2-vl-7b", [2304, 1176], 3),
+    ],
 )
 def test_input_sections(name, pixel_values_shape, rows):
     spec = get_spec(name)
@@ -43,6 +50,16 @@ def test_llava_vision_flops_by_hand():
     layer = 2 * tokens * 32 * 128 + 2 * 2 * tokens * tokens * 32 + 2 * 2 * tokens * 32 * 64
     expected = 2 * 576 * 3 * 14 * 14 * 32 + layer + 2 * 576 * 32 * 64 + 2 * 576 * 64 * 64
     assert vision == {"num_layers": 1, "hidden_size": 32, "intermediate_size": 64, "patch_size": 14, "flops": expected}
+
+
+def test_llava_next_vision_flops_are_five_tiles():
+    """The base tile and the 2 x 2 high-resolution tiles each cost one LLaVA-1.5-style CLIP pass."""
+    spec = get_spec("tiny-llava-next")
+    vision = spec.model_family.vision_manifest(build_random_model(spec.name), spec)
+    tokens = 65  # 8 x 8 patches of a 112 px tile, and CLS
+    layer = 2 * tokens * 32 * 128 + 2 * 2 * tokens * tokens * 32 + 2 * 2 * tokens * 32 * 64
+    per_tile = 2 * 64 * 3 * 14 * 14 * 32 + layer + 2 * 64 * 32 * 64 + 2 * 64 * 64 * 64
+    assert vision["flops"] == 5 * per_tile and vision["num_layers"] == 1
 
 
 def test_qwen2_vl_vision_flops_by_hand():

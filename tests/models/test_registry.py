@@ -16,6 +16,8 @@ def test_registered_names():
         "llava-1.5-7b-3layers",
         "llava-1.5-13b",
         "tiny-llava",
+        "llava-next-7b",
+        "tiny-llava-next",
         "qwen2-vl-7b",
         "qwen2-vl-7b-3layers",
         "tiny-qwen2-vl",
@@ -23,6 +25,7 @@ def test_registered_names():
     assert get_spec("llava-1.5-7b").hf_repo == "llava-hf/llava-1.5-7b-hf"
     assert get_spec("qwen2-vl-7b").hf_repo == "Qwen/Qwen2-VL-7B-Instruct"
     assert get_spec("llava-1.5-13b").hf_repo == "llava-hf/llava-1.5-13b-hf"
+    assert get_spec("llava-next-7b").hf_repo == "llava-hf/llava-v1.6-vicuna-7b-hf"
     assert get_spec("tiny-llava").hf_repo is None and get_spec("llava-1.5-7b-3layers").hf_repo is None
 
 
@@ -33,6 +36,8 @@ def test_default_quantization():
         "llava-1.5-13b": "int4",
         "llava-1.5-7b-3layers": "none",
         "tiny-llava": "none",
+        "llava-next-7b": "int4",
+        "tiny-llava-next": "none",
         "qwen2-vl-7b": "int4",
         "qwen2-vl-7b-3layers": "none",
         "tiny-qwen2-vl": "none",
@@ -42,7 +47,7 @@ def test_default_quantization():
 def test_unknown_model_name():
     expected = (
         r"unknown model 'llava-2-70b'; registered models: llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, "
-        r"qwen2-vl-7b, qwen2-vl-7b-3layers, tiny-llava, tiny-qwen2-vl"
+        r"llava-next-7b, qwen2-vl-7b, qwen2-vl-7b-3layers, tiny-llava, tiny-llava-next, tiny-qwen2-vl"
     )
     with pytest.raises(ValueError, match=expected):
         get_spec("llava-2-70b")
@@ -65,6 +70,25 @@ def test_image_geometry_and_pruning_layer(name, side):
     assert spec.grid == (side, side)
     assert spec.num_image_tokens == side * side
     assert spec.prune_layer == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "views", "tiles"), [("llava-next-7b", ((24, 24), (48, 49)), 4), ("tiny-llava-next", ((8, 8), (16, 17)), 4)]
+)
+def test_anyres_views(name, views, tiles):
+    """LLaVA-NeXT: the base tile's view, then the tiles stitched with a newline column."""
+    spec = get_spec(name)
+    assert spec.views == spec.grid == views and spec.vision.tiles == tiles
+    assert spec.num_image_tokens == sum(height * width for height, width in views)
+    assert spec.hf_config().vision_config.image_size == spec.vision.tile
+
+
+def test_anyres_image_size_must_be_a_square_pinpoint():
+    vision = get_spec("llava-next-7b").vision
+    with pytest.raises(ValueError, match=r"image size 1008 is not a square resolution of its grid pinpoints \[672\]"):
+        dataclasses.replace(vision, image_size=1008)
+    with pytest.raises(ValueError, match=r"llava-next-7b takes 672 x 672 images only"):
+        get_spec("llava-next-7b").with_image_size(336)
 
 
 def test_image_size_of_an_export():

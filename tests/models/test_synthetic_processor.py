@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
 from models import get_spec
-from models.synthetic_processor import SPECIAL_TOKENS, build_processor, build_tokenizer, generation_config
+from models.synthetic_processor import SPECIAL_TOKENS, build_tokenizer, generation_config
 
 PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
 
@@ -16,7 +16,8 @@ PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
 @pytest.fixture(scope="module")
 def llava_7b_processor() -> LlavaProcessor:
     """LLaVA-1.5-7B's: 32064 tokens, most of them placeholders."""
-    return build_processor(get_spec("llava-1.5-7b"), vision_feature_select_strategy="default")
+    spec = get_spec("llava-1.5-7b")
+    return spec.model_family.synthetic_processor(spec)
 
 
 def test_llava_7b_vocabulary_and_special_ids(llava_7b_processor):

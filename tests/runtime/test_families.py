@@ -58,7 +58,49 @@ def test_qwen2_vl_stretch_is_noted():
     ]
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+@pytest.mark.parametrize("name", ["tiny-llava-next", "llava-next-7b"])
+@pytest.mark.parametrize(("size", "mode"), [((224, 224), "RGB"), ((500, 300), "RGB"), ((90, 160), "RGBA")])
+def test_llava_next_tiles_equal_transformers(name, size, mode):
+    """Bit-exact with transformers' PIL LLaVA-NeXT image processor on the image fitted to S x S: the
+    base tile, then the S x S image's tiles row-major; the processor's own tiling is S x S."""
+    spec = get_spec(name)
+    processor = spec.model_family.synthetic_processor(spec)
+    host = host_family(sections(name))
+    image = random_image(*size, mode)
+    expected = processor.image_processor(images=host.fit_image(image), return_tensors="np")
+    side, tile = spec.image_size, spec.vision.tile
+    assert expected["image_sizes"].tolist() == [[side, side]]
+    got = host.preprocess(image)
+    assert got.dtype == np.float32 and got.shape == (1, 1 + (side // tile) ** 2, 3, tile, tile)
+    np.testing.assert_array_equal(got, expected["pixel_values"])
+
+
+def test_llava_next_prompt_holds_n_image_tokens():
+    """The processor's count of image tokens for the fitted image is the spec's N: nothing unpadded."""
+    for name, n in (("tiny-llava-next", 336), ("llava-next-7b", 2928)):
+        spec = get_spec(name)
+        processor = spec.model_family.synthetic_processor(spec)
+        fitted = host_family(sections(name)).fit_image(random_image(500, 300))
+        ids = processor(images=fitted, text=spec.format_prompt("Why?"), return_tensors="np")["input_ids"]
+        assert int((ids == spec.image_token_id).sum()) == n == spec.num_image_tokens
+
+
+def test_llava_next_stretch_is_noted():
+    host = host_family(sections("tiny-llava-next"))
+    notes = []
+    host.preprocess(random_image(500, 300), on_note=notes.append)
+    host.preprocess(random_image(224, 224), on_note=notes.append)
+    assert notes == ["the image (500 x 300) is stretched to 224 x 224, the one size this artifact was exported for"]
+
+
+def test_llava_next_manifest_with_a_broken_tiling():
+    manifest = sections("tiny-llava-next")
+    manifest["preprocess"]["image_size"] = 200
+    with pytest.raises(ValueError, match=r"image_size 200 is not a whole number of square tiles \(112, 112\)"):
+        host_family(manifest)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-llava-next", "tiny-qwen2-vl"])
 def test_model_view_is_the_picture_the_pixel_values_hold(name):
     """`model_view` (what runtime.show draws the grid on) is the image preprocessing normalises."""
     host = host_family(sections(name))
@@ -71,6 +113,12 @@ def test_model_view_is_the_picture_the_pixel_values_hold(name):
         assert view.size == (config.crop_size[1], config.crop_size[0])
         expected = rescale_and_normalize(pixels, config.rescale_factor, config.image_mean, config.image_std)[None]
         np.testing.assert_array_equal(host.preprocess(image), expected)
+    elif name == "tiny-llava-next":
+        config = host.config
+        pixels = np.asarray(view).transpose(2, 0, 1)
+        assert view.size == (host.image_size,) * 2
+        tiles = rescale_and_normalize(pixels, config.rescale_factor, config.image_mean, config.image_std)
+        np.testing.assert_array_equal(host.preprocess(image)[0, 2], tiles[:, :112, 112:])  # the top right tile
     else:
         assert view.size == (host.config.image_size,) * 2
         np.testing.assert_array_equal(np.asarray(view), np.asarray(host.fit_image(image)))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.show import MIN_CELL, compose, draw_selection, main
+from runtime.families.base import ViewPicture
+from runtime.show import MIN_CELL, compose, draw_selection, main, view_panels
 
 
 def test_kept_cells_keep_their_colour_and_dropped_ones_are_dimmed():
@@ -41,6 +42,26 @@ def test_compose_lays_panels_side_by_side_with_titles():
     figure = compose([[("a", a), ("b", b)]])
     assert figure.width == 8 + 30 + 8 + 40 + 8 and figure.height == 8 + 22 + 20 + 8
     assert figure.getpixel((8, 30)) == (255, 0, 0) and figure.getpixel((46, 30)) == (0, 0, 255)
+
+
+def test_a_long_title_widens_its_column():
+    picture = Image.new("RGB", (10, 10), "red")
+    narrow, wide = compose([[("a", picture)] * 2]), compose([[("a much longer title", picture)] * 2])
+    assert narrow.width == 8 + 10 + 8 + 10 + 8 and wide.width > narrow.width + 100
+
+
+def test_a_selection_over_views_gets_one_panel_per_view():
+    """Tokens 0..3: a 2 x 2 view; 4..9: a 2 x 3 view whose last column covers no cell (newline
+    tokens). Each panel keeps the tokens' global ranks."""
+    picture = Image.new("RGB", (8, 8))
+    views = [ViewPicture(picture, (2, 2), (2, 2)), ViewPicture(picture, (2, 3), (2, 2))]
+    first, second = view_panels("keep 5", views, [5, 0, 6, 9, 3])
+    assert (first.title, first.grid, first.order, first.numbers) == ("keep 5, view 1: 2 of 4", (2, 2), [0, 3], [2, 5])
+    assert second.title == "keep 5, view 2: 3 of 6, 2 newline tokens"
+    assert (second.grid, second.order, second.numbers) == ((2, 2), [1], [1])
+    assert first.draw().size == second.draw().size == (2 * MIN_CELL, 2 * MIN_CELL)
+    (single,) = view_panels("keep 2", views[:1], [3, 1])
+    assert single.order == [3, 1] and single.numbers is None
 
 
 def test_cli_refuses_an_output_without_an_image_format(tmp_path, capsys):
