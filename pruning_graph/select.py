@@ -5,13 +5,18 @@ count are Python ints fixed before tracing, so the traced graph is a straight li
 steps), then T greedy passes of ceil(N / B) blocks each, then the fusion. Tokens are tracked with
 a boolean mask over the N image tokens; once R are selected, later blocks accept nothing.
 
-Memory and time stay linear in N per greedy step: beside the mask, every token carries its
-similarity to the nearest selected token and its distance to the nearest selected token of its
-view, updated from the (at most B) tokens each block accepts. Max and min are exact in any order,
-so these running values equal the reference's recomputation over S bit for bit. The only N x N
-tensors are the similarity (float32, see `definitions.similarity_columns`), the grid distances
-up to `DISTANCE_TABLE_MAX_N` tokens (float32, `_Distances`) and the pairwise comparisons that
-order the candidates at the start of each pass.
+Memory and time stay linear in N per greedy step: S is held as its tokens in selection order
+(R + 1 slots), and a block reads only the similarities and grid distances between its (at most B)
+candidates and S, a pass start those between S and every token. Max and min are exact in any
+order, so the nearest-token values equal the reference's recomputation over S bit for bit. The
+only N x N tensors are the similarity (float32, see `definitions.similarity_columns`) and the grid
+distances up to `DISTANCE_TABLE_MAX_N` tokens (float32, `_Distances`); the pass order is a sort
+(`static_ops.order_ascending`).
+
+On ExecuTorch, whose portable kernels run everything here but the fusion's matmul (XNNPACK), the
+cost is kernel work per element and per op: large inputs are widened to float64 by
+`definitions.widen`, not `Tensor.to` (25x slower there), and each of the T * ceil(N / B) block
+steps runs a few dozen ops on at most B x (R + 1) elements.
 """
 
 from __future__ import annotations
@@ -29,15 +34,16 @@ from pruning_graph.definitions import (
     channel_spread,
     constant,
     grid_distance_rows,
+    grid_distance_table,
     l1_norms,
     l2_norms,
     similarity_columns,
     token_layout,
+    widen,
 )
 from pruning_graph.static_ops import (
     argmax_lowest,
     argmax_lowest_rows,
-    compact,
     loop_scan,
     mask_to_indices,
     one_hot,
@@ -103,11 +109,6 @@ class VLMPrunerSelect(nn.Module):
 
 # Largest N whose grid distances the selection tabulates (`_Distances`): float32 [N, N], 64 MiB.
 DISTANCE_TABLE_MAX_N = 4096
-_TABLE_ROWS = 256  # rows of the table computed at a time
-
-# Greedy state: selected bool [N]; nearest_sim float64 [N], max_{j in S} M_ij; nearest_dist
-# float64 [N], delta_i(S) (1 while S has no token in i's view).
-_State = tuple[Tensor, Tensor, Tensor]
 
 
 def _select(
@@ -118,28 +119,19 @@ def _select(
 
     Each stage's float64 copies of the inputs are freed before the next one starts.
     """
-    distances = _Distances(token_layout(views, keys.device))
-    pivots = _pivots(keys.to(DECISION_DTYPE), min(config.kappa, keep))
+    distances = _Distances(token_layout(views, keys.device), views)
+    pivots = _pivots(widen(keys), min(config.kappa, keep))
     similarity = similarity_columns(_screened_states(hidden, config.q))
-
-    n = keys.shape[0]
-    state = (
-        torch.zeros(n, dtype=torch.bool, device=keys.device),
-        torch.full((n,), -math.inf, dtype=DECISION_DTYPE, device=keys.device),
-        torch.ones(n, dtype=DECISION_DTYPE, device=keys.device),
-    )
-    state = _absorb(state, pivots, torch.ones_like(pivots, dtype=torch.bool), similarity, distances)
-    selected, accepted = _greedy_fill(state, similarity, distances, keep - pivots.shape[0], config)
+    selected, order = _greedy_fill(pivots, similarity, distances, keep, config)
     indices = mask_to_indices(selected, keep)
     fused = _fuse(hidden.float(), similarity, selected, indices, config.beta)
-    return indices, fused.to(hidden.dtype), torch.cat([pivots, accepted])
+    return indices, fused.to(hidden.dtype), order
 
 
 def _screened_states(hidden: Tensor, q: int) -> Tensor:
     """The q highest-variance channels, in float64: [N, d] -> [N, min(q, d)]."""
-    exact = hidden.to(DECISION_DTYPE)
-    channels = mask_to_indices(top_k_mask(channel_spread(exact), q), min(q, exact.shape[1]))
-    return exact.index_select(1, channels)
+    channels = mask_to_indices(top_k_mask(channel_spread(widen(hidden)), q), min(q, hidden.shape[1]))
+    return widen(hidden.index_select(1, channels))
 
 
 def _pivots(keys: Tensor, count: int) -> Tensor:
@@ -157,92 +149,107 @@ def _pivots(keys: Tensor, count: int) -> Tensor:
 
 
 class _Distances:
-    """`grid_distance_rows` of one layout: float64 [k, N] for k tokens.
+    """`grid_distance_rows` of one layout, in float32 (settled values: float32 holds them exactly).
 
-    Up to `DISTANCE_TABLE_MAX_N` tokens they are read from a float32 [N, N] table made once
-    (settled values: float32 holds them exactly), beyond it computed per call (memory linear in N).
-    The table is what keeps the greedy fast on ExecuTorch, whose portable kernels spent ~0.5 ms of
-    each block step computing the distances (measured at N = 576: 175 of the greedy's 242 ms).
+    Up to `DISTANCE_TABLE_MAX_N` tokens they are read from a [N, N] table made once
+    (`grid_distance_table`), beyond it computed per call (memory linear in N).
     """
 
-    def __init__(self, layout: TokenLayout):
+    def __init__(self, layout: TokenLayout, views: Views):
         self.layout = layout
-        n = layout.x.shape[0]
-        self.table = None
-        if n <= DISTANCE_TABLE_MAX_N:
-            index = torch.arange(n, device=layout.x.device)
-            blocks = range(0, n, _TABLE_ROWS)  # no float64 N x N temporary
-            self.table = torch.cat([grid_distance_rows(layout, index[r : r + _TABLE_ROWS]).float() for r in blocks])
+        self.n = layout.x.shape[0]
+        self.table = self.flat = self.row = None
+        if self.n <= DISTANCE_TABLE_MAX_N:
+            self.table, self.row = grid_distance_table(views, layout.x.device)
+            self.flat = self.table.reshape(-1)
 
     def rows(self, tokens: Tensor) -> Tensor:
+        """D from each of `tokens` (int64 [k]) to every token: float32 [k, N]."""
         if self.table is None:
-            return grid_distance_rows(self.layout, tokens)
-        return self.table.index_select(0, tokens).to(DECISION_DTYPE)
+            return grid_distance_rows(self.layout, tokens).float()
+        return self.table.index_select(0, self.row.index_select(0, tokens))
+
+    def pairs(self, tokens: Tensor, others: Tensor) -> Tensor:
+        """D from each of `tokens` (int64 [k]) to each of `others` (int64 [c]): float32 [k, c].
+
+        Reads only `flat` of the table: a scan body may not take two aliases of one tensor."""
+        if self.flat is None:
+            return grid_distance_rows(self.layout, tokens, others).float()
+        return _entries(self.flat, self.n, self.row.index_select(0, others), tokens)  # D is symmetric
 
 
-def _absorb(state: _State, tokens: Tensor, accepted: Tensor, similarity: Tensor, distances: _Distances) -> _State:
-    """Add the accepted ones of `tokens` (int64 [k], bool [k]) to S and update the running values."""
-    selected, nearest_sim, nearest_dist = state
-    # Settled similarities are float32 numbers: their float32 max is the float64 one.
-    sim = torch.where(accepted[:, None], similarity.index_select(0, tokens), -math.inf).amax(dim=0)
-    dist = torch.where(accepted[:, None], distances.rows(tokens), math.inf).amin(dim=0)
-    selected = selected.index_put((tokens,), accepted | selected.index_select(0, tokens))
-    return selected, torch.maximum(nearest_sim, sim.to(DECISION_DTYPE)), torch.minimum(nearest_dist, dist)
+def _entries(flat: Tensor, width: int, rows: Tensor, columns: Tensor) -> Tensor:
+    """matrix[rows[j], columns[i]] at [i, j], one gather from the matrix flattened, outside any
+    scan body (ExecuTorch reads zeros from a view made inside one):
+    float [M * width], int64 [r], int64 [c] -> [c, r]."""
+    index = rows[None, :] * width + columns[:, None]
+    return flat.index_select(0, index.reshape(-1)).reshape(index.shape)
 
 
 def _redundancy(nearest_sim: Tensor, nearest_dist: Tensor, lam: Tensor) -> Tensor:
-    """m_i(S) from the running values, elementwise: float64 [k], [k] -> [k].
+    """m_i(S) from max_{j in S} M_ij and delta_i(S), float32 [k], [k] -> float64 [k].
 
-    `lam` is a 0-d tensor made outside any scan body (a scan body may not create constants).
+    Both inputs are settled values, exact in float32; the arithmetic is float64. `lam` is a 0-d
+    float64 tensor made outside any scan body (a scan body may not create constants).
     """
-    return nearest_sim * (1 + lam * nearest_dist)
+    return nearest_sim.to(DECISION_DTYPE) * (1 + lam * nearest_dist.to(DECISION_DTYPE))
 
 
 def _greedy_fill(
-    state: _State, similarity: Tensor, distances: _Distances, to_accept: int, config: VLMPrunerConfig
+    pivots: Tensor, similarity: Tensor, distances: _Distances, keep: int, config: VLMPrunerConfig
 ) -> tuple[Tensor, Tensor]:
     """Stage 2: T passes with rising thresholds, each a `scan` over its ceil(N / B) blocks, until
-    `to_accept` = R - |S| more tokens are selected.
+    R = `keep` tokens are selected.
 
-    Returns bool [N] with R True, and the tokens the passes accepted in the order they did, int64
-    [to_accept] (a block's in block order). Once R are selected, later blocks accept nothing. (Skipping the
-    passes that start with a full budget under a `cond` made ONNX Runtime 3.5x faster, but
-    ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and cannot emit a `while_loop`.)
+    S is held as its tokens in selection order, int64 [R + 1]: the pivots, then each block's
+    accepted tokens in block order, the free slots (and a spare one that rejected candidates write
+    to) holding the first pivot, which changes no max or min over S. So each block reads only the
+    similarities and distances between its B candidates and S, [B, R + 1], and each pass start
+    those between S and every token, [R + 1, N]: no update of N running values per block.
+    Max and min are exact in any order, so the values equal the reference's bit for bit.
+
+    Returns bool [N] with R True, and S in selection order, int64 [R]. Once R are selected, later
+    blocks accept nothing. (Skipping the passes that start with a full budget under a `cond` made
+    ONNX Runtime 3.5x faster, but ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and
+    cannot emit a `while_loop`.)
     """
     n = similarity.shape[0]
     blocks = -(-n // config.block)
-    room = torch.tensor(to_accept, device=similarity.device)
-    # Every pass's candidates in its order, and whether each was accepted: [passes * blocks * B] each.
-    candidates: list[Tensor] = []
-    accepted_flags: list[Tensor] = []
-    lam = constant(config.lam, state[1])
+    spare = pivots[:1]
+    chosen = torch.cat([pivots, spare.expand(keep + 1 - pivots.shape[0])])
+    selected = torch.zeros(n, dtype=torch.bool, device=pivots.device).index_fill(0, pivots, True)
+    room = torch.tensor(keep - pivots.shape[0], device=pivots.device)
+    spares = spare.repeat(config.block)
+    lam = torch.tensor(config.lam, dtype=DECISION_DTYPE, device=pivots.device)
+    similarity_flat = similarity.reshape(-1)
     for tau in config.thresholds():
         if not torch.compiler.is_compiling() and not room:
             break  # eager only: a pass that starts with a full budget accepts nothing
-        threshold = constant(tau, state[1])
-        selected, nearest_sim, nearest_dist = state
+        threshold = constant(tau, lam)
         # Pass order: candidates ascending by m_i(S) at the pass start, selected tokens last.
+        nearest_sim = similarity.index_select(0, chosen).amax(dim=0)
+        nearest_dist = distances.rows(chosen).amin(dim=0).clamp_max(1.0)
         order = order_ascending(torch.where(selected, math.inf, _redundancy(nearest_sim, nearest_dist, lam)))
         # Pad to whole blocks with the last token of the order, always an already selected one.
         order = torch.cat([order, order[-1:].expand(blocks * config.block - n)]).reshape(blocks, config.block)
 
         def step(carry: tuple[Tensor, ...], block: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-            selected, nearest_sim, nearest_dist, room = carry
-            m = _redundancy(nearest_sim.index_select(0, block), nearest_dist.index_select(0, block), lam)
+            selected, chosen, room = carry
+            sim = _entries(similarity_flat, n, chosen, block).amax(dim=1)
+            dist = distances.pairs(block, chosen).amin(dim=1).clamp_max(1.0)
+            m = _redundancy(sim, dist, lam)
             was_selected = selected.index_select(0, block)
             accepted = (m < threshold) & ~was_selected
             # Over budget: the accepted with the smallest m, ties by block order.
             accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
-            state = _absorb((selected, nearest_sim, nearest_dist), block, accepted, similarity, distances)
-            return (*state, room - accepted.sum()), accepted
+            taken = torch.cumsum(accepted.to(torch.int64), dim=0)
+            slots = torch.where(accepted, keep - room + taken - 1, keep)
+            chosen = chosen.index_put((slots,), torch.where(accepted, block, spares))
+            selected = selected.index_put((block,), accepted | was_selected)
+            return (selected, chosen, room - accepted.sum()), accepted  # a scan step has an output
 
-        (*state, room), accepted = loop_scan(step, (*state, room), order)
-        candidates.append(order.reshape(-1))
-        # A copy: a view of a scan output fails ExecuTorch's emitter ("Guard shape_dynamism_eq_base").
-        accepted_flags.append(accepted.clone().reshape(-1))
-    if not candidates:  # eager, the pivots filled S
-        return state[0], torch.zeros(0, dtype=torch.int64, device=similarity.device)
-    return state[0], compact(torch.cat(candidates), torch.cat(accepted_flags), to_accept)
+        (selected, chosen, room), _ = loop_scan(step, (selected, chosen, room), order)
+    return selected, chosen[:keep]
 
 
 def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor, beta: float) -> Tensor:
@@ -259,6 +266,7 @@ def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor,
     weight = torch.where(selected, 0.0, to_kept.gather(1, target[:, None])[:, 0].to(states.dtype))  # [N]
     assign = one_hot(target, indices.shape[0]).to(states.dtype) * weight[:, None]  # [N, R]
     total_weight = assign.sum(dim=0)  # [R]
-    merged = (assign.T @ states) / total_weight.clamp_min(1e-8)[:, None]  # [R, d]
+    # A batch of one: XNNPACK takes a bmm of two computed operands (an mm only with a constant one).
+    merged = torch.bmm(assign.T[None], states[None])[0] / total_weight.clamp_min(1e-8)[:, None]  # [R, d]
     kept = states.index_select(0, indices)
     return torch.where((total_weight > 0)[:, None], beta * kept + (1 - beta) * merged, kept)

@@ -106,10 +106,18 @@ def rank_ascending(values: Tensor) -> Tensor:
 
 
 def order_ascending(values: Tensor) -> Tensor:
-    """Indices that sort `values` ascending, ties by lower index (a stable argsort): [N] -> int64 [N]."""
-    rank = rank_ascending(values)
-    # rank is a permutation: scattering each index to its rank inverts it.
-    return torch.zeros_like(rank).scatter(0, rank, torch.arange(rank.shape[0], device=rank.device))
+    """Indices that sort `values` ascending, ties by lower index (a stable argsort): [N] -> int64 [N].
+
+    topk sorts the values; only the order of tied entries is the kernel's. Numbering the runs of
+    equal sorted values (a dense rank) gives every entry the unique key (rank, index), whose
+    sorted order is the stable one on every backend. Two sorts of N, no N x N comparisons.
+    """
+    n = values.shape[0]
+    sorted_values, by_value = torch.topk(values, n, largest=False)
+    first = torch.zeros(1, dtype=torch.bool, device=values.device)
+    new_run = torch.cat([first, sorted_values[1:] != sorted_values[:-1]])
+    key = torch.cumsum(new_run.to(torch.int64), dim=0) * n + by_value
+    return by_value.index_select(0, torch.topk(key, n, largest=False).indices)
 
 
 def order_lexicographic(primary: Tensor, secondary: Tensor) -> Tensor:
