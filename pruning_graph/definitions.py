@@ -191,14 +191,15 @@ def grid_distance_rows(layout: TokenLayout, rows: Tensor, columns: Tensor | None
 
 
 def grid_distance_table(views: Views, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-    """`grid_distance(views)` in float32 (settled values: float32 holds them exactly), each view's
-    rows in reverse order: (table float32 [N, N], row int64 [N]), table[row[i]] = the row of token i.
+    """`grid_distance(views)` clamped at 1 (delta's value while S has no token in the view), in
+    float32 (settled values: float32 holds them exactly), each view's rows in reverse order:
+    (table float32 [N, N], row int64 [N]), table[row[i]] = the row of token i.
 
     A view's block is read off one small image of the distances from its centre cell, E of
     [2H - 1, 2W - 1] computed as `grid_distance_rows` computes each distance: the H x W windows of
     E, in raster order, are the rows of cells (H - 1, W - 1), (H - 1, W - 2), ..., (0, 0). So only
     O(H W) values are computed, no float64 N x N temporary exists, and no N x N flip either (75x
-    the cost of the windows on ExecuTorch). Between views the table is +inf.
+    the cost of the windows on ExecuTorch). Between views the table is 1 (D is +inf there).
     """
     n = sum(height * width for height, width in views)
     blocks: dict[tuple[int, int], Tensor] = {}
@@ -214,8 +215,8 @@ def grid_distance_table(views: Views, device: torch.device | str | None = None) 
             blocks[height, width] = image.unfold(0, height, 1).unfold(1, width, 1).reshape(size, size)
         parts = [blocks[height, width]]
         if len(views) > 1:
-            inf = torch.full((size, n), math.inf, device=device)
-            parts = [inf[:, :start], parts[0], inf[:, start + size :]]
+            ones = torch.ones((size, n), device=device)
+            parts = [ones[:, :start], parts[0], ones[:, start + size :]]
         rows.append(torch.cat(parts, dim=1))
         row.append(torch.arange(start + size - 1, start - 1, -1, device=device))
         start += size

@@ -149,7 +149,9 @@ def _pivots(keys: Tensor, count: int) -> Tensor:
 
 
 class _Distances:
-    """`grid_distance_rows` of one layout, in float32 (settled values: float32 holds them exactly).
+    """delta's distances: `grid_distance_rows` of one layout clamped at 1, in float32 (settled
+    values: float32 holds them exactly), so that a min over S is delta_i(S) (1 while S has no token
+    in i's view).
 
     Up to `DISTANCE_TABLE_MAX_N` tokens they are read from a [N, N] table made once
     (`grid_distance_table`), beyond it computed per call (memory linear in N).
@@ -157,32 +159,35 @@ class _Distances:
 
     def __init__(self, layout: TokenLayout, views: Views):
         self.layout = layout
-        self.n = layout.x.shape[0]
         self.table = self.flat = self.row = None
-        if self.n <= DISTANCE_TABLE_MAX_N:
+        if layout.x.shape[0] <= DISTANCE_TABLE_MAX_N:
             self.table, self.row = grid_distance_table(views, layout.x.device)
             self.flat = self.table.reshape(-1)
 
     def rows(self, tokens: Tensor) -> Tensor:
-        """D from each of `tokens` (int64 [k]) to every token: float32 [k, N]."""
+        """From each of `tokens` (int64 [k]) to every token: float32 [k, N]."""
         if self.table is None:
-            return grid_distance_rows(self.layout, tokens).float()
+            return grid_distance_rows(self.layout, tokens).clamp_max(1.0).float()
         return self.table.index_select(0, self.row.index_select(0, tokens))
 
-    def pairs(self, tokens: Tensor, others: Tensor) -> Tensor:
-        """D from each of `tokens` (int64 [k]) to each of `others` (int64 [c]): float32 [k, c].
+    def offsets(self, tokens: Tensor) -> Tensor:
+        """Where the rows of `tokens` (int64 [k]) start in the flattened table, int64 [k] (the
+        tokens themselves when there is no table)."""
+        return tokens if self.table is None else self.row.index_select(0, tokens) * self.table.shape[1]
 
-        Reads only `flat` of the table: a scan body may not take two aliases of one tensor."""
+    def pairs(self, tokens: Tensor, offsets: Tensor, others: Tensor) -> Tensor:
+        """From each of `tokens` (int64 [k], at `offsets`) to each of `others` (int64 [c]):
+        float32 [k, c]. Reads only `flat` of the table: a scan body may not take two aliases."""
         if self.flat is None:
-            return grid_distance_rows(self.layout, tokens, others).float()
-        return _entries(self.flat, self.n, self.row.index_select(0, others), tokens)  # D is symmetric
+            return grid_distance_rows(self.layout, tokens, others).clamp_max(1.0).float()
+        return _entries(self.flat, offsets, others)
 
 
-def _entries(flat: Tensor, width: int, rows: Tensor, columns: Tensor) -> Tensor:
-    """matrix[rows[j], columns[i]] at [i, j], one gather from the matrix flattened, outside any
-    scan body (ExecuTorch reads zeros from a view made inside one):
-    float [M * width], int64 [r], int64 [c] -> [c, r]."""
-    index = rows[None, :] * width + columns[:, None]
+def _entries(flat: Tensor, offsets: Tensor, columns: Tensor) -> Tensor:
+    """flat[offsets[i] + columns[j]] at [i, j]: entries of rows of a flattened matrix, one gather
+    (the matrix flattened outside any scan body: ExecuTorch reads zeros from a view made inside
+    one). float [M], int64 [k], int64 [c] -> [k, c]."""
+    index = offsets[:, None] + columns[None, :]
     return flat.index_select(0, index.reshape(-1)).reshape(index.shape)
 
 
@@ -221,22 +226,24 @@ def _greedy_fill(
     room = torch.tensor(keep - pivots.shape[0], device=pivots.device)
     spares = spare.repeat(config.block)
     lam = torch.tensor(config.lam, dtype=DECISION_DTYPE, device=pivots.device)
-    similarity_flat = similarity.reshape(-1)
+    by_row = similarity.T.reshape(-1)  # M, flattened: M_ij at i * N + j
     for tau in config.thresholds():
         if not torch.compiler.is_compiling() and not room:
             break  # eager only: a pass that starts with a full budget accepts nothing
         threshold = constant(tau, lam)
         # Pass order: candidates ascending by m_i(S) at the pass start, selected tokens last.
         nearest_sim = similarity.index_select(0, chosen).amax(dim=0)
-        nearest_dist = distances.rows(chosen).amin(dim=0).clamp_max(1.0)
+        nearest_dist = distances.rows(chosen).amin(dim=0)
         order = order_ascending(torch.where(selected, math.inf, _redundancy(nearest_sim, nearest_dist, lam)))
         # Pad to whole blocks with the last token of the order, always an already selected one.
         order = torch.cat([order, order[-1:].expand(blocks * config.block - n)]).reshape(blocks, config.block)
+        # Each block's rows in M and in the distance table, made once a pass.
+        xs = (order, order * n, distances.offsets(order.reshape(-1)).reshape(blocks, config.block))
 
-        def step(carry: tuple[Tensor, ...], block: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-            selected, chosen, room = carry
-            sim = _entries(similarity_flat, n, chosen, block).amax(dim=1)
-            dist = distances.pairs(block, chosen).amin(dim=1).clamp_max(1.0)
+        def step(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
+            (selected, chosen, room), (block, sim_offsets, dist_offsets) = carry, xs
+            sim = _entries(by_row, sim_offsets, chosen).amax(dim=1)
+            dist = distances.pairs(block, dist_offsets, chosen).amin(dim=1)
             m = _redundancy(sim, dist, lam)
             was_selected = selected.index_select(0, block)
             accepted = (m < threshold) & ~was_selected
@@ -248,7 +255,7 @@ def _greedy_fill(
             selected = selected.index_put((block,), accepted | was_selected)
             return (selected, chosen, room - accepted.sum()), accepted  # a scan step has an output
 
-        (selected, chosen, room), _ = loop_scan(step, (selected, chosen, room), order)
+        (selected, chosen, room), _ = loop_scan(step, (selected, chosen, room), xs)
     return selected, chosen[:keep]
 
 

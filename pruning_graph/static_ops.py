@@ -134,13 +134,16 @@ def one_hot(index: Tensor, n: int) -> Tensor:
     return index[:, None] == torch.arange(n, device=index.device)[None, :]
 
 
-def loop_scan(step: Callable, carry: tuple[Tensor, ...], xs: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+def loop_scan(
+    step: Callable, carry: tuple[Tensor, ...], xs: Tensor | tuple[Tensor, ...]
+) -> tuple[tuple[Tensor, ...], Tensor]:
     """`scan` when tracing for export; in eager, the Python loop it is documented to mean (the
-    eager operator compiles its closure first: 1.9 s on the first call, 2-3x slower after)."""
+    eager operator compiles its closure first: 1.9 s on the first call, 2-3x slower after).
+    `xs` is one tensor or a tuple of them, scanned along dim 0 together."""
     if torch.compiler.is_compiling():
         return scan(step, carry, xs)
     ys = []
-    for x in xs:
+    for x in xs if isinstance(xs, Tensor) else zip(*xs):
         carry, y = step(carry, x)
         ys.append(y)
     return carry, torch.stack(ys)
