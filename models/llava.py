@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image
 from torch import Tensor, nn
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers import (
+    BaseImageProcessor,
     GenerationConfig,
     LlamaConfig,
     LlavaConfig,
@@ -25,6 +25,7 @@ from transformers import (
     PretrainedConfig,
     ProcessorMixin,
 )
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from models.decoder import check_batch_of_one
 from models.families import ModelFamily, register
@@ -129,11 +130,17 @@ class LlavaFamily(ModelFamily):
         """Square images CLIP encodes per picture: 1."""
         return 1
 
-    def synthetic_processor(self, spec: ModelSpec) -> LlavaProcessor:
+    def image_processor(self, spec: ModelSpec) -> BaseImageProcessor:
+        """The image processor of `synthetic_processor`: CLIP's at the spec's image size."""
         side = spec.vision.image_size
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        return CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+
+    def synthetic_processor(self, spec: ModelSpec) -> ProcessorMixin:
         return build_processor(
-            spec, image_processor, LlavaProcessor, vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY
+            spec,
+            self.image_processor(spec),
+            self.processor_class,
+            vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY,
         )
 
     def generation_config(self, spec: ModelSpec) -> GenerationConfig:

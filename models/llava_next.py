@@ -30,9 +30,8 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 
 from models.decoder import check_batch_of_one
 from models.families import register
-from models.llava import VISION_FEATURE_SELECT_STRATEGY, LlavaFamily, VisionEncoder
+from models.llava import LlavaFamily, VisionEncoder
 from models.registry import AnyResVisionSpec, ModelSpec
-from models.synthetic_processor import build_processor
 
 
 class AnyResVisionEncoder(nn.Module):
@@ -94,15 +93,13 @@ class LlavaNextFamily(LlavaFamily):
         """The base tile and the high-resolution tiles."""
         return 1 + spec.vision.tiles
 
-    def synthetic_processor(self, spec: ModelSpec) -> LlavaNextProcessor:
+    def image_processor(self, spec: ModelSpec) -> LlavaNextImageProcessorPil:
+        """LLaVA-NeXT's, at the spec's tile size and pinpoints."""
         tile = spec.vision.tile_size
-        image_processor = LlavaNextImageProcessorPil(
+        return LlavaNextImageProcessorPil(
             size={"shortest_edge": tile},
             crop_size={"height": tile, "width": tile},
             image_grid_pinpoints=[list(pinpoint) for pinpoint in spec.vision.image_grid_pinpoints],
-        )
-        return build_processor(
-            spec, image_processor, LlavaNextProcessor, vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY
         )
 
     def preprocess_manifest(self, processor: ProcessorMixin, spec: ModelSpec) -> dict[str, Any]:

@@ -39,14 +39,15 @@ class LlavaNextHost(LlavaHost):
             )
 
     def preprocess(self, image: Image.Image, *, on_note: Callable[[str], None] | None = None) -> np.ndarray:
-        fitted = stretch(image, self.image_size, self.config.resample, on_note)
-        tile = self.config.crop_size[0]
+        config = self.config
+        fitted = stretch(image, self.image_size, config.resample, on_note)
+        tile = config.crop_size[0]
         pixels = np.asarray(fitted).transpose(2, 0, 1)  # [3, S, S] uint8
         corners = range(0, self.image_size, tile)
-        tiles = [crop_image(fitted, self.config)]
+        tiles = [crop_image(fitted, config)]
         tiles += [pixels[:, top : top + tile, left : left + tile] for top in corners for left in corners]
-        config = self.config
-        return np.stack([rescale_and_normalize(t, config.rescale_factor, config.image_mean, config.image_std) for t in tiles])[None]
+        normalized = [rescale_and_normalize(t, config.rescale_factor, config.image_mean, config.image_std) for t in tiles]
+        return np.stack(normalized)[None]
 
     def fit_image(self, image: Image.Image) -> Image.Image:
         return stretch(image, self.image_size, self.config.resample)

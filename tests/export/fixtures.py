@@ -92,6 +92,14 @@ def artifact_dirs(exported_artifact) -> Mapping[int, Path]:
     return LazyArtifacts(exported_artifact)
 
 
+def export_and_check(config: ExportConfig, steps: int) -> tuple[Path, ParityReport]:
+    """Export `config` without the pipeline's own check, then check parity over `steps` tokens
+    against the eager model the export loaded: (artifact folder, parity report)."""
+    pipeline = ExportPipeline(config)
+    folder = pipeline.run()
+    return folder, check_parity(folder, reference=take_reference(pipeline), steps=steps)
+
+
 def exporter(model: str, checkpoint: Path, root: Path, steps: int) -> Callable[..., tuple[Path, ParityReport]]:
     """(keep, quantization="none") -> (artifact folder, parity report over `steps` tokens) of `model`
     from `checkpoint`, exported into `root` on first use: float32 to both backends, quantized to
@@ -104,9 +112,7 @@ def exporter(model: str, checkpoint: Path, root: Path, steps: int) -> Callable[.
             config = ExportConfig(
                 model=model, keep=keep, quantization=quantization, model_path=checkpoint, output_dir=root, backends=backends
             )
-            pipeline = ExportPipeline(config)
-            folder = pipeline.run()
-            done[keep, quantization] = folder, check_parity(folder, reference=take_reference(pipeline), steps=steps)
+            done[keep, quantization] = export_and_check(config, steps)
         return done[keep, quantization]
 
     return export

@@ -13,10 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from export.__main__ import take_reference
 from export.config import ExportConfig
 from export.manifest import read_manifest
-from export.pipeline import ExportPipeline
 from models import build_tiny_qwen2_vl
 from pruning_graph import divprune_reference_order, divprune_select
 from runtime.__main__ import main as runtime_main
@@ -27,6 +25,7 @@ from runtime.parity import check_parity, load_reference
 from runtime.samples import DEFAULT_PROMPT, sample_image
 from runtime.show import draw_selection
 from runtime.show import main as show_main
+from tests.export.fixtures import export_and_check
 from tests.export.parity_checks import assert_exact_parity
 
 STEPS = 16
@@ -54,9 +53,7 @@ def exported(tiny_dir, tmp_path_factory):
             config = ExportConfig(
                 model=model, keep=keep, method=method, model_path=checkpoints[model](), backends=backends, output_dir=root
             )
-            pipeline = ExportPipeline(config)
-            folder = pipeline.run()
-            done[case] = folder, check_parity(folder, reference=take_reference(pipeline), steps=STEPS)
+            done[case] = export_and_check(config, STEPS)
         return done[case]
 
     return export

@@ -22,13 +22,12 @@ from pathlib import Path
 import onnx
 import pytest
 
-from export.__main__ import take_reference
 from export.config import ExportConfig
 from export.manifest import read_manifest
-from export.pipeline import ExportPipeline
 from models import build_random_model, get_spec
 from runtime.contract import ONNX_WEIGHTS_FILE
-from runtime.parity import MIN_KEPT_OVERLAP, check_parity
+from runtime.parity import MIN_KEPT_OVERLAP
+from tests.export.fixtures import export_and_check
 
 STEPS = 4  # greedy tokens compared: enough to cover prefill, the cache hand-over and decoding
 # Each family's real widths at reduced depth, random weights: (model, quantized text linears).
@@ -46,9 +45,7 @@ def _tiny_int4(tiny_dir, output_dir: Path, profile: str):
         backends="onnx",
         onnx_profile=profile,
     )
-    pipeline = ExportPipeline(config)
-    folder = pipeline.run()
-    return folder, check_parity(folder, reference=take_reference(pipeline), steps=STEPS)
+    return export_and_check(config, STEPS)
 
 
 @pytest.fixture(scope="module")
