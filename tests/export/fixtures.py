@@ -11,8 +11,9 @@ test asks for it:
         folder = artifact_dirs[576]             # the same, as a lazy {keep: folder} mapping
 
 The artifacts are exported without the parity check (their manifest's `parity` is
-`{"status": "skipped"}`). Under pytest-xdist (`make test`) the workers share them: the first that
-asks for a keep exports it, under a file lock, into the run's common temporary folder.
+`{"status": "skipped"}`). Under pytest-xdist (`make test`) the workers share them and the
+checkpoint they come from: the first that asks builds or exports it, under a file lock, into the
+run's common temporary folder (so every manifest names the checkpoint every worker sees).
 """
 
 from __future__ import annotations
@@ -54,10 +55,20 @@ class LazyArtifacts(Mapping[int, Path]):
         return len(TEST_KEEPS)
 
 
+def run_folder(tmp_path_factory) -> Path:
+    """The temporary folder common to every worker of this run."""
+    # An xdist worker's base folder is <run>/popen-gwN: <run> is common to the run's workers.
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    """The tiny-llava checkpoint, built offline into a temporary folder."""
-    return build_tiny_llava(tmp_path_factory.mktemp("checkpoints") / "tiny-llava")
+    """The tiny-llava checkpoint, built offline once per run, whichever worker asks first."""
+    target = run_folder(tmp_path_factory) / "checkpoints" / "tiny-llava"
+    target.parent.mkdir(exist_ok=True)
+    with FileLock(target.parent / "tiny-llava.lock"):
+        return build_tiny_llava(target)
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +80,7 @@ def tiny(tiny_dir) -> LoadedModel:
 def exported_artifact(tiny_dir, tmp_path_factory) -> Callable[[int], Path]:
     """keep -> the artifact folder of tiny-llava at that keep (ONNX and ExecuTorch), exported once
     per run, whichever worker asks first."""
-    # An xdist worker's base folder is <run>/popen-gwN: <run> is common to the run's workers.
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-llava-artifacts"
+    root = run_folder(tmp_path_factory) / "tiny-llava-artifacts"
     root.mkdir(exist_ok=True)
     folders: dict[int, Path] = {}
 
