@@ -17,6 +17,8 @@ QUANTIZE ?=
 ONNX_PROFILE ?=
 # IMAGE_SIZE=S: the side of the square image the graphs take (Qwen2-VL: a multiple of 28; default the model's).
 IMAGE_SIZE ?=
+# FRAMES=F: video frames per prompt of a video model (llava-video-7b: default 16).
+FRAMES ?=
 # METHOD=vlm-pruner|fastv|dart|divprune: the token selection (default vlm-pruner); make bench and
 # make bench-select take several ("vlm-pruner fastv dart divprune") and put them side by side.
 METHOD ?=
@@ -32,9 +34,10 @@ SOAK_RUNS ?= 1000
 # `?=` would then keep it empty.
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE ONNX_PROFILE IMAGE_SIZE METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
+export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE ONNX_PROFILE IMAGE_SIZE FRAMES METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
-               $${ONNX_PROFILE:+--onnx-profile "$$ONNX_PROFILE"} $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
+               $${ONNX_PROFILE:+--onnx-profile "$$ONNX_PROFILE"} $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} \
+               $${FRAMES:+--frames "$$FRAMES"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
 .PHONY: setup test export bench bench-select bench-quality bench-soak clean clean-staging
 
@@ -80,7 +83,7 @@ bench-soak: setup
 	$(PY) -m bench.soak $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} --runs "$$SOAK_RUNS"
 
 # make export [MODEL=tiny-llava] [KEEP=64 | RATE=0.889] [METHOD=vlm-pruner] [BACKENDS=onnx,executorch]
-#             [RANDOM_WEIGHTS=1] [QUANTIZE=int4] [ONNX_PROFILE=fast] [IMAGE_SIZE=672]
+#             [RANDOM_WEIGHTS=1] [QUANTIZE=int4] [ONNX_PROFILE=fast] [IMAGE_SIZE=672] [FRAMES=16]
 # -> artifacts/<MODEL>/keep<R>[-<METHOD>]/ (export/ARTIFACTS.md), parity-checked against the eager model.
 export: setup
 	$(PY) -m export $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${RATE:+--rate "$$RATE"} $${METHOD:+--method "$$METHOD"}

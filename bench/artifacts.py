@@ -21,6 +21,7 @@ def add_artifact_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--quantize", help="as for `python -m export` (default: the model's)")
     parser.add_argument("--image-size", type=int, help="as for `python -m export` (default: the model's)")
+    parser.add_argument("--frames", type=int, help="as for `python -m export` (default: the model's)")
     parser.add_argument("--onnx-profile", help="as for `python -m export` (default: exact)")
     parser.add_argument("--backends", help="as for `python -m export` (default: every one that fits)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("artifacts"))
@@ -32,7 +33,8 @@ def num_image_tokens(args: argparse.Namespace) -> int:
     from models import get_spec  # imports torch: after the arguments are checked
 
     spec = get_spec(args.model)
-    return (spec if args.image_size is None else spec.with_image_size(args.image_size)).num_image_tokens
+    spec = spec if args.image_size is None else spec.with_image_size(args.image_size)
+    return (spec if args.frames is None else spec.with_frames(args.frames)).num_image_tokens
 
 
 def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = None) -> Path:
@@ -49,6 +51,7 @@ def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = No
         method=method,
         quantization=args.quantize,
         image_size=args.image_size,
+        frames=args.frames,
         output_dir=args.output_dir,
         **({"onnx_profile": args.onnx_profile} if args.onnx_profile else {}),
     )
@@ -59,6 +62,7 @@ def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = No
     flags += ["--random-weights"] if args.random_weights else []
     flags += ["--quantize", args.quantize] if args.quantize else []
     flags += ["--image-size", str(args.image_size)] if args.image_size else []
+    flags += ["--frames", str(args.frames)] if args.frames else []
     flags += ["--onnx-profile", args.onnx_profile] if args.onnx_profile else []
     flags += ["--backends", args.backends] if args.backends else []
     print(f"{folder} is missing; exporting it: python -m export {' '.join(flags)}", flush=True)

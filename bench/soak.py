@@ -26,13 +26,13 @@ from runtime.bench import RESULTS_DIR
 from runtime.cli import HelpFormatter, import_torch_quietly, run_cli
 from runtime.generate import GenerationConfig, Runner
 from runtime.measure import current_rss_mib
-from runtime.samples import DEFAULT_PROMPT, sample_image
+from runtime.samples import DEFAULT_PROMPT
 
 
 def soak(folder: Path, backend: str, *, runs: int, max_new_tokens: int) -> dict[str, Any]:
     """`runs` generations with one runner; resident memory along the way and output stability."""
     runner = Runner(folder, backend)
-    image, config = sample_image(), GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
+    image, config = runner.inputs.family.sample(), GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
     first = runner.generate(image, DEFAULT_PROMPT, config)
     rss = {1: current_rss_mib()}
     identical = True

@@ -2,7 +2,7 @@
 
     python -m export [-m MODEL] [--keep R | --rate r] [--backends onnx,executorch]
                      [--model-path DIR | --random-weights [--seed S]] [--quantize none|int4|int8]
-                     [--onnx-profile exact|fast] [--image-size S] [-o DIR] [--max-seq-len M] [--skip-parity]
+                     [--onnx-profile exact|fast] [--image-size S] [--frames F] [-o DIR] [--max-seq-len M] [--skip-parity]
     python -m export --clean [-o DIR]
 
 Writes `<output-dir>/<model>/keep<R>/` (layout in export/ARTIFACTS.md), then runs the parity
@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the model's; Qwen2-VL: any multiple of 28, default 672 for qwen2-vl-7b; LLaVA-1.5: 336 only)",
     )
     parser.add_argument(
+        "--frames",
+        type=_number(int, lambda frames: frames >= 1, "at least 1"),
+        metavar="F",
+        help="video frames one prompt takes, sampled uniformly from the input video (video models only; "
+        "default: the model's, 16 for llava-video-7b)",
+    )
+    parser.add_argument(
         "--quantize",
         choices=QUANTIZATIONS,
         help="weights of the language model's linears: int4 (ONNX Runtime MatMulNBits, ExecuTorch 8da4w), "
@@ -205,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         output_dir=args.output_dir,
         max_seq_len=args.max_seq_len,
         image_size=args.image_size,
+        frames=args.frames,
         quantization=args.quantize,
         onnx_profile=args.onnx_profile,
         random_weights=args.random_weights,

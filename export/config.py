@@ -31,6 +31,8 @@ class ExportConfig:
             more (LLaVA-NeXT: 4096), at most the model's position limit.
         image_size: S, the side of the square image the graphs take (`ModelSpec.with_image_size`);
             default the model's. Only models whose vision tower takes several sizes accept another.
+        frames: F, the video frames one prompt takes (`ModelSpec.with_frames`); video models only,
+            default the model's (16 for llava-video-7b).
         method: the selection method (`models.selectors`): a name (its default settings) or a
             configured `SelectionMethod`.
         quantization: weight format of the language model's linears (`models.quantize.Quantization`
@@ -55,6 +57,7 @@ class ExportConfig:
     output_dir: Path = Path("artifacts")
     max_seq_len: int | None = None
     image_size: int | None = None
+    frames: int | None = None
     method: SelectionMethod | str = DEFAULT_METHOD
     quantization: Quantization | str | None = None
     random_weights: bool = False
@@ -125,9 +128,10 @@ class ExportConfig:
 
     @property
     def spec(self) -> ModelSpec:
-        """The model's spec at the export's image size."""
+        """The model's spec at the export's image size and number of frames."""
         spec = get_spec(self.model)
-        return spec if self.image_size is None else spec.with_image_size(self.image_size)
+        spec = spec if self.image_size is None else spec.with_image_size(self.image_size)
+        return spec if self.frames is None else spec.with_frames(self.frames)
 
     @property
     def keep_count(self) -> int:
@@ -152,10 +156,13 @@ class ExportConfig:
     @property
     def artifact_dir(self) -> Path:
         """`output_dir/<model>/keep<R>`, with `-<method>` appended when the method is not the default,
-        `-<S>px` when the image size is not the model's default, `-<quantization>` when the
+        `-<S>px` when the image size is not the model's default, `-<F>f` when the frames are not,
+        `-<quantization>` when the
         quantization is not, and `-<profile>` when the ONNX profile is not."""
         spec = self.spec
-        size = "" if spec.image_size == get_spec(self.model).image_size else f"-{spec.image_size}px"
+        default = get_spec(self.model)
+        size = "" if spec.image_size == default.image_size else f"-{spec.image_size}px"
+        size += "" if spec.frames == default.frames else f"-{spec.frames}f"
         quantization = "" if self.quantization.value == spec.quantization else f"-{self.quantization.value}"
         method = "" if self.method.name == DEFAULT_METHOD else f"-{self.method.name}"
         profile = "" if self.onnx_profile == ONNX_PROFILES[0] else f"-{self.onnx_profile}"

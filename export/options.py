@@ -15,10 +15,12 @@ MODEL_NAMES = (
     "llava-1.5-7b",
     "llava-1.5-7b-3layers",
     "llava-next-7b",
+    "llava-video-7b",
     "qwen2-vl-7b",
     "qwen2-vl-7b-3layers",
     "tiny-llava",
     "tiny-llava-next",
+    "tiny-llava-video",
     "tiny-qwen2-vl",
 )
 # The default first.

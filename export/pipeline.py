@@ -161,6 +161,7 @@ class ExportPipeline:
                 seed=config.seed if config.random_weights else None,
                 model_path=config.model_path,
                 image_size=config.image_size,
+                frames=config.frames,
             )
             with torch.device("meta"):
                 hollow = config.spec.model_family.model_class(self.loaded.model.config).float()

@@ -22,7 +22,7 @@ from models.registry import ModelSpec, get_spec
 MODEL_PATH_ENV = "MODEL_PATH"
 # The checkpoints built here from a recipe, by model name.
 TINY_RECIPES: dict[str, Recipe] = {
-    recipe.name: recipe for recipe in (tiny_llava.RECIPE, tiny_llava.NEXT_RECIPE, tiny_qwen2_vl.RECIPE)
+    recipe.name: recipe for recipe in (tiny_llava.RECIPE, tiny_llava.NEXT_RECIPE, tiny_llava.VIDEO_RECIPE, tiny_qwen2_vl.RECIPE)
 }
 
 
@@ -115,16 +115,18 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
+    frames: int | None = None,
 ) -> LoadedModel:
     """Load model `name` and its processor from a local checkpoint (see `resolve_checkpoint`).
 
     Args:
         image_size: the image resolution of the export (`ModelSpec.with_image_size`); default the spec's.
+        frames: a video model's frames per prompt (`ModelSpec.with_frames`); default the spec's.
     Raises:
         ValueError: unknown name, or a checkpoint whose config contradicts the spec.
         FileNotFoundError: no checkpoint found.
     """
-    spec = _spec(name, image_size)
+    spec = _spec(name, image_size, frames)
     family = spec.model_family
     directory = resolve_checkpoint(name, model_path, cache_dir=cache_dir)
     model = family.model_class.from_pretrained(directory, dtype=dtype, local_files_only=True)
@@ -140,6 +142,7 @@ def load_for_export(
     seed: int | None = None,
     model_path: str | os.PathLike | None = None,
     image_size: int | None = None,
+    frames: int | None = None,
 ) -> LoadedModel:
     """Model `name` in float32 with its language model's linears quantized, built block by block.
 
@@ -148,10 +151,11 @@ def load_for_export(
         seed: draw random weights from this seed (synthetic processor, no checkpoint needed);
             None loads the checkpoint (see `resolve_checkpoint`).
         image_size: the image resolution of the export (`ModelSpec.with_image_size`); default the spec's.
+        frames: a video model's frames per prompt (`ModelSpec.with_frames`); default the spec's.
     Peak memory: the result plus one float32 block; a checkpoint to be quantized is first loaded
     in float16 (what LLaVA checkpoints hold), so a 7B one needs 13.2 GiB on the way.
     """
-    spec = _spec(name, image_size)
+    spec = _spec(name, image_size, frames)
     family = spec.model_family
     quantize = partial(quantize_block, quantization=quantization)
     if seed is not None:
@@ -160,7 +164,7 @@ def load_for_export(
         model = materialize(model, fill_random(seed), transform=quantize)
         return LoadedModel(spec=spec, model=model, processor=family.synthetic_processor(spec))
     dtype = torch.float32 if quantization is Quantization.NONE else torch.float16
-    loaded = load_model(name, model_path, dtype=dtype, image_size=image_size)
+    loaded = load_model(name, model_path, dtype=dtype, image_size=image_size, frames=frames)
     materialize(loaded.model, keep_loaded, transform=quantize)
     return loaded
 
@@ -168,14 +172,17 @@ def load_for_export(
 def check_config(spec: ModelSpec, config: PretrainedConfig) -> None:
     """Raise ValueError when a checkpoint's config contradicts what the spec says of the model."""
     if not isinstance(config, spec.model_family.config_class):
+        note = spec.model_family.checkpoint_note(spec)
         raise ValueError(
             f"the checkpoint is a {type(config).__name__}, {spec.name} is a {spec.model_family.config_class.__name__}"
+            + (f": {note}" if note else "")
         )
     wrong = spec.model_family.config_mismatches(spec, config)
     if wrong:
         raise ValueError(f"the checkpoint does not match the {spec.name} spec: " + "; ".join(wrong))
 
 
-def _spec(name: str, image_size: int | None) -> ModelSpec:
+def _spec(name: str, image_size: int | None, frames: int | None) -> ModelSpec:
     spec = get_spec(name)
-    return spec if image_size is None else spec.with_image_size(image_size)
+    spec = spec if image_size is None else spec.with_image_size(image_size)
+    return spec if frames is None else spec.with_frames(frames)

@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from importlib import import_module
 from typing import Any, ClassVar
 
+import numpy as np
 from torch import Tensor, nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
@@ -99,6 +100,18 @@ class ModelFamily(ABC):
         """A checkpoint's processor set to the export's fixed image geometry (in place); returns it."""
         return processor
 
+    def checkpoint_note(self, spec: ModelSpec) -> str:
+        """What a user whose checkpoint is of another class should know (e.g. a conversion); "" if nothing."""
+        return ""
+
+    def processor_inputs(
+        self, processor: ProcessorMixin, visual: Any, text: str, spec: ModelSpec
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids int64 [1, T], pixel_values float32) of templated `text` and the visual input,
+        as the model's transformers processor makes them."""
+        inputs = processor(images=visual, text=text, return_tensors="np")
+        return inputs["input_ids"], inputs["pixel_values"]
+
     @abstractmethod
     def synthetic_processor(self, spec: ModelSpec) -> ProcessorMixin:
         """The processor of a model built with random weights (no checkpoint, no download)."""
@@ -165,7 +178,7 @@ def prompt_image_tokens(spec: ModelSpec, keep: int, method: SelectionMethod | No
 # name -> family, filled by `register` as the family modules are imported (`get_family`).
 FAMILIES: dict[str, ModelFamily] = {}
 # The modules that define the families: a new family is one more module here.
-FAMILY_MODULES = ("models.llava", "models.llava_next", "models.qwen2_vl")
+FAMILY_MODULES = ("models.llava", "models.llava_next", "models.qwen2_vl", "models.llava_video")
 
 
 def register(family: type[ModelFamily]) -> type[ModelFamily]:

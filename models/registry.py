@@ -8,11 +8,11 @@ without downloading anything), where its weights come from, the image geometry t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-
 from typing import TYPE_CHECKING
 
-from transformers import CLIPVisionConfig, PretrainedConfig
+from transformers import CLIPVisionConfig, PretrainedConfig, SiglipVisionConfig
 
 from pruning_graph.validation import Grid
 
@@ -159,6 +159,60 @@ class Qwen2VLVisionSpec:
 
 
 @dataclass(frozen=True)
+class VideoVisionSpec:
+    """LLaVA-Video's vision side (LLaVA-OneVision's video path): SigLIP on each of `frames` frames.
+
+    A frame of S x S pixels gives P x P patches, P = S // patch (no CLS); after the projector,
+    bilinear pooling leaves ceil(P / 2) x ceil(P / 2) tokens per frame (14 x 14 = 196 at 384 px);
+    the frames follow one another, and one learned newline token closes the video:
+    N = frames * ceil(P / 2)^2 + 1 (3137 for 16 frames).
+    """
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    image_size: int = 384
+    patch_size: int = 14
+    frames: int = 16
+
+    def __post_init__(self) -> None:
+        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
+            raise ValueError(f"the number of video frames must be a positive integer, got {self.frames!r}")
+
+    @property
+    def patches(self) -> int:
+        """P, SigLIP's patches per side of a frame."""
+        return self.image_size // self.patch_size
+
+    @property
+    def pooled(self) -> int:
+        """Tokens per side of a frame after the 2 x 2 bilinear pooling: ceil(P / 2)."""
+        return math.ceil(self.patches / 2)
+
+    @property
+    def token_size(self) -> int:
+        """Pixels per image token side, before pooling: one token per patch."""
+        return self.patch_size
+
+    @property
+    def views(self) -> tuple[tuple[int, int], ...]:
+        """One pooled square per frame, in frame order, then the newline token as a 1 x 1 view."""
+        return ((self.pooled, self.pooled),) * self.frames + ((1, 1),)
+
+    def config(self) -> SiglipVisionConfig:
+        return SiglipVisionConfig(
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            vision_use_head=False,
+        )
+
+
+@dataclass(frozen=True)
 class TextModelSpec:
     """Decoder hyperparameters (Llama, Qwen2)."""
 
@@ -180,7 +234,7 @@ class ModelSpec:
 
     Attributes:
         name: short registry name.
-        family: the model family (`models.families`): "llava", "llava_next" or "qwen2_vl".
+        family: the model family (`models.families`): "llava", "llava_next", "qwen2_vl" or "llava_video".
         hf_repo: Hugging Face repository of the weights; None for a model built locally.
         vision: vision tower hyperparameters, of the family's kind.
         text: language model hyperparameters.
@@ -202,7 +256,7 @@ class ModelSpec:
     name: str
     family: str
     hf_repo: str | None
-    vision: VisionTowerSpec | Qwen2VLVisionSpec
+    vision: VisionTowerSpec | Qwen2VLVisionSpec | VideoVisionSpec
     text: TextModelSpec
     image_token_id: int = 32000
     pad_token_id: int = 32001
@@ -214,7 +268,7 @@ class ModelSpec:
     mrope_section: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.vision.image_size % self.vision.token_size:
+        if self.resizable and self.vision.image_size % self.vision.token_size:
             raise ValueError(
                 f"{self.name}: image size {self.vision.image_size} is not a multiple of "
                 f"{self.vision.token_size} (the pixels of one image token)"
@@ -275,6 +329,21 @@ class ModelSpec:
         return replace(self, vision=replace(self.vision, image_size=size))
 
     @property
+    def frames(self) -> int | None:
+        """The video frames one prompt takes (`VideoVisionSpec`); None for a model of images."""
+        return getattr(self.vision, "frames", None)
+
+    def with_frames(self, frames: int) -> ModelSpec:
+        """The spec of a video model at another number of frames (an export's `--frames`).
+
+        Raises:
+            ValueError: a model of images, or not a positive integer.
+        """
+        if self.frames is None:
+            raise ValueError(f"{self.name} answers about images, not videos: it takes no number of frames")
+        return self if frames == self.frames else replace(self, vision=replace(self.vision, frames=frames))
+
+    @property
     def model_family(self) -> ModelFamily:
         """The family's modules and transformers classes (`models.families`)."""
         from models.families import get_family
@@ -324,6 +393,40 @@ _QWEN2_7B = TextModelSpec(
     rope_theta=1000000.0,
     max_position_embeddings=32768,
 )
+# Qwen2 at toy size (tiny-qwen2-vl, tiny-llava-video): width 64, 4 layers, grouped-query attention
+# (4 query heads, 2 KV heads); head_dim 16. A wider initialisation than transformers' 0.02 keeps
+# greedy decoding of the random weights from collapsing onto one repeated token.
+_TINY_QWEN2 = TextModelSpec(
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=512,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    initializer_range=0.1,
+)
+# LLaVA-Video's conversation (LLaVA-NeXT's "qwen_1_5" template) for one video and one question.
+LLAVA_VIDEO_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n<video>\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+)
+# The same as a processor chat template: the video first, then the text of each user turn.
+LLAVA_VIDEO_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}<video>\n{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# LLaVA-OneVision's special tokens in its tokenizer's order, the first at id 151643 at 7B.
+LLAVA_VIDEO_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
 # Qwen2-VL-Instruct's conversation for one image and one question: what its chat template renders
 # (default system turn, image before the text, generation prompt).
 QWEN2_VL_PROMPT = (
@@ -400,6 +503,31 @@ def _qwen2_vl(
         quantization=quantization,
         resizable=True,
         mrope_section=mrope_section,
+    )
+
+
+def _llava_video(
+    name: str,
+    hf_repo: str | None,
+    vision: VideoVisionSpec,
+    text: TextModelSpec,
+    *,
+    first_special: int,
+    quantization: str = "none",
+) -> ModelSpec:
+    """A LLaVA-Video spec: its special tokens from id `first_special` on, in
+    `LLAVA_VIDEO_SPECIAL_TOKENS` order; the prompt's visual placeholder is <video>."""
+    return ModelSpec(
+        name=name,
+        family="llava_video",
+        hf_repo=hf_repo,
+        vision=vision,
+        text=text,
+        image_token_id=first_special + LLAVA_VIDEO_SPECIAL_TOKENS.index("<video>"),
+        pad_token_id=first_special + LLAVA_VIDEO_SPECIAL_TOKENS.index("<|endoftext|>"),
+        prompt_template=LLAVA_VIDEO_PROMPT,
+        chat_template=LLAVA_VIDEO_CHAT_TEMPLATE,
+        quantization=quantization,
     )
 
 
@@ -513,19 +641,31 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             "tiny-qwen2-vl",
             None,
             Qwen2VLVisionSpec(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, image_size=224, initializer_range=0.1),
-            TextModelSpec(
-                hidden_size=64,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=128,
-                vocab_size=512,
-                rms_norm_eps=1e-6,
-                rope_theta=1000000.0,
-                initializer_range=0.1,
-            ),
+            _TINY_QWEN2,
             first_special=0,
             mrope_section=(2, 3, 3),
+        ),
+        # LLaVA-Video-7B-Qwen2 (lmms-lab's config): SigLIP-so400m at 384 px (26 layers: the feature
+        # layer is the last of the 27), Qwen2-7B, 16 frames of 14 x 14 pooled tokens + the newline:
+        # N = 3137. Loaded as transformers' LLaVA-OneVision (`models.llava_video`).
+        _llava_video(
+            "llava-video-7b",
+            "lmms-lab/LLaVA-Video-7B-Qwen2",
+            VideoVisionSpec(hidden_size=1152, num_hidden_layers=26, num_attention_heads=16, intermediate_size=4304),
+            _QWEN2_7B,
+            first_special=151643,
+            quantization="int4",
+        ),
+        # LLaVA-Video at toy size: a 2-layer SigLIP of width 32 on 112 px frames (8 x 8 patches,
+        # 4 x 4 pooled tokens), 8 frames: N = 8 x 16 + 1 = 129; tiny-qwen2-vl's Qwen2. Random weights.
+        _llava_video(
+            "tiny-llava-video",
+            None,
+            VideoVisionSpec(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=112, frames=8
+            ),
+            _TINY_QWEN2,
+            first_special=0,
         ),
     )
 }

@@ -1,5 +1,5 @@
-"""Build the `tiny-llava` and `tiny-llava-next` checkpoints: LLaVA-1.5 and LLaVA-NeXT at toy size,
-random weights, saved like real ones.
+"""Build the `tiny-llava`, `tiny-llava-next` and `tiny-llava-video` checkpoints: LLaVA-1.5,
+LLaVA-NeXT and LLaVA-Video at toy size, random weights, saved like real ones.
 
 A directory holds what `from_pretrained` expects from a llava-hf checkpoint: the model (config,
 safetensors, generation config) and the family's processor (its CLIP image processor at the spec's
@@ -23,8 +23,9 @@ from models.synthetic_processor import CORPUS, SPECIAL_TOKENS
 
 NAME = "tiny-llava"
 NEXT_NAME = "tiny-llava-next"
+VIDEO_NAME = "tiny-llava-video"
 # Seeds with which greedy decoding of the random weights does not repeat one token.
-SEEDS = {NAME: 2, NEXT_NAME: 9}
+SEEDS = {NAME: 2, NEXT_NAME: 9, VIDEO_NAME: 3}
 BUILD_DIR = Path(__file__).resolve().parent.parent / "build" / "models"
 
 
@@ -60,3 +61,4 @@ def _recipe(name: str) -> Recipe:
 
 RECIPE = _recipe(NAME)
 NEXT_RECIPE = _recipe(NEXT_NAME)
+VIDEO_RECIPE = _recipe(VIDEO_NAME)

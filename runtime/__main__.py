@@ -1,6 +1,7 @@
-"""Answer one prompt about one image with an artifact folder.
+"""Answer one prompt about one image (or one video) with an artifact folder.
 
     python -m runtime ARTIFACT_DIR --image PHOTO.jpg --prompt "What is in the image?" [--backend onnx]
+    python -m runtime ARTIFACT_DIR --video CLIP.mp4 --prompt "What happens?"   (a video model's artifact)
 
 Exit status: 0 answered, 2 bad input or artifact, 3 internal error, 130 interrupted (`runtime.cli`).
 """
@@ -11,8 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.artifact import load_artifact
 from runtime.backends import BACKENDS
 from runtime.cli import HelpFormatter, printable, run_cli
+from runtime.families import host_family
 from runtime.generate import GenerationConfig, Runner
 
 
@@ -23,8 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("artifact_dir", type=Path, help="an artifact folder written by `python -m export`")
-    parser.add_argument("--image", type=Path, required=True, help="image file (any format PIL reads)")
-    parser.add_argument("--prompt", required=True, help="the question about the image")
+    visual = parser.add_mutually_exclusive_group(required=True)
+    visual.add_argument("--image", type=Path, help="image file (any format PIL reads)")
+    visual.add_argument(
+        "--video", type=Path, help="video file (any format FFmpeg reads) or folder of frames, for a video model"
+    )
+    parser.add_argument("--prompt", required=True, help="the question about the image or video")
     parser.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime to run the graphs on")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="stop after this many generated tokens")
     parser.add_argument(
@@ -35,11 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def answer(args: argparse.Namespace) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    runner = Runner(args.artifact_dir, args.backend, allow_failed_parity=args.allow_failed_parity)
+    artifact = load_artifact(args.artifact_dir)
+    # Before the graphs load (minutes at 7B): an image for a video model, or the reverse.
+    kind, wanted = ("video" if args.video is not None else "image"), host_family(artifact.manifest).input_kind
+    if kind != wanted:
+        raise ValueError(f"this artifact answers about {wanted}s, not {kind}s: give --{wanted}")
+    runner = Runner(artifact, args.backend, allow_failed_parity=args.allow_failed_parity)
     if runner.artifact.parity != "passed":
         print(f"note: {describe_parity(runner.artifact.parity)}", file=sys.stderr)
     _name_leftovers(args.artifact_dir)
-    result = runner.generate(args.image, args.prompt, config, on_note=lambda note: print(f"note: {note}", file=sys.stderr))
+    source = args.video if args.video is not None else args.image
+    result = runner.generate(source, args.prompt, config, on_note=lambda note: print(f"note: {note}", file=sys.stderr))
     stats = result.stats
     print(printable(result.text))
     print(

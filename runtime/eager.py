@@ -12,6 +12,7 @@ ONNX Runtime path.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,22 +145,24 @@ class EagerModel:
         """Load the registered model `name` (see `models.load_model`) and wrap it."""
         return cls.from_loaded(load_model(name, model_path, dtype=dtype), keep=keep, method=method)
 
-    def prepare_inputs(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    def prepare_inputs(self, image: Image.Image | Sequence[Image.Image], prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """The transformers processor's input_ids int64 [1, T] and pixel values (the family's shape)
-        of the templated prompt and the image, as the host side brings it to the export's geometry
-        (`HostFamily.fit_image`). When the vision graph selects the image tokens, the processor's
-        run of N image placeholders is cut to R, the image a stock runner would feed."""
-        if not isinstance(image, Image.Image):
+        of the templated prompt and the image (a video model: its frames), as the host side brings
+        it to the export's geometry (`HostFamily.fit_image`). When the vision graph selects the
+        image tokens, the processor's run of N image placeholders is cut to R, the image a stock
+        runner would feed."""
+        if self.spec.frames is None and not isinstance(image, Image.Image):
             raise ValueError(f"one PIL image per request, got {type(image).__name__}")
-        image_token = self.processor.image_token
-        if image_token in prompt:
-            raise ValueError(f"the prompt must not contain {image_token}: the conversation template places the image")
+        placeholder = self.processor.tokenizer.convert_ids_to_tokens(self.inputs.image_token_id)
+        if placeholder in prompt:
+            raise ValueError(f"the prompt must not contain {placeholder}: the conversation template places the image")
         text = self.spec.format_prompt(prompt)
-        inputs = self.processor(images=self.inputs.family.fit_image(image), text=text, return_tensors="np")
-        input_ids = inputs["input_ids"].astype(np.int64)
+        visual = self.inputs.family.fit_image(image)
+        input_ids, pixel_values = self.spec.model_family.processor_inputs(self.processor, visual, text, self.spec)
+        input_ids = input_ids.astype(np.int64)
         placeholders = np.flatnonzero(input_ids[0] == self.inputs.image_token_id)
         surplus = placeholders[self.inputs.prompt_image_tokens :]
-        return np.delete(input_ids, surplus, axis=1), inputs["pixel_values"].astype(np.float32)
+        return np.delete(input_ids, surplus, axis=1), pixel_values.astype(np.float32)
 
     def generate_ids(self, input_ids: np.ndarray, pixel_values: np.ndarray, config: GenerationConfig) -> Greedy:
         """Greedy decoding from prepared inputs (see `runtime.generate.greedy`)."""

@@ -27,7 +27,6 @@ from runtime.artifact import Artifact, load_artifact
 from runtime.backends import Session, open_session
 from runtime.contract import TOKENIZER_FILE
 from runtime.families import HostFamily, PromptInputs, host_family
-from runtime.preprocess import load_image
 from runtime.tokenizer import PromptTokenizer, find_image_positions
 
 
@@ -162,7 +161,7 @@ class InputProcessor:
         if self.tokenizer is None:
             raise ValueError("this InputProcessor has no tokenizer: give prepared input_ids to `prepare`")
         input_ids = self.tokenizer.encode(prompt)
-        pixel_values = self.family.preprocess(load_image(image, on_note=on_note), on_note=on_note)
+        pixel_values = self.family.preprocess(self.family.load(image, on_note=on_note), on_note=on_note)
         return self.prepare(input_ids, pixel_values)
 
     def prepare(self, input_ids: np.ndarray, pixel_values: np.ndarray) -> PromptInputs:

@@ -26,7 +26,7 @@ from typing import Any
 from runtime.backends import BACKENDS
 from runtime.cli import HelpFormatter, run_cli
 from runtime.generate import GenerationConfig, Runner, Stats
-from runtime.samples import DEFAULT_PROMPT, sample_image
+from runtime.samples import DEFAULT_PROMPT
 
 
 def measure(
@@ -48,7 +48,7 @@ def measure(
     tick = time.perf_counter()
     runner = Runner(artifact_dir, backend, num_threads=num_threads, verify=False)
     load_ms = (time.perf_counter() - tick) * 1000.0
-    image = sample_image()
+    image = runner.inputs.family.sample()
     config = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
     for _ in range(warmup):
         runner.generate(image, prompt, config)

@@ -39,8 +39,7 @@ from runtime.backends import BACKENDS
 from runtime.cli import EXIT_OK, EXIT_PARITY_FAILED, HelpFormatter, import_torch_quietly, run_cli
 from runtime.generate import GenerationConfig, InputProcessor, Runner, check_sequence_fits
 from runtime.measure import release_freed_memory
-from runtime.preprocess import load_image
-from runtime.samples import DEFAULT_PROMPT, sample_image
+from runtime.samples import DEFAULT_PROMPT
 
 if TYPE_CHECKING:
     from runtime.eager import EagerModel
@@ -191,7 +190,8 @@ def check_parity(
             `model_path`, else from the checkpoint or seed recorded in the manifest. Eager runs
             first; then, unless the caller holds it too, the reference is freed, so that a large
             model and the artifact's runtime are never in memory together.
-        image: default `runtime.samples.sample_image()`.
+        image: a path (an image, or a video for a video model); default the family's fixed
+            sample (`HostFamily.sample`: `runtime.samples`).
     Raises:
         ValueError: a tolerance unknown for the artifact's quantization, a reference with another keep
             or method, or no checkpoint to load the reference from.
@@ -207,8 +207,9 @@ def check_parity(
             raise ValueError(f"no parity criteria for {backend} with {artifact.quantization} weights")
     from models.quantize import weight_only
 
-    image = sample_image() if image is None else load_image(image)
-    inputs = InputProcessor.from_artifact(artifact)(image, prompt)
+    processor = InputProcessor.from_artifact(artifact)
+    image = processor.family.sample() if image is None else processor.family.load(image)
+    inputs = processor(image, prompt)
     input_ids, pixel_values = inputs.input_ids, inputs.pixel_values
     # Checked before the eager model runs: at 7B that takes minutes.
     check_sequence_fits(artifact, inputs.num_tokens, steps)
@@ -293,6 +294,7 @@ def load_reference(artifact: Artifact, model_path: str | os.PathLike | None = No
         seed=seed,
         model_path=model_path,
         image_size=artifact.manifest["geometry"]["image_size"],
+        frames=artifact.manifest["geometry"].get("frames"),
     )
     pruning = artifact.manifest["pruning"]
     return EagerModel.from_loaded(loaded, keep=artifact.keep, method=get_method(pruning["method"], pruning["config"]))

@@ -8,9 +8,10 @@ from runtime.artifact import ArtifactError
 from runtime.families.base import HostFamily, Positions, PromptInputs
 from runtime.families.llava import LlavaHost
 from runtime.families.llava_next import LlavaNextHost
+from runtime.families.llava_video import LlavaVideoHost
 from runtime.families.qwen2_vl import Qwen2VLHost
 
-HOST_FAMILIES: dict[str, type[HostFamily]] = {family.name: family for family in (LlavaHost, LlavaNextHost, Qwen2VLHost)}
+HOST_FAMILIES: dict[str, type[HostFamily]] = {family.name: family for family in (LlavaHost, LlavaNextHost, Qwen2VLHost, LlavaVideoHost)}
 
 
 def host_family(manifest: dict[str, Any]) -> HostFamily:

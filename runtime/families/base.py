@@ -11,13 +11,21 @@ prompt itself is the manifest's template, tokenized by `runtime.tokenizer` for e
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+from runtime.preprocess import load_image
+from runtime.samples import sample_image
+
+# File suffixes of videos, which a model of images refuses by name rather than as unreadable images.
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 
 
 @dataclass(frozen=True)
@@ -91,9 +99,12 @@ class HostFamily(ABC):
 
     Class attributes:
         name: the family's name, as `models.families` registers it and the manifest records it.
+        input_kind: "image", or "video" for a family that reads frames (`load`).
     """
 
     name: ClassVar[str]
+    # What one prompt is about: "image", or "video" (a family whose `load` reads frames).
+    input_kind: ClassVar[str] = "image"
 
     def __init__(self, manifest: dict[str, Any]):
         geometry = manifest["geometry"]
@@ -104,6 +115,25 @@ class HostFamily(ABC):
         )
         self.num_image_tokens: int = geometry["num_image_tokens"]
         self.pixel_values_shape: tuple[int, ...] = tuple(geometry["pixel_values_shape"])
+
+    def load(self, source: str | os.PathLike | Image.Image, *, on_note: Callable[[str], None] | None = None) -> Any:
+        """The family's visual input from a path (or what is already loaded): one image here
+        (`runtime.preprocess.load_image`); a video family's frames.
+
+        Raises:
+            FileNotFoundError / ValueError: a file that does not exist or cannot be read as the
+                family's input (a video given to a model of images says so).
+        """
+        if not isinstance(source, Image.Image) and Path(source).suffix.lower() in VIDEO_SUFFIXES:
+            raise ValueError(
+                f"{source} is a video; this artifact answers about images (a video model, e.g. llava-video-7b, "
+                "takes videos with --video)"
+            )
+        return load_image(source, on_note=on_note)
+
+    def sample(self) -> Any:
+        """The fixed visual input of parity checks and benchmarks (`runtime.samples`)."""
+        return sample_image()
 
     @abstractmethod
     def preprocess(self, image: Image.Image, *, on_note: Callable[[str], None] | None = None) -> np.ndarray:

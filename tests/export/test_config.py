@@ -99,8 +99,8 @@ def test_image_size_sets_the_geometry_and_the_folder():
         (
             {"model": "llava-9b"},
             "unknown model 'llava-9b'; registered models: "
-            "llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, llava-next-7b, qwen2-vl-7b, qwen2-vl-7b-3layers, "
-            "tiny-llava, tiny-llava-next, tiny-qwen2-vl",
+            "llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, llava-next-7b, llava-video-7b, qwen2-vl-7b, "
+            "qwen2-vl-7b-3layers, tiny-llava, tiny-llava-next, tiny-llava-video, tiny-qwen2-vl",
         ),
         ({"keep": 64, "rate": 0.5}, r"give keep or rate, not both \(keep=64, rate=0.5\)"),
         ({"keep": 0}, r"keep must be an integer in \[1, N\] = \[1, 576\]"),

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, Qwen2VLForConditionalGeneration
+from transformers import (
+    LlavaForConditionalGeneration,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
 
 from models import MODEL_SPECS, build_random_model, get_family, get_spec
 from runtime.families import HOST_FAMILIES
@@ -11,12 +16,14 @@ from runtime.families import HOST_FAMILIES
 
 def test_every_model_has_a_family_on_both_sides():
     families = {spec.family for spec in MODEL_SPECS.values()}
-    assert families == {"llava", "llava_next", "qwen2_vl"}
+    assert families == {"llava", "llava_next", "qwen2_vl", "llava_video"}
     assert set(HOST_FAMILIES) == families
     assert get_family("llava").model_class is LlavaForConditionalGeneration
     assert get_family("llava_next").model_class is LlavaNextForConditionalGeneration
     assert get_family("qwen2_vl").model_class is Qwen2VLForConditionalGeneration
-    with pytest.raises(ValueError, match="unknown model family 'blip'; families: llava, llava_next, qwen2_vl"):
+    assert get_family("llava_video").model_class is LlavaOnevisionForConditionalGeneration
+    assert HOST_FAMILIES["llava_video"].input_kind == "video" and HOST_FAMILIES["llava"].input_kind == "image"
+    with pytest.raises(ValueError, match="unknown model family 'blip'; families: llava, llava_next, llava_video, qwen2_vl"):
         get_family("blip")
 
 
@@ -28,6 +35,8 @@ def test_every_model_has_a_family_on_both_sides():
         ("llava-next-7b", [1, 5, 3, 336, 336], 1),
         ("tiny-qwen2-vl", [256, 1176], 3),
         ("qwen2-vl-7b", [2304, 1176], 3),
+        ("tiny-llava-video", [1, 8, 3, 112, 112], 1),
+        ("llava-video-7b", [1, 16, 3, 384, 384], 1),
     ],
 )
 def test_input_sections(name, pixel_values_shape, rows):
@@ -70,3 +79,13 @@ def test_qwen2_vl_vision_flops_by_hand():
     block = 2 * patches * 32 * 128 + 2 * 2 * patches * patches * 32 + 2 * 2 * patches * 32 * 64
     expected = 2 * patches * 1176 * 32 + 2 * block + 2 * 64 * 128 * 128 + 2 * 64 * 128 * 64
     assert vision == {"num_layers": 2, "hidden_size": 32, "intermediate_size": 64, "patch_size": 14, "flops": expected}
+
+
+def test_llava_video_vision_flops_are_one_siglip_pass_per_frame():
+    """Each of the 8 frames: SigLIP on 8 x 8 patches (no CLS), 2 layers, the projector before pooling."""
+    spec = get_spec("tiny-llava-video")
+    vision = spec.model_family.vision_manifest(build_random_model(spec.name), spec)
+    patches = 64
+    layer = 2 * patches * 32 * 128 + 2 * 2 * patches * patches * 32 + 2 * 2 * patches * 32 * 64
+    per_frame = 2 * patches * 3 * 14 * 14 * 32 + 2 * layer + 2 * patches * 32 * 64 + 2 * patches * 64 * 64
+    assert vision == {"num_layers": 2, "hidden_size": 32, "intermediate_size": 64, "patch_size": 14, "flops": 8 * per_frame}

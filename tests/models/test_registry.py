@@ -21,7 +21,10 @@ def test_registered_names():
         "qwen2-vl-7b",
         "qwen2-vl-7b-3layers",
         "tiny-qwen2-vl",
+        "llava-video-7b",
+        "tiny-llava-video",
     }
+    assert get_spec("llava-video-7b").hf_repo == "lmms-lab/LLaVA-Video-7B-Qwen2"
     assert get_spec("llava-1.5-7b").hf_repo == "llava-hf/llava-1.5-7b-hf"
     assert get_spec("qwen2-vl-7b").hf_repo == "Qwen/Qwen2-VL-7B-Instruct"
     assert get_spec("llava-1.5-13b").hf_repo == "llava-hf/llava-1.5-13b-hf"
@@ -41,13 +44,16 @@ def test_default_quantization():
         "qwen2-vl-7b": "int4",
         "qwen2-vl-7b-3layers": "none",
         "tiny-qwen2-vl": "none",
+        "llava-video-7b": "int4",
+        "tiny-llava-video": "none",
     }
 
 
 def test_unknown_model_name():
     expected = (
         r"unknown model 'llava-2-70b'; registered models: llava-1.5-13b, llava-1.5-7b, llava-1.5-7b-3layers, "
-        r"llava-next-7b, qwen2-vl-7b, qwen2-vl-7b-3layers, tiny-llava, tiny-llava-next, tiny-qwen2-vl"
+        r"llava-next-7b, llava-video-7b, qwen2-vl-7b, qwen2-vl-7b-3layers, tiny-llava, tiny-llava-next, "
+        r"tiny-llava-video, tiny-qwen2-vl"
     )
     with pytest.raises(ValueError, match=expected):
         get_spec("llava-2-70b")
