@@ -87,19 +87,7 @@ class LlavaFamily(ModelFamily):
         text = spec.text
         return dict(
             vision_config=spec.vision.config(),
-            text_config=LlamaConfig(
-                hidden_size=text.hidden_size,
-                num_hidden_layers=text.num_hidden_layers,
-                num_attention_heads=text.num_attention_heads,
-                num_key_value_heads=text.num_key_value_heads,
-                intermediate_size=text.intermediate_size,
-                vocab_size=text.vocab_size,
-                rms_norm_eps=text.rms_norm_eps,
-                rope_parameters={"rope_type": "default", "rope_theta": text.rope_theta},
-                max_position_embeddings=text.max_position_embeddings,
-                initializer_range=text.initializer_range,
-                pad_token_id=spec.pad_token_id,
-            ),
+            text_config=LlamaConfig(**text.config_fields(), pad_token_id=spec.pad_token_id),
             image_token_index=spec.image_token_id,
             image_seq_length=_tile_tokens(spec),
             projector_hidden_act=PROJECTOR_HIDDEN_ACT,

@@ -41,7 +41,7 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 from models.decoder import check_batch_of_one
 from models.families import ModelFamily, register
 from models.registry import LLAVA_VIDEO_SPECIAL_TOKENS, ModelSpec, VideoVisionSpec
-from models.synthetic_processor import byte_level_bpe
+from models.synthetic_processor import byte_level_bpe, instruct_generation_config
 
 # LLaVA-OneVision's video features: the last SigLIP layer kept (the checkpoint's tower stops at the
 # feature layer), every patch (SigLIP has no CLS).
@@ -107,20 +107,7 @@ class LlavaVideoFamily(ModelFamily):
         ids = special_token_ids(spec)
         return LlavaOnevisionConfig(
             vision_config=spec.vision.config(),
-            text_config=Qwen2Config(
-                hidden_size=text.hidden_size,
-                num_hidden_layers=text.num_hidden_layers,
-                num_attention_heads=text.num_attention_heads,
-                num_key_value_heads=text.num_key_value_heads,
-                intermediate_size=text.intermediate_size,
-                vocab_size=text.vocab_size,
-                rms_norm_eps=text.rms_norm_eps,
-                rope_parameters={"rope_type": "default", "rope_theta": text.rope_theta},
-                max_position_embeddings=text.max_position_embeddings,
-                initializer_range=text.initializer_range,
-                pad_token_id=spec.pad_token_id,
-                tie_word_embeddings=False,
-            ),
+            text_config=Qwen2Config(**text.config_fields(), pad_token_id=spec.pad_token_id, tie_word_embeddings=False),
             image_token_index=ids["<image>"],
             video_token_index=spec.image_token_id,
             vision_feature_layer=VISION_FEATURE_LAYER,
@@ -194,13 +181,7 @@ class LlavaVideoFamily(ModelFamily):
         return ids.astype(np.int64), pixels[None].astype(np.float32)
 
     def generation_config(self, spec: ModelSpec) -> GenerationConfig:
-        ids = special_token_ids(spec)
-        # Qwen2-Instruct's: stop at <|im_end|> or <|endoftext|>.
-        return GenerationConfig(
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-            pad_token_id=ids["<|endoftext|>"],
-        )
+        return instruct_generation_config(special_token_ids(spec))
 
     def preprocess_manifest(self, processor: ProcessorMixin, spec: ModelSpec) -> dict[str, Any]:
         image_processor = processor.image_processor

@@ -38,6 +38,7 @@ from transformers.vision_utils import get_vision_position_ids
 from models.decoder import DecodeStep, Prefill
 from models.families import ModelFamily, register
 from models.registry import ModelSpec
+from models.synthetic_processor import instruct_generation_config
 from models.qwen2_vl_processor import Qwen2VLImageTextProcessor, build_processor, pin_image_size, special_token_ids
 from models.selectors import SelectionMethod
 from pruning_graph.validation import Grid
@@ -149,20 +150,7 @@ class Qwen2VLFamily(ModelFamily):
         return Qwen2VLConfig(
             vision_config=spec.vision.config(text.hidden_size),
             text_config={
-                "hidden_size": text.hidden_size,
-                "intermediate_size": text.intermediate_size,
-                "num_hidden_layers": text.num_hidden_layers,
-                "num_attention_heads": text.num_attention_heads,
-                "num_key_value_heads": text.num_key_value_heads,
-                "vocab_size": text.vocab_size,
-                "rms_norm_eps": text.rms_norm_eps,
-                "max_position_embeddings": text.max_position_embeddings,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": text.rope_theta,
-                    "mrope_section": list(spec.mrope_section),
-                },
-                "initializer_range": text.initializer_range,
+                **text.config_fields(mrope_section=list(spec.mrope_section)),
                 "bos_token_id": ids["<|endoftext|>"],
                 "eos_token_id": ids["<|im_end|>"],
                 "pad_token_id": spec.pad_token_id,
@@ -205,13 +193,7 @@ class Qwen2VLFamily(ModelFamily):
         return build_processor(spec)
 
     def generation_config(self, spec: ModelSpec) -> GenerationConfig:
-        ids = special_token_ids(spec)
-        # Qwen2-VL-Instruct's: stop at <|im_end|> or <|endoftext|>.
-        return GenerationConfig(
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-            pad_token_id=ids["<|endoftext|>"],
-        )
+        return instruct_generation_config(special_token_ids(spec))
 
     def preprocess_manifest(self, processor: ProcessorMixin, spec: ModelSpec) -> dict[str, Any]:
         image_processor = processor.image_processor

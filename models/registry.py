@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from transformers import CLIPVisionConfig, PretrainedConfig, SiglipVisionConfig
 
@@ -226,6 +226,22 @@ class TextModelSpec:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
     initializer_range: float = 0.02
+
+    def config_fields(self, **rope: Any) -> dict[str, Any]:
+        """Keyword arguments of a transformers text config (Llama, Qwen2) with these hyperparameters;
+        `rope` joins its rope_parameters (Qwen2-VL's mrope_section)."""
+        return {
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta, **rope},
+            "max_position_embeddings": self.max_position_embeddings,
+            "initializer_range": self.initializer_range,
+        }
 
 
 @dataclass(frozen=True)

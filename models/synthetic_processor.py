@@ -48,6 +48,15 @@ def generation_config(spec: ModelSpec) -> GenerationConfig:
     )
 
 
+def instruct_generation_config(special_ids: dict[str, int]) -> GenerationConfig:
+    """Qwen2-Instruct's bos, eos and pad ids (Qwen2-VL, LLaVA-Video): it stops at <|im_end|> or
+    <|endoftext|>; `special_ids` maps those tokens to the tokenizer's ids."""
+    endoftext = special_ids["<|endoftext|>"]
+    return GenerationConfig(
+        bos_token_id=endoftext, eos_token_id=[special_ids["<|im_end|>"], endoftext], pad_token_id=endoftext
+    )
+
+
 def build_processor(
     spec: ModelSpec,
     image_processor: BaseImageProcessor,
