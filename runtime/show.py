@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from runtime.artifact import load_artifact
 from runtime.backends import BACKENDS
 from runtime.cli import HelpFormatter, run_cli
+from runtime.families import host_family
 from runtime.families.base import ViewPicture
 from runtime.generate import GenerationConfig, Runner
 from runtime.preprocess import load_image
@@ -133,12 +134,15 @@ def artifact_panels(
     The artifacts are loaded one at a time.
 
     Raises:
-        ValueError: the artifacts are of different models (their pictures would not match).
+        ValueError: the artifacts are of different models (their pictures would not match), or of
+            a video model (not drawn).
     """
     artifacts = [load_artifact(path) for path in artifact_dirs]
     models = {artifact.model_name for artifact in artifacts}
     if len(models) > 1:
         raise ValueError(f"the artifacts are of different models ({', '.join(sorted(models))}): draw one model at a time")
+    if host_family(artifacts[0].manifest).input_kind != "image":
+        raise ValueError(f"runtime.show draws what artifacts keep of an image; {models.pop()} answers about videos")
     panels = []
     for path, artifact in zip(artifact_dirs, artifacts):
         print(f"{path}: running {artifact.method} (keep {artifact.keep}) on {backend}", file=sys.stderr)

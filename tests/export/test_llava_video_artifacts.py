@@ -18,6 +18,7 @@ from export.config import ExportConfig
 from export.manifest import read_manifest, verify_files
 from models.tiny_llava import VIDEO_RECIPE
 from runtime.__main__ import main as runtime_main
+from runtime.show import main as show_main
 from runtime.samples import sample_frames, sample_image
 from tests.export.fixtures import export_and_check, exporter
 from tests.export.parity_checks import assert_exact_parity
@@ -140,6 +141,14 @@ def test_bad_inputs_are_refused_clearly(exported, clip, tmp_path, capfd):
     for argv, message in cases:
         assert runtime_main([*argv, "--prompt", "What happens?"]) == 2
         assert message in capfd.readouterr().err
+
+
+def test_show_refuses_a_video_artifact(exported, tmp_path, capfd):
+    folder, _ = exported(14)
+    photo = tmp_path / "photo.png"
+    sample_image().save(photo)
+    assert show_main([str(folder), "--image", str(photo), "-o", str(tmp_path / "kept.png")]) == 2
+    assert "tiny-llava-video answers about videos" in capfd.readouterr().err
 
 
 def test_a_video_is_refused_by_an_image_artifact(artifact_dirs, clip, capfd):
