@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def answer(args: argparse.Namespace) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    # One answer per process: opening the graphs one at a time costs no extra loads, only memory saved.
+    # One answer per process: opening the graphs one at a time costs no extra load and holds one
+    # copy of the language model (`OnnxSession`).
     runner = Runner(args.artifact_dir, args.backend, allow_failed_parity=args.allow_failed_parity, low_memory=True)
     if runner.artifact.parity != "passed":
         print(f"note: {describe_parity(runner.artifact.parity)}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Benchmark pruned artifacts next to an unpruned one, on each backend.
 
     python -m runtime.bench ARTIFACT_DIR [ARTIFACT_DIR ...] [--baseline UNPRUNED_DIR]
-        [--backends onnx executorch] [--runs 5] [--warmup 1] [--max-new-tokens 32] [--threads N] [--low-memory] [--json FILE]
+        [--backends onnx executorch] [--runs 5] [--warmup 1] [--max-new-tokens 32] [--threads N] [--low-memory]
+        [--json FILE]
 
 Artifacts of several selection methods at the same keep stand side by side (a `method` column;
 speed-ups are keyed by backend, method, keep; FLOP predictions by method, keep). Each (artifact, backend) runs in a fresh process

@@ -1,7 +1,7 @@
 """Time one artifact on one backend in this process and report its peak resident memory.
 
 `runtime.bench` starts one fresh process per (artifact, backend), so that the peak RSS
-(`ru_maxrss`) of one does not include another's:
+(`VmHWM`) of one does not include another's:
 
     python -m runtime.measure ARTIFACT_DIR --backend onnx [--runs 5] [--warmup 1] [--max-new-tokens 32] [--low-memory]
 
@@ -77,7 +77,16 @@ def median_stats(stats: list[Stats]) -> dict[str, float]:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    """Peak resident memory of this process so far, MiB.
+
+    Linux: `VmHWM` of /proc/self/status. Not `ru_maxrss`, which a child started by `subprocess`
+    inherits from its parent across exec (a `runtime.measure` child of `runtime.bench` reported the
+    bench's 1.3 GiB where it peaked at 0.86 GiB).
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024.0
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
 

@@ -114,7 +114,8 @@ class OnnxSession:
         self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
     ) -> tuple[np.ndarray, Selection, KVCache]:
         feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "image_positions": image_positions}
-        logits, kept, order, *cache = self._session("prefill").run(["logits", *SELECTION_OUTPUTS, *self._present], feeds)
+        outputs = ["logits", *SELECTION_OUTPUTS, *self._present]
+        logits, kept, order, *cache = self._session("prefill").run(outputs, feeds)
         return logits, (kept, order), tuple(cache)
 
     def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
