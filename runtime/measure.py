@@ -62,7 +62,7 @@ def measure(
         "load_ms": load_ms,
         "median": median_stats(stats),
         "runs": [{**asdict(s), "decode_tokens_per_s": s.decode_tokens_per_s} for s in stats],
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": program_peak_rss_mib(),
     }
 
 
@@ -77,18 +77,21 @@ def median_stats(stats: list[Stats]) -> dict[str, float]:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB.
-
-    Linux: `VmHWM` of /proc/self/status. Not `ru_maxrss`, which a child started by `subprocess`
-    inherits from its parent across exec (a `runtime.measure` child of `runtime.bench` reported the
-    bench's 1.3 GiB where it peaked at 0.86 GiB).
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024.0
+    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
+
+
+def program_peak_rss_mib() -> float:
+    """Peak resident memory of the program this process runs, MiB: Linux's `VmHWM`, which starts
+    again at exec. `ru_maxrss` does not: a child of `subprocess` keeps its parent's (a
+    `runtime.measure` child of `runtime.bench` reported the bench's 1.3 GiB where it peaked at
+    0.86 GiB). Elsewhere `peak_rss_mib`."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return peak_rss_mib()
+    line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024.0
 
 
 def release_freed_memory() -> None:
