@@ -47,7 +47,9 @@ def answer(args: argparse.Namespace) -> int:
     kind, wanted = ("video" if args.video is not None else "image"), host_family(artifact.manifest).input_kind
     if kind != wanted:
         raise ValueError(f"this artifact answers about {wanted}s, not {kind}s: give --{wanted}")
-    runner = Runner(artifact, args.backend, allow_failed_parity=args.allow_failed_parity)
+    # One answer per process: opening the graphs one at a time costs no extra load and holds one
+    # copy of the language model (`OnnxSession`).
+    runner = Runner(artifact, args.backend, allow_failed_parity=args.allow_failed_parity, low_memory=True)
     if runner.artifact.parity != "passed":
         print(f"note: {describe_parity(runner.artifact.parity)}", file=sys.stderr)
     _name_leftovers(args.artifact_dir)

@@ -1,7 +1,8 @@
 """Benchmark pruned artifacts next to an unpruned one, on each backend.
 
     python -m runtime.bench ARTIFACT_DIR [ARTIFACT_DIR ...] [--baseline UNPRUNED_DIR]
-        [--backends onnx executorch] [--runs 5] [--warmup 1] [--max-new-tokens 32] [--threads N] [--json FILE]
+        [--backends onnx executorch] [--runs 5] [--warmup 1] [--max-new-tokens 32] [--threads N] [--low-memory]
+        [--json FILE]
 
 Artifacts of several selection methods at the same keep stand side by side (a `method` column;
 speed-ups are keyed by backend, method, keep; FLOP predictions by method, keep). Each (artifact, backend) runs in a fresh process
@@ -56,6 +57,7 @@ def run_bench(
     max_new_tokens: int = 32,
     num_threads: int | None = None,
     prompt: str = DEFAULT_PROMPT,
+    low_memory: bool = False,
 ) -> dict[str, Any]:
     """Measure the artifacts (and the baseline) on each backend; return the JSON-ready results.
 
@@ -85,6 +87,7 @@ def run_bench(
     limits = measure_limits()
     options = ["--runs", str(runs), "--warmup", str(warmup), "--max-new-tokens", str(max_new_tokens)]
     options += ["--prompt", prompt] + (["--threads", str(num_threads)] if num_threads is not None else [])
+    options += ["--low-memory"] if low_memory else []
     roles = [("pruned", a) for a in pruned] + ([("baseline", baseline)] if baseline is not None else [])
     results = []
     for backend in backends:
@@ -126,6 +129,7 @@ def run_bench(
             "warmup": warmup,
             "max_new_tokens": max_new_tokens,
             "threads": num_threads,
+            "low_memory": low_memory,
             "prompt": prompt,
             "prompt_tokens": prompt_tokens,
         },
@@ -323,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         num_threads=args.threads,
         prompt=args.prompt,
+        low_memory=args.low_memory,
     )
     print(format_report(report))
     path = args.json or default_json_path(report)

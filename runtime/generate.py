@@ -196,6 +196,8 @@ class Runner:
         artifact: an artifact folder or a loaded `Artifact`.
         backend: "onnx" (ONNX Runtime) or "executorch".
         num_threads: intra-op threads for ONNX Runtime; None lets it choose.
+        low_memory: ONNX Runtime holds one copy of the language model, reopening its graphs in every
+            generation (`OnnxSession`).
         verify: check the sha256 of every artifact file when `artifact` is a folder.
         allow_failed_parity: use an artifact whose export failed its parity check (refused otherwise).
     Raises:
@@ -211,10 +213,11 @@ class Runner:
         num_threads: int | None = None,
         verify: bool = True,
         allow_failed_parity: bool = False,
+        low_memory: bool = False,
     ):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, verify=verify)
         self.artifact.require_parity(allow_failed=allow_failed_parity)
-        self.session: Session = open_session(self.artifact, backend, num_threads=num_threads)
+        self.session: Session = open_session(self.artifact, backend, num_threads=num_threads, low_memory=low_memory)
         self.inputs = InputProcessor.from_artifact(self.artifact)
 
     @property

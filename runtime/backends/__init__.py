@@ -10,11 +10,15 @@ from runtime.contract import BACKEND_FILES
 BACKENDS = tuple(BACKEND_FILES)
 
 
-def open_session(artifact: Artifact, backend: str, *, num_threads: int | None = None) -> Session:
+def open_session(
+    artifact: Artifact, backend: str, *, num_threads: int | None = None, low_memory: bool = False
+) -> Session:
     """Load the artifact's graphs on `backend` ("onnx" or "executorch").
 
     Args:
         num_threads: intra-op threads (ONNX Runtime); None lets the runtime choose.
+        low_memory: ONNX Runtime opens the vision encoder, prefill and decode one at a time, holding
+            one copy of the language model (`OnnxSession`); ExecuTorch holds one anyway.
     Raises:
         ValueError: unknown backend. ArtifactError: the artifact holds no export for it.
         ImportError: the backend's runtime is not installed (the message says what to install).
@@ -23,7 +27,7 @@ def open_session(artifact: Artifact, backend: str, *, num_threads: int | None = 
     if backend == "onnx":
         from runtime.backends.onnx import OnnxSession
 
-        return OnnxSession(artifact, num_threads=num_threads)
+        return OnnxSession(artifact, num_threads=num_threads, low_memory=low_memory)
     from runtime.backends.executorch import ExecuTorchSession
 
     return ExecuTorchSession(artifact)

@@ -16,31 +16,64 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("the onnx backend needs onnxruntime: `pip install onnxruntime==1.31.1`") from error
 
 
+# The graphs that `low_memory` opens one at a time: the vision tower and the two copies of the language model.
+ONE_AT_A_TIME = ("vision_encoder", "prefill", "decode")
+
+
 class OnnxSession:
-    """One InferenceSession per graph; inputs and outputs by the names of the artifact contract."""
+    """One InferenceSession per graph; inputs and outputs by the names of the artifact contract.
+
+    Prefill and decode each hold their own prepacked copy of the language model's int4 weights:
+    ONNX Runtime's Python API shares no prepacked weights between sessions (README, "ONNX Runtime's
+    memory"). With `low_memory`, at most one of the vision encoder, prefill and decode sessions is
+    open at a time: each opens when first run and closes the one open before it, so a generation
+    holds one copy of the language model and reopens (prepacks) each of the three once.
+    """
 
     backend = "onnx"
 
-    def __init__(self, artifact: Artifact, *, num_threads: int | None = None):
+    def __init__(self, artifact: Artifact, *, num_threads: int | None = None, low_memory: bool = False):
         layers = artifact.text.num_layers
         self._present = list(cache_names("present", layers))
         self._past = list(cache_names("past", layers))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: constant-folding notes are not the user's concern
+        self._options = ort.SessionOptions()
+        self._options.log_severity_level = 3  # errors only: constant-folding notes are not the user's concern
+        # No CPU memory arena: it keeps every block it grew (the prefill's activations among them)
+        # for the session's life; without it the peak is lower at the same speed (README).
+        self._options.enable_cpu_mem_arena = False
         if num_threads is not None:
-            options.intra_op_num_threads = num_threads
+            self._options.intra_op_num_threads = num_threads
+        self._paths = {graph: artifact.path(onnx_file(graph)) for graph in GRAPH_NAMES}
+        self._one_at_a_time = ONE_AT_A_TIME if low_memory else ()
+        # Sessions of the graphs opened one at a time are only looked at here: no prepacked weights.
+        looks = ort.SessionOptions()
+        looks.log_severity_level = 3
+        looks.add_session_config_entry("session.disable_prepacking", "1")
         self._sessions = {}
         for graph in GRAPH_NAMES:
-            path = artifact.path(onnx_file(graph))
-            try:
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            except Exception as error:  # ORT raises its own exception types, all of them unusable files
-                raise ArtifactError(f"ONNX Runtime cannot load {path}: {error}") from None
+            session = self._open(graph, looks if graph in self._one_at_a_time else self._options)
             inputs, outputs = graph_io(graph, layers, selection_graph=artifact.selection_graph)
-            _check_names(path, "inputs", [i.name for i in session.get_inputs()], list(inputs))
-            _check_names(path, "outputs", [o.name for o in session.get_outputs()], list(outputs))
+            _check_names(self._paths[graph], "inputs", [i.name for i in session.get_inputs()], list(inputs))
+            _check_names(self._paths[graph], "outputs", [o.name for o in session.get_outputs()], list(outputs))
             self._sessions[graph] = session
         artifact.check_graph_facts(self._graph_facts(), "ONNX")
+        for graph in self._one_at_a_time:
+            del self._sessions[graph]
+
+    def _open(self, graph: str, options: ort.SessionOptions) -> ort.InferenceSession:
+        path = self._paths[graph]
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own exception types, all of them unusable files
+            raise ArtifactError(f"ONNX Runtime cannot load {path}: {error}") from None
+
+    def _session(self, graph: str) -> ort.InferenceSession:
+        """The graph's session; with `low_memory`, opened now and the other one-at-a-time session closed."""
+        if graph not in self._sessions:
+            for other in self._one_at_a_time:
+                self._sessions.pop(other, None)
+            self._sessions[graph] = self._open(graph, self._options)
+        return self._sessions[graph]
 
     def _graph_facts(self) -> dict[str, int | None]:
         """What the graphs' own shapes and metadata say of the model (`Artifact.check_graph_facts`)."""
@@ -71,22 +104,23 @@ class OnnxSession:
         }
 
     def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Selection | None]:
-        image_embeds, *selection = self._sessions["vision_encoder"].run(None, {"pixel_values": pixel_values})
+        image_embeds, *selection = self._session("vision_encoder").run(None, {"pixel_values": pixel_values})
         return image_embeds, tuple(selection) or None
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._sessions["embed_tokens"].run(["inputs_embeds"], {"input_ids": input_ids})[0]
+        return self._session("embed_tokens").run(["inputs_embeds"], {"input_ids": input_ids})[0]
 
     def prefill(
         self, inputs_embeds: np.ndarray, position_ids: np.ndarray, image_positions: np.ndarray
     ) -> tuple[np.ndarray, Selection, KVCache]:
         feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "image_positions": image_positions}
-        logits, kept, order, *cache = self._sessions["prefill"].run(["logits", *SELECTION_OUTPUTS, *self._present], feeds)
+        outputs = ["logits", *SELECTION_OUTPUTS, *self._present]
+        logits, kept, order, *cache = self._session("prefill").run(outputs, feeds)
         return logits, (kept, order), tuple(cache)
 
     def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
         feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, **dict(zip(self._past, cache))}
-        logits, *present = self._sessions["decode"].run(["logits", *self._present], feeds)
+        logits, *present = self._session("decode").run(["logits", *self._present], feeds)
         return logits, tuple(present)
 
 

@@ -54,6 +54,19 @@ def test_text_equals_eager(keep, backend, artifact_dirs, eager, image):
     assert stats.time_to_first_token_ms >= stats.vision_ms + stats.prefill_ms > 0
 
 
+def test_low_memory_same_outputs(artifact_dirs, image):
+    """One vision / prefill / decode session open at a time; logits bit-identical, in every generation."""
+    config = GenerationConfig(max_new_tokens=8, ignore_eos=True, return_logits=True)
+    expected = Runner(artifact_dirs[64], "onnx").generate(image, DEFAULT_PROMPT, config)
+    runner = Runner(artifact_dirs[64], "onnx", low_memory=True)
+    assert "prefill" not in runner.session._sessions and "decode" not in runner.session._sessions
+    for _ in range(2):
+        result = runner.generate(image, DEFAULT_PROMPT, config)
+        assert set(runner.session._sessions) == {"embed_tokens", "decode"}
+        assert result.token_ids == expected.token_ids and result.kept_indices == expected.kept_indices
+        assert all(np.array_equal(a, b) for a, b in zip(result.logits, expected.logits, strict=True))
+
+
 def test_image_path_and_stop_at_eos(artifact_dirs, image, tmp_path):
     runner = Runner(artifact_dirs[64], "onnx")
     path = tmp_path / "image.png"
