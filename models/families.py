@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from importlib import import_module
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
+from PIL import Image
 from torch import Tensor, nn
-from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers import BaseImageProcessor, GenerationConfig, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from models.decoder import DecodeStep, Prefill, TokenEmbedding
 from models.registry import ModelSpec
@@ -144,6 +146,21 @@ class ModelFamily(ABC):
     def vision_manifest(self, model: PreTrainedModel, spec: ModelSpec) -> dict[str, Any]:
         """The manifest's `vision` section: the tower's sizes and `flops`, the vision encoder's
         matmul FLOPs for one image (`runtime.flops`)."""
+
+
+def describe_mismatches(checks: Iterable[tuple[str, Any, Any]]) -> list[str]:
+    """`config_mismatches`' lines: one per (label, checkpoint's value, spec's value) that differ."""
+    return [f"{label}: checkpoint {found!r}, spec {want!r}" for label, found, want in checks if found != want]
+
+
+def pixel_normalization(image_processor: BaseImageProcessor) -> dict[str, Any]:
+    """The manifest's resample, rescale and normalization entries of a transformers image processor."""
+    return {
+        "resample": Image.Resampling(image_processor.resample).name.lower(),
+        "rescale_factor": image_processor.rescale_factor,
+        "image_mean": list(image_processor.image_mean),
+        "image_std": list(image_processor.image_std),
+    }
 
 
 class SelectedVision(nn.Module):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from PIL import Image
 from torch import Tensor, nn
 from transformers import (
     BaseImageProcessor,
@@ -28,7 +27,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from models.decoder import check_batch_of_one
-from models.families import ModelFamily, register
+from models.families import ModelFamily, describe_mismatches, pixel_normalization, register
 from models.registry import ModelSpec
 from models.synthetic_processor import build_processor, generation_config
 
@@ -106,7 +105,7 @@ class LlavaFamily(ModelFamily):
             ("vision feature layer", config.vision_feature_layer, VISION_FEATURE_LAYER),
             ("vision feature select strategy", config.vision_feature_select_strategy, VISION_FEATURE_SELECT_STRATEGY),
         )
-        return [f"{label}: checkpoint {found!r}, spec {want!r}" for label, found, want in checks if found != want]
+        return describe_mismatches(checks)
 
     def pixel_values_shape(self, spec: ModelSpec) -> tuple[int, ...]:
         return (1, 3, spec.image_size, spec.image_size)
@@ -140,10 +139,7 @@ class LlavaFamily(ModelFamily):
         return {
             "size": image_processor.size["shortest_edge"],
             "crop_size": {"height": crop["height"], "width": crop["width"]},
-            "resample": Image.Resampling(image_processor.resample).name.lower(),
-            "rescale_factor": image_processor.rescale_factor,
-            "image_mean": list(image_processor.image_mean),
-            "image_std": list(image_processor.image_std),
+            **pixel_normalization(image_processor),
         }
 
     def vision_manifest(self, model: LlavaForConditionalGeneration, spec: ModelSpec) -> dict[str, Any]:

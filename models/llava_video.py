@@ -39,7 +39,7 @@ from transformers import (
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from models.decoder import check_batch_of_one
-from models.families import ModelFamily, register
+from models.families import ModelFamily, describe_mismatches, pixel_normalization, register
 from models.registry import LLAVA_VIDEO_SPECIAL_TOKENS, ModelSpec, VideoVisionSpec
 from models.synthetic_processor import byte_level_bpe, instruct_generation_config
 
@@ -125,7 +125,7 @@ class LlavaVideoFamily(ModelFamily):
             ("vision feature layer", config.vision_feature_layer, VISION_FEATURE_LAYER),
             ("vision feature select strategy", config.vision_feature_select_strategy, VISION_FEATURE_SELECT_STRATEGY),
         )
-        return [f"{label}: checkpoint {found!r}, spec {want!r}" for label, found, want in checks if found != want]
+        return describe_mismatches(checks)
 
     def checkpoint_note(self, spec: ModelSpec) -> str:
         return (
@@ -190,10 +190,7 @@ class LlavaVideoFamily(ModelFamily):
             "resize": "stretch",
             "frames": spec.frames,
             "sampling": "uniform",
-            "resample": Image.Resampling(image_processor.resample).name.lower(),
-            "rescale_factor": image_processor.rescale_factor,
-            "image_mean": list(image_processor.image_mean),
-            "image_std": list(image_processor.image_std),
+            **pixel_normalization(image_processor),
         }
 
     def input_sections(self, spec: ModelSpec, processor: ProcessorMixin) -> dict[str, Any]:

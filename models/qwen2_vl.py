@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from transformers import (
     GenerationConfig,
@@ -36,7 +35,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionBlock, a
 from transformers.vision_utils import get_vision_position_ids
 
 from models.decoder import DecodeStep, Prefill
-from models.families import ModelFamily, register
+from models.families import ModelFamily, describe_mismatches, pixel_normalization, register
 from models.registry import ModelSpec
 from models.synthetic_processor import instruct_generation_config
 from models.qwen2_vl_processor import Qwen2VLImageTextProcessor, build_processor, pin_image_size, special_token_ids
@@ -173,7 +172,7 @@ class Qwen2VLFamily(ModelFamily):
             ("text hidden size", text.hidden_size, spec.text.hidden_size),
             ("M-RoPE sections", list(text.rope_parameters.get("mrope_section", [])), list(spec.mrope_section)),
         )
-        return [f"{label}: checkpoint {found!r}, spec {want!r}" for label, found, want in checks if found != want]
+        return describe_mismatches(checks)
 
     def pixel_values_shape(self, spec: ModelSpec) -> tuple[int, ...]:
         vision = spec.vision
@@ -200,10 +199,7 @@ class Qwen2VLFamily(ModelFamily):
         return {
             "image_size": spec.image_size,
             "resize": "stretch",
-            "resample": Image.Resampling(image_processor.resample).name.lower(),
-            "rescale_factor": image_processor.rescale_factor,
-            "image_mean": list(image_processor.image_mean),
-            "image_std": list(image_processor.image_std),
+            **pixel_normalization(image_processor),
             "patch_size": image_processor.patch_size,
             "temporal_patch_size": image_processor.temporal_patch_size,
             "merge_size": image_processor.merge_size,
