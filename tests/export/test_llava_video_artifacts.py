@@ -4,8 +4,8 @@ eager (which equals transformers, tests/models/test_llava_video.py), the manifes
 with a video file and a folder of frames, and the refusals of an image for a video artifact and the
 reverse.
 
-Keeps 14 (88.9 % pruning), 64 and 129 (unpruned), float32 on both backends; keep 14 in int4 on ONNX
-Runtime; keep 14 at 4 frames (`--frames`).
+Here keep 14 (88.9 % pruning) on both backends; keeps 64 and 129, int4 and `--frames` in
+test_llava_video_keeps.py (two modules, so that `make test`'s two workers share the exports).
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import av
 import numpy as np
 import pytest
 
-from export.config import ExportConfig
 from export.manifest import read_manifest, verify_files
 from models.tiny_llava import VIDEO_RECIPE
 from runtime.__main__ import main as runtime_main
 from runtime.show import main as show_main
 from runtime.samples import sample_frames, sample_image
-from tests.export.fixtures import export_and_check, exporter
+from tests.export.fixtures import exporter
 from tests.export.parity_checks import assert_exact_parity
 
 N = 129
@@ -54,32 +53,8 @@ def clip(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("keep", [14, 64, N])
-def test_float32_parity_on_both_backends(exported, keep):
-    assert_exact_parity(exported(keep)[1], ("onnx", "executorch"), STEPS)
-
-
-def test_int4_parity(exported):
-    _, report = exported(14, "int4")
-    (onnx_result,) = report.backends
-    # Weight-only int4 (MatMulNBits), exact against eager on the same integer weights.
-    assert onnx_result.exact and onnx_result.kept_indices_equal and onnx_result.tokens_equal
-    assert report.passed
-
-
-def test_another_number_of_frames(checkpoint, tmp_path):
-    """--frames 4: N = 4 x 16 + 1 = 65, the folder says so, parity exact on ONNX Runtime."""
-    config = ExportConfig(
-        model=VIDEO_RECIPE.name, keep=14, frames=4, model_path=checkpoint, output_dir=tmp_path, backends=("onnx",)
-    )
-    folder, report = export_and_check(config, STEPS)
-    assert folder.name == "keep14-4f"
-    geometry = read_manifest(folder)["geometry"]
-    assert geometry["frames"] == 4 and geometry["num_image_tokens"] == 65
-    assert geometry["pixel_values_shape"] == [1, 4, 3, 112, 112]
-    assert_exact_parity(report, ("onnx",), STEPS)
-    with pytest.raises(ValueError, match="answers about images"):
-        ExportConfig(model="tiny-llava", frames=4)
+def test_float32_parity_at_88_9_percent_on_both_backends(exported):
+    assert_exact_parity(exported(14)[1], ("onnx", "executorch"), STEPS)
 
 
 def test_manifest_records_the_frames(exported):
