@@ -29,7 +29,9 @@ from filelock import FileLock
 from export.__main__ import take_reference
 from export.config import ExportConfig
 from export.pipeline import ExportPipeline
-from models import LoadedModel, build_tiny_llava, load_model
+from models import LoadedModel, load_model
+from models.recipe_build import Recipe
+from models.tiny_llava import RECIPE, VIDEO_RECIPE
 from runtime.contract import MANIFEST
 from runtime.parity import ParityReport, check_parity
 
@@ -62,13 +64,24 @@ def run_folder(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def shared_build(tmp_path_factory, recipe: Recipe) -> Path:
+    """`recipe`'s tiny checkpoint, built offline once per run, whichever worker asks first."""
+    target = run_folder(tmp_path_factory) / "checkpoints" / recipe.name
+    target.parent.mkdir(exist_ok=True)
+    with FileLock(target.parent / f"{recipe.name}.lock"):
+        return recipe.build(target)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    """The tiny-llava checkpoint, built offline once per run, whichever worker asks first."""
-    target = run_folder(tmp_path_factory) / "checkpoints" / "tiny-llava"
-    target.parent.mkdir(exist_ok=True)
-    with FileLock(target.parent / "tiny-llava.lock"):
-        return build_tiny_llava(target)
+    """The tiny-llava checkpoint, shared by the run's workers."""
+    return shared_build(tmp_path_factory, RECIPE)
+
+
+@pytest.fixture(scope="session")
+def tiny_video_dir(tmp_path_factory) -> Path:
+    """The tiny-llava-video checkpoint, shared by the run's workers."""
+    return shared_build(tmp_path_factory, VIDEO_RECIPE)
 
 
 @pytest.fixture(scope="session")

@@ -28,14 +28,9 @@ STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return VIDEO_RECIPE.build(tmp_path_factory.mktemp("checkpoints") / VIDEO_RECIPE.name)
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
+def exported(tiny_video_dir, tmp_path_factory):
     """(keep, quantization) -> (artifact folder, parity report), exported on first use."""
-    return exporter(VIDEO_RECIPE.name, checkpoint, tmp_path_factory.mktemp("llava-video-artifacts"), STEPS)
+    return exporter(VIDEO_RECIPE.name, tiny_video_dir, tmp_path_factory.mktemp("llava-video-artifacts"), STEPS)
 
 
 @pytest.fixture(scope="module")

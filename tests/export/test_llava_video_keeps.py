@@ -19,14 +19,9 @@ STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return VIDEO_RECIPE.build(tmp_path_factory.mktemp("checkpoints") / VIDEO_RECIPE.name)
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
+def exported(tiny_video_dir, tmp_path_factory):
     """(keep, quantization) -> (artifact folder, parity report), exported on first use."""
-    return exporter(VIDEO_RECIPE.name, checkpoint, tmp_path_factory.mktemp("llava-video-keeps"), STEPS)
+    return exporter(VIDEO_RECIPE.name, tiny_video_dir, tmp_path_factory.mktemp("llava-video-keeps"), STEPS)
 
 
 @pytest.mark.parametrize("keep", [64, N])
@@ -42,10 +37,10 @@ def test_int4_parity(exported):
     assert report.passed
 
 
-def test_another_number_of_frames(checkpoint, tmp_path):
+def test_another_number_of_frames(tiny_video_dir, tmp_path):
     """--frames 4: N = 4 x 16 + 1 = 65, the folder says so, parity exact on ONNX Runtime."""
     config = ExportConfig(
-        model=VIDEO_RECIPE.name, keep=14, frames=4, model_path=checkpoint, output_dir=tmp_path, backends=("onnx",)
+        model=VIDEO_RECIPE.name, keep=14, frames=4, model_path=tiny_video_dir, output_dir=tmp_path, backends=("onnx",)
     )
     folder, report = export_and_check(config, STEPS)
     assert folder.name == "keep14-4f"
