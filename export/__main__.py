@@ -2,7 +2,8 @@
 
     python -m export [-m MODEL] [--keep R | --rate r] [--backends onnx,executorch]
                      [--model-path DIR | --random-weights [--seed S]] [--quantize none|int4|int8]
-                     [--onnx-profile exact|fast] [--image-size S] [--frames F] [-o DIR] [--max-seq-len M] [--skip-parity]
+                     [--onnx-profile exact|fast] [--image-size S] [--frames F] [-o DIR] [--max-seq-len M]
+                     [--pte-layers-per-method L] [--skip-parity]
     python -m export --clean [-o DIR]
 
 Writes `<output-dir>/<model>/keep<R>/` (layout in export/ARTIFACTS.md), then runs the parity
@@ -174,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         "parity exact) or fast (int8 activations, about 1.3x faster prefill, parity statistical)",
     )
     parser.add_argument(
+        "--pte-layers-per-method",
+        type=_number(int, lambda layers: layers >= 1, "at least 1"),
+        metavar="L",
+        help="ExecuTorch: at most L decoder layers in one .pte method, lowered one method at a time; fewer "
+        "lower in less memory (default: from the lowering's memory, e.g. 4 for LLaVA-1.5-7B int4; small "
+        "models keep one text decoder)",
+    )
+    parser.add_argument(
         "--skip-parity", action="store_true", help="do not run the parity check after the export (default: run it)"
     )
     parser.add_argument(
@@ -215,6 +224,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         frames=args.frames,
         quantization=args.quantize,
         onnx_profile=args.onnx_profile,
+        layers_per_method=args.pte_layers_per_method,
         random_weights=args.random_weights,
         seed=args.seed,
     )

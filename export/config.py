@@ -43,10 +43,15 @@ class ExportConfig:
         onnx_profile: how ONNX Runtime computes the quantized linears (`runtime.contract.ONNX_PROFILES`):
             "exact" (float32, the default) or "fast" (int8 activations; quantized weights and the
             onnx backend only).
+        layers_per_method: at most this many decoder layers in one .pte method (the layers from
+            the pruning layer on in groups, `export.graphs.build_pte_graphs`); default from the
+            lowering's memory (`export.memory.lowering_layers_per_method`), which leaves small
+            models in one method each side of the pruning layer.
     Raises:
         ValueError: unknown model or method, keep and rate both given, either out of range, no or unknown
             or repeated backends, max_seq_len out of range, unknown quantization, an image size the
-            model does not take, an unknown ONNX profile or "fast" without quantized weights or ONNX.
+            model does not take, an unknown ONNX profile or "fast" without quantized weights or ONNX,
+            layers_per_method below 1.
     """
 
     model: str = DEFAULT_MODEL
@@ -63,6 +68,7 @@ class ExportConfig:
     random_weights: bool = False
     seed: int = 0
     onnx_profile: str = ONNX_PROFILES[0]
+    layers_per_method: int | None = None
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -110,6 +116,10 @@ class ExportConfig:
                 f"the {self.onnx_profile} ONNX profile changes how ONNX Runtime computes quantized linears: "
                 "it needs quantized weights (--quantize int4 or int8) and the onnx backend"
             )
+        if self.layers_per_method is not None and (
+            isinstance(self.layers_per_method, bool) or not isinstance(self.layers_per_method, int) or self.layers_per_method < 1
+        ):
+            raise ValueError(f"layers_per_method must be a positive integer, got {self.layers_per_method!r}")
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.model_path is not None:
             object.__setattr__(self, "model_path", Path(self.model_path))

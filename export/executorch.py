@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.export import ExportedProgram
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from transformers import PreTrainedModel
 
 from models.decoder import head_dim
@@ -66,6 +68,8 @@ def save_pte(
     programs: ExportedProgram | dict[str, ExportedProgram],
     path: Path,
     metadata: dict[str, int | bool | list[int]] | None = None,
+    *,
+    release: dict[str, nn.Module] | None = None,
 ) -> Path:
     """Lower one program (method `forward`) or several named methods into one .pte file, with
     `metadata` as constant methods (`runner_metadata`).
@@ -77,35 +81,103 @@ def save_pte(
     XNNPACK takes the linears, matmuls and elementwise ops it has kernels for,
     the rest (the selection's loops and index ops) runs on ExecuTorch's portable kernels.
 
-    Memory: lowering holds XNNPACK's packed copy of every delegated weight per method next to
-    the programs' own; the file is then streamed from the serialized pieces (`write_to_file`)
-    rather than joined into one more copy of the whole program (`.buffer`). The edge dialect
-    verifier is skipped, as in ExecuTorch's LLM export (`extension/llm/export/builder.py`): it
-    re-runs every node on fake tensors, minutes for a 7B graph, and the programs come from
-    torch.export, which verified them.
+    Memory: the methods are lowered one at a time, in order. executorch 1.4.1's lowering deep-copies
+    every delegated subgraph of the methods it is given at once and keeps the originals in the
+    lowered modules, next to XNNPACK's serialized copy of each weight; one method at a time bounds
+    that to the largest method (`export.graphs.build_pte_graphs` groups the layers). With `release`
+    ({method: the module it was exported from}), each method's weights are freed once it is lowered
+    (the module's parameters and the lowered modules' originals, storage and all), unless a later
+    method reads them: XNNPACK's serialized copy is all the file needs, and the export's memory then
+    stays near the model's own size. Those modules are unusable afterwards. The file is streamed from
+    the serialized pieces (`write_to_file`) rather than joined into one more copy of the program.
+    The edge dialect verifier is skipped, as in ExecuTorch's LLM export
+    (`extension/llm/export/builder.py`): it re-runs every node on fake tensors, minutes for a 7B
+    graph, and the programs come from torch.export, which verified them.
     """
-    partitioner = _xnnpack_partitioner()
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, EdgeProgramManager, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
     if isinstance(programs, ExportedProgram):
         programs = {"forward": programs}
-    programs = {name: spell_out_tanh_gelu(program) for name, program in programs.items()}
+    release = release or {}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    edge = to_edge_transform_and_lower(
-        programs,
-        partitioner=[partitioner],
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-        constant_methods=metadata,
-    )
-    executorch_program = edge.to_executorch(
+    compile_config = EdgeCompileConfig(_check_ir_validity=False)
+    names = list(programs)
+    lowered = {}
+    for i, name in enumerate(names):
+        edge = to_edge_transform_and_lower(
+            {name: spell_out_tanh_gelu(programs[name])}, partitioner=[_xnnpack_partitioner()], compile_config=compile_config
+        )
+        lowered[name] = edge.exported_program(name)
+        del edge
+        _drop_eager_values(lowered[name])
+        if name in release:
+            # What a later method exports from, or a lowered one serializes itself (undelegated constants).
+            still_read = [*(programs[later] for later in names[i + 1:]), *lowered.values()]
+            keep = {storage.data_ptr() for program in still_read for storage in _storages(_program_tensors(program))}
+            _free(_storages(_delegated_originals(lowered[name], release[name])), keep=keep)
+    manager = EdgeProgramManager(lowered, constant_methods=metadata, compile_config=compile_config)
+    del lowered
+    executorch_program = manager.to_executorch(
         ExecutorchBackendConfig(
             memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True), emit_mutable_buffer_names=True
         )
     )
-    del edge
+    del manager
     with open(path, "wb") as file:
         executorch_program.write_to_file(file)
     return path
 
+
+def _drop_eager_values(program: ExportedProgram) -> None:
+    """Forget the example values torch's tracer keeps in the graphs' node metadata
+    ("eager_input_vals", inputs of ops that need exact strides), in `program` and in the originals
+    its lowered modules keep: nothing downstream reads them, and in a lowered 8da4w method they hold
+    float32 copies of its weights (measured: 4 GB at three real-width layers)."""
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    for module in program.graph_module.modules():
+        graphs = [module.original_module.graph_module] if isinstance(module, LoweredBackendModule) else []
+        if isinstance(module, torch.fx.GraphModule):
+            graphs.append(module)
+        for graph_module in graphs:
+            for submodule in graph_module.modules():
+                if isinstance(submodule, torch.fx.GraphModule):
+                    for node in submodule.graph.nodes:
+                        node.meta.pop("eager_input_vals", None)
+
+
+def _program_tensors(program: ExportedProgram) -> Iterator[Tensor]:
+    yield from program.state_dict.values()
+    yield from program.constants.values()
+
+
+def _delegated_originals(program: ExportedProgram, module: nn.Module) -> Iterator[Tensor]:
+    """`module`'s parameters and the weights the lowered modules of `program` keep of their
+    originals (what XNNPACK serialized)."""
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    yield from module.parameters()
+    for lowered in program.graph_module.modules():
+        if isinstance(lowered, LoweredBackendModule):
+            yield from _program_tensors(lowered.original_module)
+
+
+def _storages(tensors: Iterable[Tensor]) -> Iterator[torch.UntypedStorage]:
+    """The storages behind `tensors`, a tensor subclass's (torchao's quantized weights) inner ones."""
+    for tensor in tensors:
+        if is_traceable_wrapper_subclass(tensor):
+            inner, _ = tensor.__tensor_flatten__()
+            yield from _storages(getattr(tensor, name) for name in inner)
+        elif tensor.device.type == "cpu":
+            yield tensor.untyped_storage()
+
+
+def _free(storages: Iterable[torch.UntypedStorage], *, keep: set[int]) -> None:
+    """Shrink each storage to nothing (its memory returns at once, whoever refers to it), but those
+    at `keep` and those that cannot shrink: a checkpoint's memory-mapped tensors, whose clean pages
+    the system reclaims by itself."""
+    for storage in storages:
+        if storage.data_ptr() not in keep and storage.nbytes() and storage.resizable():
+            storage.resize_(0)

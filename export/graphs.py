@@ -35,8 +35,18 @@ from models import KVCache, ModelSpec, Prefill
 from models.families import prompt_image_tokens, selection_graph
 from models.selectors import PREFILL, SelectionMethod
 from models.decoder import head_dim
-from models.stateful import SelectTokens, TextDecoder, TextDecoderHead, TextDecoderTail
-from runtime.contract import MAX_SEQ_LEN_KEY, PAST_DIM, PRUNED_PAST_DIM, PRUNED_SEQUENCE_DIM, SEQUENCE_DIM, graph_io, pte_io
+from models.stateful import SelectTokens, TextDecoder, TextDecoderHead, TextDecoderLayers, TextDecoderTail
+from runtime.contract import (
+    MAX_SEQ_LEN_KEY,
+    PAST_DIM,
+    PRUNED_PAST_DIM,
+    PRUNED_SEQUENCE_DIM,
+    PTE_LAYER_GROUP,
+    PTE_TAIL,
+    SEQUENCE_DIM,
+    graph_io,
+    pte_io,
+)
 
 # Text tokens around the image in the example prompt: any length inside the bounds would do,
 # torch.export traces symbolically.
@@ -247,15 +257,24 @@ def build_pte_graphs(
     keep: int,
     max_seq_len: int,
     method: SelectionMethod | None = None,
+    layers_per_method: int | None = None,
 ) -> tuple[GraphSpec, ...]:
     """The .pte's methods (`runtime.contract.pte_methods`), in that order, their text decoders
     keeping the KV cache as in-place state (`models.stateful`).
 
+    `layers_per_method` bounds the layers of one text method (None: no bound): the layers from the
+    pruning layer K on then come in groups of at most that many, and an unpruned language model of
+    more layers is chained like a pruned one (head, groups, tail), so that lowering handles one
+    group at a time (`export.executorch.save_pte`).
+
     Bounds, with M = max_seq_len: T in [1, M] for token_embedding, text_decoder and the head (prompt
-    segments and decode steps alike), [N + 1, M] for select_tokens, [1, M - (N - R)] for the tail.
+    segments and decode steps alike), [N + 1, M] for select_tokens, [1, M - (N - R)] for the layer
+    groups and the tail.
     Raises: as `build_graphs`.
     """
     n = _checked_image_tokens(spec, keep=keep, max_seq_len=max_seq_len, method=method)
+    if layers_per_method is not None and layers_per_method < 1:
+        raise ValueError(f"layers_per_method must be at least 1, not {layers_per_method}")
     vision, embed = _input_graphs(model, spec, keep=keep, max_seq_len=max_seq_len, method=method)
     selected_in = selection_graph(spec, keep, method)
     config = model.config.text_config
@@ -278,7 +297,9 @@ def build_pte_graphs(
     ]
     prompt = n + _EXAMPLE_TEXT_TOKENS
     embeds, positions = text(prompt)
-    if keep == n or selected_in != PREFILL:
+    num_layers = config.num_hidden_layers
+    pruned = keep < n and selected_in == PREFILL
+    if not pruned and (layers_per_method is None or layers_per_method >= num_layers):
         decoder = TextDecoder(model, max_seq_len=max_seq_len)
         if rows == 1:
             methods.append(graph("text_decoder", decoder, (embeds, start), ({1: sequence}, None)))
@@ -289,19 +310,31 @@ def build_pte_graphs(
     k = spec.prune_layer
     head = TextDecoderHead(model, prune_layer=k, max_seq_len=max_seq_len)
     methods.append(graph("text_decoder_head", head, (embeds, positions, start), ({1: sequence}, {2: sequence}, None)))
-    with torch.no_grad():
-        states, keys, last_query = head(embeds, positions, start)
-    image_start = _EXAMPLE_TEXT_TOKENS // 2
-    prompt_dim = Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)
-    select = SelectTokens(model, method.selector(spec.grid, keep), keep=keep, prune_layer=k)
-    methods.append(graph(
-        "select_tokens",
-        select,
-        (states, keys, last_query, positions, torch.arange(image_start, image_start + n)),
-        ({1: prompt_dim}, {2: prompt_dim}, None, {2: prompt_dim}, None),
-    ))
+    if pruned:
+        with torch.no_grad():
+            states, keys, last_query = head(embeds, positions, start)
+        image_start = _EXAMPLE_TEXT_TOKENS // 2
+        prompt_dim = Dim(SEQUENCE_DIM, min=n + 1, max=max_seq_len)
+        select = SelectTokens(model, method.selector(spec.grid, keep), keep=keep, prune_layer=k)
+        methods.append(graph(
+            "select_tokens",
+            select,
+            (states, keys, last_query, positions, torch.arange(image_start, image_start + n)),
+            ({1: prompt_dim}, {2: prompt_dim}, None, {2: prompt_dim}, None),
+        ))
     capacity = max_seq_len - (n - keep)
-    tail = TextDecoderTail(model, prune_layer=k, capacity=capacity)
     short = Dim(PRUNED_SEQUENCE_DIM, min=1, max=capacity)
-    methods.append(graph("text_decoder_tail", tail, (*text(prompt - n + keep), start), ({1: short}, {2: short}, None)))
+    example = (*text(prompt - n + keep), start)
+    *groups, last = layer_groups(range(k, num_layers), layers_per_method)
+    for i, layers in enumerate(groups):
+        module = TextDecoderLayers(model, layers=layers, capacity=capacity)
+        methods.append(graph(PTE_LAYER_GROUP.format(i), module, example, ({1: short}, {2: short}, None)))
+    tail = TextDecoderTail(model, layers=last, capacity=capacity)
+    methods.append(graph(PTE_TAIL, tail, example, ({1: short}, {2: short}, None)))
     return tuple(methods)
+
+
+def layer_groups(layers: range, per_group: int | None) -> list[range]:
+    """`layers` in consecutive groups of `per_group` (None: one group), the last one possibly shorter."""
+    step = len(layers) if per_group is None else per_group
+    return [range(first, min(first + step, layers.stop)) for first in range(layers.start, layers.stop, step)]

@@ -34,11 +34,17 @@ removes the staging folder; a killed run leaves it, and the next export names it
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shutil
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,12 +59,12 @@ from export.config import Backend, ExportConfig
 from export.executorch import runner_metadata, save_pte
 from export.graphs import GraphSpec, build_graphs, build_pte_graphs
 from export.manifest import ParityStatus, build_manifest, file_entries, update_manifest, write_manifest
-from export.memory import check_fits, describe_misfit
+from export.memory import OWN_PROCESS_BYTES, check_fits, describe_misfit, estimated_peak_bytes, lowering_layers_per_method
 from export.onnx import save_onnx
 from export.onnx_weights import WeightFile, attach_weights
 from export.staging import DestinationBusy, DestinationLock, clean_command, find_leftovers, replace_folder, staging_path
 from models import LoadedModel, load_for_export
-from runtime.cli import raise_if_interrupted
+from runtime.cli import is_verbose, output_configured, raise_if_interrupted
 from runtime.contract import MANIFEST, ONNX_DIR, PROCESSOR_DIR, PTE_PATH, PTE_SELECTION_METHODS, onnx_file
 from runtime.measure import peak_rss_mib
 
@@ -106,10 +112,14 @@ class ExportPipeline:
         returns the artifact folder. However it ends, the staging folder is removed and the lock
         released (`close`)."""
         try:
-            self.prepare().load()
+            self.prepare()
+            own_process = self.config.wants(Backend.EXECUTORCH) and self.lowers_in_own_process
+            if own_process:  # before this process loads the model (`to_executorch`)
+                self.to_executorch()
+            self.load()
             if self.config.wants(Backend.ONNX):
                 self.wrap().trace().to_onnx()
-            if self.config.wants(Backend.EXECUTORCH):
+            if self.config.wants(Backend.EXECUTORCH) and not own_process:
                 self.to_executorch()
             self.check().save_processor().finalize(parity="skipped" if parity is None else "pending")
             if parity is None:
@@ -155,14 +165,7 @@ class ExportPipeline:
         self._require(self._staging is not None, "prepare")
         config = self.config
         with self._stage("load"):
-            self.loaded = load_for_export(
-                config.model,
-                quantization=config.quantization,
-                seed=config.seed if config.random_weights else None,
-                model_path=config.model_path,
-                image_size=config.image_size,
-                frames=config.frames,
-            )
+            self.loaded = self._load_model()
             with torch.device("meta"):
                 hollow = config.spec.model_family.model_class(self.loaded.model.config).float()
             self.hollow = hollow.to_empty(device="cpu").eval().requires_grad_(False)
@@ -217,21 +220,68 @@ class ExportPipeline:
         return self
 
     def to_executorch(self) -> ExportPipeline:
-        """Trace the materialized model's .pte methods (in-place KV cache); one .pte, lowered to XNNPACK."""
-        self._require(self.loaded is not None, "load")
-        model, config = self.loaded.model, self.config
-        self.pte_graphs = build_pte_graphs(
-            model, config.spec, keep=config.keep_count, max_seq_len=config.seq_len_limit, method=config.method
+        """The .pte (in-place KV cache), lowered to XNNPACK one method at a time.
+
+        A model whose lowering needs more than `OWN_PROCESS_BYTES` is lowered in a process of its
+        own, which loads the model itself and exits when the file is written: what executorch's
+        lowering leaves behind (measured at 7B: the model's size, after the weights themselves are
+        freed) then goes with it, and this process never holds the model twice. `run` calls this
+        stage first for that reason, before this process loads its own model.
+        """
+        self._require(self._staging is not None, "prepare")
+        config = self.config
+        if not self.lowers_in_own_process:
+            self._require(self.loaded is not None, "load")
+            self.pte_graphs = self._lower_pte(self.loaded.model, release=False)
+        else:
+            logger.info("lowering the .pte in a process of its own")
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                try:
+                    self.pte_graphs, seconds, peaks = pool.submit(
+                        _lower_pte_in_own_process, config, self._staging, is_verbose()
+                    ).result()
+                except BrokenProcessPool:
+                    raise RuntimeError("the ExecuTorch lowering process died (killed for memory?)") from None
+            self.export_seconds.update(seconds)
+            self.peak_rss_mib.update(peaks)
+        self._written.add(Backend.EXECUTORCH)
+        return self
+
+    def _lower_pte(self, model: PreTrainedModel, *, release: bool) -> tuple[GraphSpec, ...]:
+        """Trace `model`'s .pte methods and lower them into the staging folder; with `release`, free
+        the model's weights as they are lowered (`export.executorch.save_pte`: the model is unusable
+        afterwards). Returns the methods' specs without their modules."""
+        config = self.config
+        graphs = build_pte_graphs(
+            model,
+            config.spec,
+            keep=config.keep_count,
+            max_seq_len=config.seq_len_limit,
+            method=config.method,
+            layers_per_method=config.layers_per_method or lowering_layers_per_method(config.spec, config.quantization),
         )
         programs = {}
-        for graph in self.pte_graphs:
+        for graph in graphs:
             with self._stage(f"executorch.torch_export.{graph.name}"):
                 programs[graph.name] = _export(graph)
             check_program(programs[graph.name], graph, loops=self.loops_in(graph.name))
+        metadata = runner_metadata(model, config.seq_len_limit, config.spec.prune_layer)
+        owners = {graph.name: graph.module for graph in graphs} if release else None
         with self._stage("executorch.lower"):
-            save_pte(programs, self._staging / PTE_PATH, runner_metadata(model, config.seq_len_limit, config.spec.prune_layer))
-        self._written.add(Backend.EXECUTORCH)
-        return self
+            save_pte(programs, self._staging / PTE_PATH, metadata, release=owners)
+        return tuple(replace(graph, module=None, example_inputs=(), dynamic_shapes=None) for graph in graphs)
+
+    def _load_model(self) -> LoadedModel:
+        config = self.config
+        return load_for_export(
+            config.model,
+            quantization=config.quantization,
+            seed=config.seed if config.random_weights else None,
+            model_path=config.model_path,
+            image_size=config.image_size,
+            frames=config.frames,
+        )
 
     def check(self) -> ExportPipeline:
         """The written files against the contract (see `export.checks`)."""
@@ -310,6 +360,12 @@ class ExportPipeline:
             self._lock.release()
 
     @property
+    def lowers_in_own_process(self) -> bool:
+        """Whether `to_executorch` lowers in a process of its own (a large model)."""
+        config = self.config
+        return estimated_peak_bytes(config.spec, config.quantization, Backend.EXECUTORCH.value) > OWN_PROCESS_BYTES
+
+    @property
     def pruned(self) -> bool:
         return self.config.keep_count < self.config.spec.num_image_tokens
 
@@ -374,6 +430,20 @@ class ExportPipeline:
     def _require(done: bool, stage: str) -> None:
         if not done:
             raise RuntimeError(f"run the {stage} stage first")
+
+
+def _lower_pte_in_own_process(
+    config: ExportConfig, staging: Path, verbose: bool
+) -> tuple[tuple[GraphSpec, ...], dict[str, float], dict[str, float]]:
+    """`ExportPipeline._lower_pte` of a freshly loaded model, in a spawned process, into `staging`:
+    (the methods' specs, seconds per stage, peak memory per stage of this process)."""
+    pipeline = ExportPipeline(config)
+    pipeline._staging = staging
+    with warnings.catch_warnings(), output_configured(verbose=verbose, stream=sys.stdout):
+        with pipeline._stage("executorch.load"):
+            model = pipeline._load_model().model
+        graphs = pipeline._lower_pte(model, release=True)
+    return graphs, pipeline.export_seconds, pipeline.peak_rss_mib
 
 
 @contextmanager

@@ -16,12 +16,16 @@ the pruned layers hold R of the N image tokens.
         SelectTokens         hidden, keys, last_query, position_ids, image_positions [N]
                              -> hidden [1, T', d], position_ids [P, 1, T'], kept [R], order [R]
                              (T' = T - N + R; `models.decoder.prune_sequence`)
+        TextDecoderLayers    hidden [1, T', d], position_ids [P, 1, T'], cache_position [1]
+                             -> hidden [1, T', d]    (zero or more groups of the layers from K on)
         TextDecoderTail      hidden [1, T', d], position_ids [P, 1, T'], cache_position [1]
-                             -> logits [1, V]                   (layers K..L-1, norm, lm_head)
+                             -> logits [1, V]        (the last layers up to L-1, norm, lm_head)
+    a language model too large to lower in one method (`export.executorch`) is chained the same
+    way when unpruned, without the selection.
 
-The prefill is head -> select -> tail at cache position 0; a decode step is head -> tail with one
-token, the head's cache position the full prompt's count of tokens so far, the tail's the pruned
-one's. Numerically the modules are `models.decoder`'s Prefill and DecodeStep: same layer
+The prefill is head -> select -> layer groups -> tail at cache position 0; a decode step is the
+same chain without the selection, with one token, the head's cache position the full prompt's
+count of tokens so far, the later methods' the pruned one's. Numerically the modules are `models.decoder`'s Prefill and DecodeStep: same layer
 computation (`decoder_layer`), another `Attend`.
 """
 
@@ -161,18 +165,30 @@ class SelectTokens(nn.Module):
         return hidden, position_ids.index_select(2, gather), kept, order
 
 
-class TextDecoderTail(nn.Module):
-    """Layers K..L-1, the final norm and the LM head: forward(hidden [1, T', d], position_ids
-    [P, 1, T'], cache_position [1]) -> logits [1, V] of the last token."""
+class TextDecoderLayers(nn.Module):
+    """A group of layers from K on, between the selection and the tail when the language model is
+    lowered in several methods: forward(hidden [1, T', d], position_ids [P, 1, T'], cache_position
+    [1]) -> hidden [1, T', d]."""
 
-    def __init__(self, model: PreTrainedModel, *, prune_layer: int, capacity: int):
+    def __init__(self, model: PreTrainedModel, *, layers: range, capacity: int):
         super().__init__()
-        text = model.model.language_model
-        self.stack = CachedLayers(model, range(prune_layer, len(text.layers)), capacity)
-        self.rotary_emb, self.norm, self.lm_head = text.rotary_emb, text.norm, model.lm_head
+        self.stack = CachedLayers(model, layers, capacity)
+        self.rotary_emb = model.model.language_model.rotary_emb
 
     def forward(self, hidden: Tensor, position_ids: Tensor, cache_position: Tensor) -> Tensor:
         start = _start(cache_position, hidden.shape[1], self.stack.capacity)
         cos, sin = rotary_tables(self.rotary_emb, hidden, position_ids)
-        hidden, _, _ = self.stack(hidden, cos, sin, start)
+        return self.stack(hidden, cos, sin, start)[0]
+
+
+class TextDecoderTail(TextDecoderLayers):
+    """The last layers (by default all from K on), the final norm and the LM head: forward(hidden
+    [1, T', d], position_ids [P, 1, T'], cache_position [1]) -> logits [1, V] of the last token."""
+
+    def __init__(self, model: PreTrainedModel, *, layers: range, capacity: int):
+        super().__init__(model, layers=layers, capacity=capacity)
+        self.norm, self.lm_head = model.model.language_model.norm, model.lm_head
+
+    def forward(self, hidden: Tensor, position_ids: Tensor, cache_position: Tensor) -> Tensor:
+        hidden = super().forward(hidden, position_ids, cache_position)
         return self.lm_head(self.norm(hidden[:, -1]))

@@ -79,7 +79,7 @@ def run_cli(
     args = add_common_flags(parser).parse_args(argv)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in INTERRUPT_SIGNALS}
     # Restored afterwards: a CLI called in-process (tests) leaves the caller's logging as it was.
-    with warnings.catch_warnings(), _output_configured(verbose=args.verbose, stream=log_stream or sys.stderr):
+    with warnings.catch_warnings(), output_configured(verbose=args.verbose, stream=log_stream or sys.stderr):
         try:
             return body(args)
         except KeyboardInterrupt:
@@ -145,6 +145,11 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     return code
 
 
+def is_verbose() -> bool:
+    """Whether third-party output shows (--verbose, or no CLI configured it)."""
+    return not _quiet
+
+
 def import_torch_quietly() -> None:
     """Import torch and transformers, then hide their warnings and progress bars again unless the CLI
     runs with --verbose: both set their loggers' levels when imported, after `run_cli` quieted them.
@@ -177,7 +182,7 @@ def native_output_hidden() -> Iterator[None]:
 
 
 @contextmanager
-def _output_configured(*, verbose: bool, stream: TextIO) -> Iterator[None]:
+def output_configured(*, verbose: bool, stream: TextIO) -> Iterator[None]:
     """The project's INFO lines on `stream`; third-party logs only with --verbose (warnings are
     silenced by the caller, inside `warnings.catch_warnings`). Every logger is restored on exit."""
     global _quiet

@@ -6,7 +6,10 @@ up from here. Plain Python, no torch, no onnx.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 8
+import re
+from collections.abc import Iterable
+
+FORMAT_VERSION = 9
 MANIFEST = "manifest.json"
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
@@ -21,9 +24,13 @@ SELECTION_OUTPUTS = ("kept_indices", "selection_order")
 # The .pte's methods. Its language model keeps the KV cache as in-place state, and each weight
 # lives in one method: unpruned (keep = N, or the selection in the vision graph), one text decoder
 # for prompt segments and decode steps, under the names ExecuTorch's LLM runners call; pruned in the
-# prefill, the layers before and from the pruning layer K, the selection between them.
+# prefill, the layers before and from the pruning layer K, the selection between them. A language
+# model too large to lower in one piece (export.executorch) is chained the same way when unpruned,
+# and its layers from K on come in groups: `text_decoder_layers_<i>` methods before the tail.
 PTE_METHODS = ("vision_encoder", "token_embedding", "text_decoder")
-PTE_SPLIT_METHODS = ("vision_encoder", "token_embedding", "text_decoder_head", "select_tokens", "text_decoder_tail")
+PTE_CHAIN_HEAD = ("vision_encoder", "token_embedding", "text_decoder_head")
+PTE_LAYER_GROUP = "text_decoder_layers_{}"
+PTE_TAIL = "text_decoder_tail"
 # The .pte method that runs the selection of each `SELECTION_GRAPHS` entry.
 PTE_SELECTION_METHODS = {"prefill": "select_tokens", "vision_encoder": "vision_encoder"}
 # Methods without inputs returning constants: those ExecuTorch's LLM runners read (`get_max_seq_len`
@@ -104,9 +111,29 @@ def graph_io(
     return io[graph]
 
 
-def pte_methods(*, split: bool) -> tuple[str, ...]:
-    """The .pte's graph methods: `PTE_SPLIT_METHODS` when the prefill prunes, else `PTE_METHODS`."""
-    return PTE_SPLIT_METHODS if split else PTE_METHODS
+def pte_methods(*, pruned: bool, layer_groups: int | None) -> tuple[str, ...]:
+    """The .pte's graph methods, in the order a prefill calls them: `PTE_METHODS` when
+    `layer_groups` is None (one text decoder, unpruned only), else the chain with that many
+    `PTE_LAYER_GROUP` methods between the head (and the selection, when `pruned`) and the tail."""
+    if layer_groups is None:
+        if pruned:
+            raise ValueError("a .pte pruned in the prefill chains its text methods: give layer_groups")
+        return PTE_METHODS
+    groups = tuple(PTE_LAYER_GROUP.format(i) for i in range(layer_groups))
+    return (*PTE_CHAIN_HEAD, *(("select_tokens",) if pruned else ()), *groups, PTE_TAIL)
+
+
+def pte_layer_groups(method_names: Iterable[str]) -> int | None:
+    """How many `PTE_LAYER_GROUP` methods a program with `method_names` chains (None: no chain,
+    one `text_decoder`); the groups are numbered from 0 without a gap, or ValueError."""
+    names = set(method_names)
+    if "text_decoder_head" not in names:
+        return None
+    count = sum(1 for name in names if re.fullmatch(PTE_LAYER_GROUP.format(r"\d+"), name))
+    missing = [PTE_LAYER_GROUP.format(i) for i in range(count) if PTE_LAYER_GROUP.format(i) not in names]
+    if missing:
+        raise ValueError(f"the text decoder's layer groups are not numbered 0..{count - 1}: {missing} missing")
+    return count
 
 
 def pte_io(method: str, *, position_rows: int, selection_graph: str = "prefill") -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -126,8 +153,10 @@ def pte_io(method: str, *, position_rows: int, selection_graph: str = "prefill")
             ("hidden", "keys", "last_query", "position_ids", "image_positions"),
             ("hidden", "position_ids", *SELECTION_OUTPUTS),
         ),
-        "text_decoder_tail": (("hidden", "position_ids", "cache_position"), ("logits",)),
+        PTE_TAIL: (("hidden", "position_ids", "cache_position"), ("logits",)),
     }
+    if re.fullmatch(PTE_LAYER_GROUP.format(r"\d+"), method):
+        return ("hidden", "position_ids", "cache_position"), ("hidden",)
     if method not in io:
         raise KeyError(f"no method {method!r} in the .pte contract; methods: {', '.join(io)}")
     return io[method]

@@ -13,7 +13,7 @@ import numpy as np
 from runtime.artifact import Artifact, ArtifactError
 from runtime.backends.base import Selection
 from runtime.cli import native_output_hidden
-from runtime.contract import PTE_METADATA, PTE_PATH, pte_io, pte_methods
+from runtime.contract import PTE_LAYER_GROUP, PTE_METADATA, PTE_PATH, PTE_TAIL, pte_io, pte_layer_groups, pte_methods
 
 try:
     import torch
@@ -45,8 +45,17 @@ class ExecuTorchSession:
                 program = Runtime.get().load_program(path)
         except Exception as error:  # the pybindings raise RuntimeError/ValueError for unusable files
             raise ArtifactError(f"ExecuTorch cannot load {path}: {error}") from None
-        self.split = artifact.selection_graph == "prefill" and artifact.keep < artifact.num_image_tokens
-        self.names = pte_methods(split=self.split)
+        self.pruned = artifact.selection_graph == "prefill" and artifact.keep < artifact.num_image_tokens
+        try:
+            layer_groups = pte_layer_groups(program.method_names)
+        except ValueError as error:
+            raise ArtifactError(f"{path}: {error}; see export/ARTIFACTS.md") from None
+        # Chained: head, (selection,) layer groups, tail, instead of one text decoder.
+        self.chained = self.pruned or layer_groups is not None
+        if self.chained:
+            layer_groups = layer_groups or 0
+        self.names = pte_methods(pruned=self.pruned, layer_groups=layer_groups)
+        self._groups = tuple(PTE_LAYER_GROUP.format(i) for i in range(layer_groups or 0))
         missing = [name for name in (*self.names, *PTE_METADATA) if name not in program.method_names]
         if missing:
             raise ArtifactError(
@@ -74,7 +83,7 @@ class ExecuTorchSession:
         }
         self.max_seq_len = self._input_sizes["token_embedding"][0][1]
         # The method that returns the logits.
-        self._last = "text_decoder_tail" if self.split else "text_decoder"
+        self._last = PTE_TAIL if self.chained else "text_decoder"
         # Entries each cache holds: layers before K all M, layers from K on M - (N - R).
         self._capacity = CachePosition(self.max_seq_len, self._input_sizes[self._last][0][1])
         artifact.check_graph_facts(self._graph_facts(), "ExecuTorch")
@@ -83,7 +92,7 @@ class ExecuTorchSession:
         """What the methods' tensor metadata and constant methods say of the model (`Artifact.check_graph_facts`)."""
         vision = self._output_sizes["vision_encoder"]
         image_embeds = vision[0]
-        if self.split:
+        if self.pruned:
             keep = self._output_sizes["select_tokens"][2][0]
         else:  # the vision graph's selection, or none: the image tokens the prompt holds
             keep = vision[1][0] if len(vision) > 1 else image_embeds[1]
@@ -97,10 +106,10 @@ class ExecuTorchSession:
             "num_layers": self._constants["get_n_layers"][0],
             "num_kv_heads": self._constants["get_n_kv_heads"][0],
             "head_dim": self._constants["get_head_dim"][0],
-            "prune_layer": self._constants["get_prune_layer"][0] if self.split else None,
+            "prune_layer": self._constants["get_prune_layer"][0] if self.pruned else None,
         }
-        if self.split:
-            facts["position_rows"] = self._input_sizes["select_tokens"][3][0]
+        if self.chained:
+            facts["position_rows"] = self._input_sizes["text_decoder_head"][1][0]
         return facts
 
     def _run(self, method: str, *inputs: np.ndarray) -> list[np.ndarray]:
@@ -127,26 +136,34 @@ class ExecuTorchSession:
     ) -> tuple[np.ndarray, Selection, CachePosition]:
         """The prompt from cache position 0 (what an earlier generation left in the cache is overwritten)."""
         start = CachePosition(0, 0)
-        if not self.split:
+        every = np.arange(len(image_positions))
+        if not self.chained:
             logits = self._decode_text(inputs_embeds, position_ids, start)
-            every = np.arange(len(image_positions))
             return logits, (every, every.copy()), CachePosition(inputs_embeds.shape[1], inputs_embeds.shape[1])
         self._check_room(start, inputs_embeds.shape[1])
         at = _position(0)
         hidden, keys, last_query = self._run("text_decoder_head", inputs_embeds, position_ids, at)
-        hidden, position_ids, kept, order = self._run("select_tokens", hidden, keys, last_query, position_ids, image_positions)
-        logits = self._run("text_decoder_tail", hidden, position_ids, at)[0]
+        kept, order = every, every.copy()
+        if self.pruned:
+            hidden, position_ids, kept, order = self._run("select_tokens", hidden, keys, last_query, position_ids, image_positions)
+        logits = self._rest(hidden, position_ids, at)
         return logits, (kept, order), CachePosition(inputs_embeds.shape[1], hidden.shape[1])
 
     def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: CachePosition) -> tuple[np.ndarray, CachePosition]:
         """One token at the cache's position; `cache` is what the previous prefill or decode returned."""
-        if not self.split:
+        if not self.chained:
             logits = self._decode_text(inputs_embeds, position_ids, cache)
         else:
             self._check_room(cache, 1)
             hidden, _, _ = self._run("text_decoder_head", inputs_embeds, position_ids, _position(cache.full))
-            logits = self._run("text_decoder_tail", hidden, position_ids, _position(cache.pruned))[0]
+            logits = self._rest(hidden, position_ids, _position(cache.pruned))
         return logits, CachePosition(cache.full + 1, cache.pruned + 1)
+
+    def _rest(self, hidden: np.ndarray, position_ids: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """The layer groups and the tail from (pruned) cache position `at`: logits [1, V]."""
+        for group in self._groups:
+            (hidden,) = self._run(group, hidden, position_ids, at)
+        return self._run(PTE_TAIL, hidden, position_ids, at)[0]
 
     def _decode_text(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: CachePosition) -> np.ndarray:
         """The unpruned text decoder on T tokens at the cache's position: logits [1, V]."""

@@ -37,6 +37,9 @@ from runtime.parity import ParityReport, check_parity
 
 # The keep counts the tests cover: 88.9 % and 66.7 % pruning, and the unpruned baseline.
 TEST_KEEPS = (64, 192, 576)
+# The keeps whose .pte lowers one decoder layer per method (see `exported_artifact`).
+GROUPED_KEEPS = (64, 576)
+GROUPED_LAYERS_PER_METHOD = 1
 
 
 class LazyArtifacts(Mapping[int, Path]):
@@ -92,14 +95,20 @@ def tiny(tiny_dir) -> LoadedModel:
 @pytest.fixture(scope="session")
 def exported_artifact(tiny_dir, tmp_path_factory) -> Callable[[int], Path]:
     """keep -> the artifact folder of tiny-llava at that keep (ONNX and ExecuTorch), exported once
-    per run, whichever worker asks first."""
+    per run, whichever worker asks first.
+
+    The .pte's three layouts among them (tiny-llava: 4 layers, K = 2): keep 64 and N (576) lower
+    one layer per method (`layers_per_method=1`: head, selection when pruned, one layer group,
+    tail), other keeps one text method each side of K. The one unpruned `text_decoder` of
+    ExecuTorch's runners: tests/export/test_executorch_runner.py."""
     root = run_folder(tmp_path_factory) / "tiny-llava-artifacts"
     root.mkdir(exist_ok=True)
     folders: dict[int, Path] = {}
 
     def export(keep: int) -> Path:
         if keep not in folders:
-            config = ExportConfig(model="tiny-llava", keep=keep, model_path=tiny_dir, output_dir=root)
+            layers = GROUPED_LAYERS_PER_METHOD if keep in GROUPED_KEEPS else None
+            config = ExportConfig(model="tiny-llava", keep=keep, model_path=tiny_dir, output_dir=root, layers_per_method=layers)
             with FileLock(root / f"keep{keep}.lock"):
                 done = (config.artifact_dir / MANIFEST).is_file()
                 folders[keep] = config.artifact_dir if done else ExportPipeline(config).run()

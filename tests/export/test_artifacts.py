@@ -20,7 +20,7 @@ from runtime.artifact import load_artifact
 from runtime.backends import BACKENDS, open_session
 from runtime.contract import FORMAT_VERSION, GRAPH_NAMES, PTE_METADATA, graph_io, pte_io, pte_methods
 from runtime.eager import EagerModel
-from tests.export.fixtures import TEST_KEEPS
+from tests.export.fixtures import GROUPED_KEEPS, TEST_KEEPS
 from tests.models.conftest import embed
 
 N = 576
@@ -76,7 +76,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == FORMAT_VERSION == 8
+    assert manifest["format_version"] == FORMAT_VERSION == 9
     assert manifest["model"] == {
         "name": "tiny-llava",
         "family": "llava",
@@ -187,15 +187,17 @@ def test_onnx_graphs_share_one_weights_file(exported_artifact):
 
 @pytest.mark.parametrize("keep", TEST_KEEPS)
 def test_pte_methods_follow_the_contract(exported_artifact, keep):
-    """Unpruned: ExecuTorch's LLM runner methods; pruned: the language model split at layer K."""
+    """The language model split at layer K with one decoder layer per method (keeps 64 and N, pruned
+    or not: `GROUPED_KEEPS`), or in one method each side of K (pruned, keep 192)."""
     from executorch.runtime import Runtime
 
     folder = exported_artifact(keep)
     text = read_manifest(folder)["text"]
     program = Runtime.get().load_program(folder / "executorch" / "model.pte")
     split = keep < N
-    assert set(program.method_names) == {*pte_methods(split=split), *PTE_METADATA}
-    for name in pte_methods(split=split):
+    methods = pte_methods(pruned=split, layer_groups=1 if keep in GROUPED_KEEPS else 0)
+    assert set(program.method_names) == {*methods, *PTE_METADATA}
+    for name in methods:
         meta = program.metadata(name)
         inputs, outputs = pte_io(name, position_rows=1)
         assert (meta.num_inputs(), meta.num_outputs()) == (len(inputs), len(outputs))

@@ -63,7 +63,7 @@ def test_in_place_cache_equals_the_explicit_cache(models, name, method):
         k = spec.prune_layer
         head = TextDecoderHead(model, prune_layer=k, max_seq_len=MAX_SEQ_LEN)
         select = SelectTokens(model, selection.selector(spec.grid, keep), keep=keep, prune_layer=k)
-        tail = TextDecoderTail(model, prune_layer=k, capacity=MAX_SEQ_LEN - (n - keep))
+        tail = TextDecoderTail(model, layers=range(k, model.config.text_config.num_hidden_layers), capacity=MAX_SEQ_LEN - (n - keep))
         short, short_positions, got_kept, got_order = select(*head(embeds, positions, torch.tensor([0])), positions, image_positions)
         assert got_kept.tolist() == kept.tolist() and got_order.tolist() == order.tolist()
         got.append(tail(short, short_positions, torch.tensor([0])))
