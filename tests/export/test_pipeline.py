@@ -23,7 +23,7 @@ from export.staging import DestinationBusy
         ("wrap", "load"),
         ("trace", "wrap"),
         ("to_onnx", "trace"),
-        ("to_executorch", "load"),
+        ("to_executorch", "prepare"),  # then, for a model lowered in this process, load
         ("check", "to_onnx or to_executorch"),
         ("save_processor", "load"),
         ("finalize", "to_onnx or to_executorch"),
