@@ -173,4 +173,9 @@ def test_peak_memory_of_each_stage_is_in_the_manifest(real_width_int4):
     _, _, manifest = real_width_int4
     peaks = manifest["peak_rss_mib"]
     assert {"load", "torch_export.prefill", "onnx.prefill", "executorch.lower", "check", "hash"} <= set(peaks)
-    assert list(peaks.values()) == sorted(peaks.values())  # a running maximum
+    # At these widths the .pte is lowered in a process of its own (export.pipeline): a running
+    # maximum per process.
+    assert "executorch.load" in peaks
+    for process in (True, False):
+        values = [peak for stage, peak in peaks.items() if stage.startswith("executorch.") == process]
+        assert values == sorted(values)
