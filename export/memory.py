@@ -70,7 +70,10 @@ def _largest_method_bytes(model: nn.Module, quantization: Quantization, layers_p
 def lowering_layers_per_method(spec: ModelSpec, quantization: Quantization) -> int | None:
     """Decoder layers per .pte method so that a method packs at most `METHOD_PACKED_BYTES`
     (`export.graphs.build_pte_graphs`); None when all of them fit in one."""
-    model = build_random_model(spec.name)  # on the meta device: shapes only
+    return _layers_per_method(build_random_model(spec.name), quantization)  # on the meta device: shapes only
+
+
+def _layers_per_method(model: nn.Module, quantization: Quantization) -> int | None:
     layers = model.model.language_model.layers
     per_layer = packed_bytes(model, quantization, layers[0])
     per_method = max(1, METHOD_PACKED_BYTES // per_layer)
@@ -83,7 +86,7 @@ def estimated_peak_bytes(spec: ModelSpec, quantization: Quantization, backend: s
     weights = materialized_bytes(model, quantization)
     if backend == "onnx":
         return BASE_BYTES + int(ONNX_FACTOR * weights)
-    largest = _largest_method_bytes(model, quantization, lowering_layers_per_method(spec, quantization))
+    largest = _largest_method_bytes(model, quantization, _layers_per_method(model, quantization))
     return BASE_BYTES + weights + int(LOWERING_FACTOR * largest)
 
 

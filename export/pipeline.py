@@ -45,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -359,9 +359,9 @@ class ExportPipeline:
         finally:
             self._lock.release()
 
-    @property
+    @cached_property
     def lowers_in_own_process(self) -> bool:
-        """Whether `to_executorch` lowers in a process of its own (a large model)."""
+        """Whether `to_executorch` lowers in a process of its own (a large model); estimated once."""
         config = self.config
         return estimated_peak_bytes(config.spec, config.quantization, Backend.EXECUTORCH.value) > OWN_PROCESS_BYTES
 
