@@ -28,18 +28,20 @@ SIZES ?=
 BENCH_KEEPS    ?= 64 128 192
 BENCH_BASELINE ?=
 BENCH_FLAGS    ?=
+# make bench-anchors: the runtimes to compare with (default all: onnxruntime_genai executorch_llama llama_cpp).
+ANCHORS ?=
 # make bench-soak: generations per backend.
 SOAK_RUNS ?= 1000
 # Defined before this line: `export` of a variable not yet defined defines it empty, and a later
 # `?=` would then keep it empty.
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE BACKENDS RANDOM_WEIGHTS QUANTIZE ONNX_PROFILE IMAGE_SIZE FRAMES METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
+export MODEL KEEP RATE ANCHORS BACKENDS RANDOM_WEIGHTS QUANTIZE ONNX_PROFILE IMAGE_SIZE FRAMES METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
                $${ONNX_PROFILE:+--onnx-profile "$$ONNX_PROFILE"} $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} \
                $${FRAMES:+--frames "$$FRAMES"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
-.PHONY: setup test export bench bench-select bench-quality bench-soak clean clean-staging
+.PHONY: setup test export bench bench-anchors bench-select bench-quality bench-soak clean clean-staging
 
 setup: $(VENV)/.installed
 
@@ -77,6 +79,14 @@ bench: setup
 	  $${BENCH_BASELINE:+--baseline "$$BENCH_BASELINE"} \
 	  -- $$BENCH_FLAGS
 
+# Our unpruned and keep-KEEP (default 64) artifacts next to ONNX Runtime GenAI, ExecuTorch's Llama
+# export and llama.cpp on the same language model (bench/anchors/): each anchor built once from one
+# random-weight checkpoint, in its own virtual environment under .venv-anchors/ where it needs
+# packages we do not pin. BENCH_FLAGS are runtime.bench's timing flags. Writes
+# bench/results/anchors-<MODEL>.json.
+bench-anchors: setup
+	$(PY) -m bench.anchors $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${ANCHORS:+--anchors $$ANCHORS} $$BENCH_FLAGS
+
 # 1000 generations in one process per backend (SOAK_RUNS): resident memory must not grow, outputs
 # must not change. Writes bench/results/soak-*.json.
 bench-soak: setup
@@ -93,4 +103,4 @@ clean-staging: setup
 	$(PY) -m export --clean -o artifacts
 
 clean:
-	rm -rf $(VENV) artifacts build *.egg-info
+	rm -rf $(VENV) .venv-anchors artifacts build *.egg-info

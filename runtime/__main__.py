@@ -50,15 +50,16 @@ def answer(args: argparse.Namespace) -> int:
     # One answer per process: opening the graphs one at a time costs no extra load and holds one
     # copy of the language model (`OnnxSession`).
     runner = Runner(artifact, args.backend, allow_failed_parity=args.allow_failed_parity, low_memory=True)
-    if runner.artifact.parity != "passed":
-        print(f"note: {describe_parity(runner.artifact.parity)}", file=sys.stderr)
+    parity = runner.artifact.parity_on(runner.backend)
+    if parity != "passed":
+        print(f"note: {describe_parity(parity)}", file=sys.stderr)
     _name_leftovers(args.artifact_dir)
     source = args.video if args.video is not None else args.image
     result = runner.generate(source, args.prompt, config, on_note=lambda note: print(f"note: {note}", file=sys.stderr))
     stats = result.stats
     print(printable(result.text))
     print(
-        f"[{runner.backend}, keep {runner.artifact.keep}, {runner.artifact.method}, parity {runner.artifact.parity}: "
+        f"[{runner.backend}, keep {runner.artifact.keep}, {runner.artifact.method}, parity {parity}: "
         f"{len(result.token_ids)} tokens, vision {stats.vision_ms:.1f} ms, prefill {stats.prefill_ms:.1f} ms, "
         f"first token {stats.time_to_first_token_ms:.1f} ms, decode {stats.decode_tokens_per_s:.1f} tokens/s]",
         file=sys.stderr,

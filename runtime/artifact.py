@@ -104,12 +104,23 @@ class Artifact:
             held = ", ".join(self.backends) or "none"
             raise ArtifactError(f"{self.root} holds no {backend} export (backends in the artifact: {held})")
 
-    def require_parity(self, *, allow_failed: bool = False) -> None:
-        """Refuse an artifact whose export failed its parity check, unless `allow_failed`."""
-        if self.parity == "failed" and not allow_failed:
+    def parity_on(self, backend: str) -> str:
+        """The parity check's verdict on `backend`'s graphs: the artifact's, except where a failed
+        check passed this backend and the preprocessing (another backend failed)."""
+        if self.parity != "failed":
+            return self.parity
+        report = self.manifest["parity"].get("report")
+        report = report if isinstance(report, dict) else {}
+        own = report.get("backends", {}).get(backend) if isinstance(report.get("backends"), dict) else None
+        passed = isinstance(own, dict) and own.get("passed") is True and report.get("preprocess_passed") is True
+        return "passed" if passed else "failed"
+
+    def require_parity(self, backend: str, *, allow_failed: bool = False) -> None:
+        """Refuse `backend` where the export's parity check failed it, unless `allow_failed`."""
+        if self.parity_on(backend) == "failed" and not allow_failed:
             raise ArtifactError(
-                f"{self.root} failed its parity check against eager PyTorch at export: its outputs are not "
-                "trustworthy. Re-export it, or pass --allow-failed-parity to use it anyway"
+                f"{self.root} failed its parity check against eager PyTorch at export ({backend}): its outputs are "
+                "not trustworthy. Re-export it, or pass --allow-failed-parity to use it anyway"
             )
 
     def check_graph_facts(self, facts: dict[str, int], source: str) -> None:

@@ -199,7 +199,9 @@ class Runner:
         low_memory: ONNX Runtime holds one copy of the language model, reopening its graphs in every
             generation (`OnnxSession`).
         verify: check the sha256 of every artifact file when `artifact` is a folder.
-        allow_failed_parity: use an artifact whose export failed its parity check (refused otherwise).
+        allow_failed_parity: use a backend whose parity check failed at export (refused otherwise).
+        session: the artifact already open on `backend` (e.g. an `OnnxSession` that profiles);
+            default: opened here.
     Raises:
         FileNotFoundError, ArtifactError: see `load_artifact`; a failed parity check; graphs that
             contradict the manifest.
@@ -214,10 +216,13 @@ class Runner:
         verify: bool = True,
         allow_failed_parity: bool = False,
         low_memory: bool = False,
+        session: Session | None = None,
     ):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, verify=verify)
-        self.artifact.require_parity(allow_failed=allow_failed_parity)
-        self.session: Session = open_session(self.artifact, backend, num_threads=num_threads, low_memory=low_memory)
+        self.artifact.require_parity(backend, allow_failed=allow_failed_parity)
+        self.session: Session = session or open_session(
+            self.artifact, backend, num_threads=num_threads, low_memory=low_memory
+        )
         self.inputs = InputProcessor.from_artifact(self.artifact)
 
     @property

@@ -1,9 +1,11 @@
 """This machine's limits, measured in a few seconds: what a prefill and a decode step could reach.
 
-    float32 GEMM    GFLOP/s of a large float32 matrix product (numpy's BLAS, all cores)
+    float32 GEMM    GFLOP/s of a large float32 matrix product, the better of numpy's BLAS and ONNX
+                    Runtime's MatMul (MLAS), all cores
     int8 GEMM       GOP/s of ONNX Runtime's MatMulInteger (uint8 x int8 -> int32), the int8
                     compute that MatMulNBits' fast profile and XNNPACK's 8da4w linears use
-    memory read     GB/s of summing an array far larger than the caches
+    memory read     GB/s of summing an array far larger than the caches, the better of numpy (one
+                    core) and ONNX Runtime's ReduceSum over rows (all cores)
 
 `runtime.bench` puts each measured time next to them: a prefill against the GEMM rate of the
 arithmetic its linears run (`compute_kind`), a decode step against the time to read its weights
@@ -20,6 +22,7 @@ import numpy as np
 
 GEMM_SIZE = 1024  # M; the products are M x K times K x N, K = N = 4 M
 READ_BYTES = 1 << 30
+READ_ROWS = 64  # ONNX Runtime sums each row on its own: one row per task
 REPEATS = 3
 
 
@@ -34,14 +37,17 @@ class MachineLimits:
 
 
 def measure_limits() -> MachineLimits:
-    """The three rates, each the best of `REPEATS` runs (about 5 s in all on 2 cores)."""
+    """The three rates, each the best of `REPEATS` runs (about 10 s in all on 2 cores)."""
     m, k, n = GEMM_SIZE, 4 * GEMM_SIZE, 4 * GEMM_SIZE
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
-    float32 = 2 * m * k * n / _best_seconds(lambda: a @ b) / 1e9
-    int8 = 2 * m * k * n / _best_seconds(_int8_matmul(m, k, n)) / 1e9
-    data = np.ones(READ_BYTES // 4, dtype=np.float32)
-    read = READ_BYTES / _best_seconds(data.sum) / 1e9
+    products = 2 * m * k * n / 1e9
+    float32 = products / min(_best_seconds(lambda: a @ b), _best_seconds(_one_op("MatMul", a, b, np.float32)))
+    x, weight = rng.integers(0, 255, size=(m, k), dtype=np.uint8), rng.integers(-8, 8, size=(k, n), dtype=np.int8)
+    int8 = products / _best_seconds(_one_op("MatMulInteger", x, weight, np.int32))
+    data = np.ones((READ_ROWS, READ_BYTES // 4 // READ_ROWS), dtype=np.float32)
+    axes = np.array([1], dtype=np.int64)
+    read = READ_BYTES / 1e9 / min(_best_seconds(data.sum), _best_seconds(_one_op("ReduceSum", data, axes, np.float32)))
     return MachineLimits(float32_gflops=float32, int8_gops=int8, read_gbps=read)
 
 
@@ -55,23 +61,20 @@ def _best_seconds(run: Callable[[], object]) -> float:
     return min(times)
 
 
-def _int8_matmul(m: int, k: int, n: int) -> Callable[[], object]:
-    """ONNX Runtime's MatMulInteger on random uint8 activations and int8 weights, ready to run."""
+def _one_op(op: str, x: np.ndarray, constant: np.ndarray, out_dtype: type) -> Callable[[], object]:
+    """ONNX Runtime running `op(x, constant)` (the constant an initializer), ready to run on `x`."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.integers(-8, 8, size=(k, n), dtype=np.int8), "weight")
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["x", "weight"], ["y"])],
-        "int8_gemm",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
-        initializer=[weight],
+        [helper.make_node(op, ["x", "constant"], ["y"])],
+        op,
+        [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), list(x.shape))],
+        [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)],
+        initializer=[numpy_helper.from_array(constant, "constant")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options)
-    x = rng.integers(0, 255, size=(m, k), dtype=np.uint8)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, {"x": x})

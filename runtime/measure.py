@@ -39,6 +39,7 @@ def measure(
     num_threads: int | None = None,
     prompt: str = DEFAULT_PROMPT,
     low_memory: bool = False,
+    allow_failed_parity: bool = False,
 ) -> dict[str, Any]:
     """Load the artifact (files not re-hashed: the caller checked them), warm up, time `runs` generations.
 
@@ -47,7 +48,14 @@ def measure(
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     tick = time.perf_counter()
-    runner = Runner(artifact_dir, backend, num_threads=num_threads, verify=False, low_memory=low_memory)
+    runner = Runner(
+        artifact_dir,
+        backend,
+        num_threads=num_threads,
+        verify=False,
+        low_memory=low_memory,
+        allow_failed_parity=allow_failed_parity,
+    )
     load_ms = (time.perf_counter() - tick) * 1000.0
     image = runner.inputs.family.sample()
     config = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
@@ -59,6 +67,7 @@ def measure(
         "backend": backend,
         "keep": runner.artifact.keep,
         "method": runner.artifact.method,
+        "parity": runner.artifact.parity_on(backend),
         "load_ms": load_ms,
         "median": median_stats(stats),
         "runs": [{**asdict(s), "decode_tokens_per_s": s.decode_tokens_per_s} for s in stats],
@@ -137,6 +146,9 @@ def add_timing_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         action="store_true",
         help="ONNX Runtime: one copy of the language model, its graphs reopened in every generation (timed)",
     )
+    parser.add_argument(
+        "--allow-failed-parity", action="store_true", help="also time a backend whose parity check failed at export"
+    )
     return parser
 
 
@@ -150,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         prompt=args.prompt,
         low_memory=args.low_memory,
+        allow_failed_parity=args.allow_failed_parity,
     )
     print(json.dumps(result))
     return 0

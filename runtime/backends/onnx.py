@@ -32,7 +32,14 @@ class OnnxSession:
 
     backend = "onnx"
 
-    def __init__(self, artifact: Artifact, *, num_threads: int | None = None, low_memory: bool = False):
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        num_threads: int | None = None,
+        low_memory: bool = False,
+        profile_dir: Path | None = None,
+    ):
         layers = artifact.text.num_layers
         self._present = list(cache_names("present", layers))
         self._past = list(cache_names("past", layers))
@@ -43,6 +50,9 @@ class OnnxSession:
         self._options.enable_cpu_mem_arena = False
         if num_threads is not None:
             self._options.intra_op_num_threads = num_threads
+        if profile_dir is not None:  # ONNX Runtime's profiler: a JSON trace per session (`end_profiling`)
+            self._options.enable_profiling = True
+            self._options.profile_file_prefix = str(profile_dir / "onnxruntime")
         self._paths = {graph: artifact.path(onnx_file(graph)) for graph in GRAPH_NAMES}
         self._one_at_a_time = ONE_AT_A_TIME if low_memory else ()
         # Sessions of the graphs opened one at a time are only looked at here: no prepacked weights.
@@ -102,6 +112,10 @@ class OnnxSession:
             "prune_layer": pruned[0] if pruned else None,
             "max_seq_len": int(bound),
         }
+
+    def end_profiling(self) -> dict[str, Path]:
+        """The trace file of each open session's profile (with `profile_dir`), by graph."""
+        return {graph: Path(session.end_profiling()) for graph, session in self._sessions.items()}
 
     def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Selection | None]:
         image_embeds, *selection = self._session("vision_encoder").run(None, {"pixel_values": pixel_values})

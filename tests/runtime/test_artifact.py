@@ -130,9 +130,24 @@ def test_parity_status(copy, parity, status):
     artifact = load_artifact(copy)
     assert artifact.parity == status
     if status == "failed":
-        with pytest.raises(ArtifactError, match="failed its parity check"):
-            artifact.require_parity()
-    artifact.require_parity(allow_failed=True)
+        with pytest.raises(ArtifactError, match=r"failed its parity check .* \(onnx\)"):
+            artifact.require_parity("onnx")
+    artifact.require_parity("onnx", allow_failed=True)
+
+
+def test_a_failed_parity_check_refuses_only_the_backends_it_failed(copy):
+    # As at 7B: ONNX Runtime exact, ExecuTorch's 8da4w outside the statistical criteria.
+    report = {"preprocess_passed": True, "backends": {"onnx": {"passed": True}, "executorch": {"passed": False}}}
+    _edit_manifest(copy, lambda m: m.update(parity={"status": "failed", "report": report}))
+    artifact = load_artifact(copy)
+    assert (artifact.parity, artifact.parity_on("onnx"), artifact.parity_on("executorch")) == ("failed", "passed", "failed")
+    artifact.require_parity("onnx")
+    with pytest.raises(ArtifactError, match=r"failed its parity check .* \(executorch\)"):
+        artifact.require_parity("executorch")
+    # Preprocessing that failed fails every backend.
+    report["preprocess_passed"] = False
+    _edit_manifest(copy, lambda m: m.update(parity={"status": "failed", "report": report}))
+    assert load_artifact(copy).parity_on("onnx") == "failed"
 
 
 @pytest.mark.parametrize("parity", [None, {}, {"status": "fine"}, "passed"])
