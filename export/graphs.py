@@ -11,11 +11,12 @@ model's family (`models.families`); the names from `runtime.contract`.
     embed_tokens    input_ids [1, T]                             -> inputs_embeds [1, T, d]
     prefill         inputs_embeds [1, T, d], position_ids [rows, 1, T], image_positions [N]
                                                   -> logits, kept_indices [R], selection_order [R], present.*
-    decode          inputs_embeds [1, 1, d], position_ids [rows, 1, 1], past.* -> logits, present.*
+    decode          inputs_embeds [1, 1, d], position_ids [rows, 1, 1], past.* (buffers), cache_lengths [L]
+                                                  -> logits, present.* (the buffers, one entry more written)
 
 Bounds, with M = max_seq_len: T in [1, M] for embed_tokens (the runtime also embeds single
-generated tokens); T in [N + 1, M] for prefill (at least one text token besides the image); past
-lengths in [N + 1, M - 1] for layers < K and [R + 1, M - 1 - (N - R)] for layers >= K in decode.
+generated tokens); T in [N + 1, M] for prefill (at least one text token besides the image); cache
+capacities in [N + 2, M] for layers < K and [R + 2, M - (N - R)] for layers >= K in decode.
 With the selection in the vision graph, the language model's graphs are unpruned ones for an
 image of R tokens (N = R above).
 """
@@ -38,8 +39,8 @@ from models.decoder import head_dim
 from models.stateful import SelectTokens, TextDecoder, TextDecoderHead, TextDecoderLayers, TextDecoderTail
 from runtime.contract import (
     MAX_SEQ_LEN_KEY,
-    PAST_DIM,
-    PRUNED_PAST_DIM,
+    CACHE_DIM,
+    PRUNED_CACHE_DIM,
     PRUNED_SEQUENCE_DIM,
     PTE_LAYER_GROUP,
     PTE_TAIL,
@@ -215,21 +216,22 @@ def build_graphs(
         metadata=bounds,
     )
 
-    # Layers before K hold the full prompt, layers from K on the pruned one: two lengths, one
-    # symbol when nothing is pruned (the runtime then passes equal lengths).
-    past = Dim(PAST_DIM, min=n + 1, max=max_seq_len - 1)
-    pruned_past = past if dropped == 0 else Dim(PRUNED_PAST_DIM, min=keep + 1, max=max_seq_len - 1 - dropped)
+    # The cache as fixed-capacity buffers (the runtime writes them in place) and the entries each
+    # holds: layers before K the full prompt, layers from K on the pruned one. Two capacities, one
+    # symbol when nothing is pruned.
+    capacity = Dim(CACHE_DIM, min=n + 2, max=max_seq_len)
+    pruned_capacity = capacity if dropped == 0 else Dim(PRUNED_CACHE_DIM, min=keep + 2, max=max_seq_len - dropped)
     lengths = [prompt_len if i < spec.prune_layer else prompt_len - dropped for i in range(num_layers)]
     cache = tuple(
-        (torch.zeros(1, kv_heads, length, width), torch.zeros(1, kv_heads, length, width)) for length in lengths
+        (torch.zeros(1, kv_heads, length + 1, width), torch.zeros(1, kv_heads, length + 1, width)) for length in lengths
     )
-    dims = [past if i < spec.prune_layer else pruned_past for i in range(num_layers)]
+    dims = [capacity if i < spec.prune_layer else pruned_capacity for i in range(num_layers)]
     cache_dims = tuple(({2: dim}, {2: dim}) for dim in dims)
     decode = graph(
         "decode",
         family.decode_step(model),
-        (torch.zeros(1, 1, hidden), torch.full((rows, 1, 1), prompt_len), cache),
-        (None, None, cache_dims),
+        (torch.zeros(1, 1, hidden), torch.full((rows, 1, 1), prompt_len), cache, torch.tensor(lengths)),
+        (None, None, cache_dims, None),
         metadata=bounds,
     )
     return vision, embed, prefill, decode

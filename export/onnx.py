@@ -22,7 +22,8 @@ def save_onnx(
     dim_names: Mapping[str, Mapping[int, str]] | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
-    """Translate an exported program to ONNX (opset 18) and write it to `path`.
+    """Translate an exported program to ONNX (opset 18; the models' own ops as `export.onnx_ops`
+    translates them) and write it to `path`.
 
     The onnxscript graph optimizer is skipped: its pattern rewriter is superlinear in graph size,
     and ONNX Runtime optimizes the graph at session creation anyway.
@@ -38,6 +39,8 @@ def save_onnx(
             dynamic dimensions), which the runtime checks the manifest against.
     """
     _require_onnxscript()
+    from export.onnx_ops import TRANSLATIONS
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program = torch.onnx.export(
@@ -48,6 +51,7 @@ def save_onnx(
         verbose=False,
         input_names=input_names,
         output_names=output_names,
+        custom_translation_table=TRANSLATIONS,
     )
     if dim_names:
         _rename_dims(onnx_program.model, dim_names)

@@ -8,7 +8,9 @@
         original position ids
         layers K..L-1 on the short sequence ──> logits of the last token, KV cache
 
-    DecodeStep: one token at position ids [rows, 1, 1], attends to the whole cache of every layer.
+    DecodeStep: one token at position ids [rows, 1, 1], attends to the whole cache of every layer;
+        the cache exactly the past (one longer afterwards), or fixed-capacity buffers written at
+        each layer's length (`buffer_attention`, which ONNX Runtime runs in place).
 
 The modules call the transformers decoder layers' submodules (attention projections, norms, MLPs,
 rotary embedding, lm_head) directly, so that the KV cache is a tuple of explicit tensors, one
@@ -153,10 +155,13 @@ def prune_sequence(selector: nn.Module, outputs: LayerOutputs, keep: int) -> tup
 class DecodeStep(nn.Module):
     """One generated token through every layer, attending to the whole cache.
 
-    forward(inputs_embeds [1, 1, d], position_ids int64 [rows, 1, 1], cache) -> (logits [1, vocab],
-    cache with one more entry per layer). `cache[i]` = (key, value), each [1, n_kv_heads, length_i,
-    head_dim]; lengths differ between the layers before and after the pruning layer, positions do
-    not: they continue from the last prompt position (the host says which, `runtime.families`).
+    forward(inputs_embeds [1, 1, d], position_ids int64 [rows, 1, 1], cache, cache_lengths=None)
+    -> (logits [1, vocab], cache with one more entry per layer). `cache[i]` = (key, value), each
+    [1, n_kv_heads, length_i, head_dim]; lengths differ between the layers before and after the
+    pruning layer, positions do not: they continue from the last prompt position (the host says
+    which, `runtime.families`). With `cache_lengths` int64 [layers], each (key, value) is a buffer
+    [1, n_kv_heads, capacity_i, head_dim] whose first cache_lengths[i] entries are the past: the new
+    entry is written at that index and the buffers come back whole (`buffer_attention`).
     """
 
     def __init__(self, model: PreTrainedModel):
@@ -167,15 +172,21 @@ class DecodeStep(nn.Module):
         self.rotary_emb = text.rotary_emb
         self.lm_head = model.lm_head
 
-    def forward(self, inputs_embeds: Tensor, position_ids: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+    def forward(
+        self, inputs_embeds: Tensor, position_ids: Tensor, cache: KVCache, cache_lengths: Tensor | None = None
+    ) -> tuple[Tensor, KVCache]:
         check_batch_of_one("inputs_embeds", inputs_embeds)
         if len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.layers)}")
         cos, sin = rotary_tables(self.rotary_emb, inputs_embeds, position_ids)  # [1, 1, head_dim] each
         hidden = inputs_embeds
         present = []
-        for layer, (past_key, past_value) in zip(self.layers, cache):
-            attend = past_attend(past_key, past_value, layer.self_attn.scaling)
+        for i, (layer, (past_key, past_value)) in enumerate(zip(self.layers, cache)):
+            scale = layer.self_attn.scaling
+            if cache_lengths is None:
+                attend = past_attend(past_key, past_value, scale)
+            else:
+                attend = buffer_attend(past_key, past_value, cache_lengths[i : i + 1], scale)
             hidden, key, value, _ = decoder_layer(layer, hidden, cos, sin, attend)
             present.append((key, value))
         logits = self.lm_head(self.norm(hidden[:, -1]))  # [1, vocab]
@@ -236,6 +247,44 @@ def past_attend(past_key: Tensor, past_value: Tensor, scale: float) -> Attend:
     return attend
 
 
+def buffer_attend(key_buffer: Tensor, value_buffer: Tensor, length: Tensor, scale: float) -> Attend:
+    """One new token attending to the first `length` entries of fixed-capacity buffers [1,
+    n_kv_heads, capacity, hd] and itself (decode); the cache is the buffers with the new entry
+    written at index `length` (int64 [1])."""
+
+    def attend(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.ops.vlm_pruner.buffer_attention(query, key, value, key_buffer, value_buffer, length, scale)
+
+    return attend
+
+
+# An op of its own, not a composition of torch ops: its ONNX translation (`export.onnx_ops`) is ONNX
+# Runtime's GroupQueryAttention, which writes the new entry into the bound buffers in place, where
+# any ONNX composition (Concat, ScatterND) returns a new copy of the whole cache every step.
+@torch.library.custom_op("vlm_pruner::buffer_attention", mutates_args=())
+def buffer_attention(
+    query: Tensor, key: Tensor, value: Tensor, key_buffer: Tensor, value_buffer: Tensor, length: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """query [1, 1, n_heads, hd], key/value [1, 1, n_kv_heads, hd] (post-RoPE), buffers [1,
+    n_kv_heads, capacity, hd] holding `length` (int64 [1]) entries -> (out [1, 1, n_heads, hd], the
+    buffers with key/value at index `length`). Entries after it are unspecified (ONNX Runtime's
+    are whatever the bound buffer held)."""
+    at = int(length.item())
+    if not 0 <= at < key_buffer.shape[2]:
+        raise ValueError(f"cache length {at} leaves no room in a buffer of {key_buffer.shape[2]} entries")
+    key_buffer, value_buffer = key_buffer.clone(), value_buffer.clone()
+    key_buffer[:, :, at] = key[:, 0]
+    value_buffer[:, :, at] = value[:, 0]
+    keys, values = key_buffer[:, :, : at + 1], value_buffer[:, :, : at + 1]
+    out = _single_query_attention(query.transpose(1, 2), keys, values, scale).transpose(1, 2).contiguous()
+    return out, key_buffer, value_buffer
+
+
+@buffer_attention.register_fake
+def _(query: Tensor, key: Tensor, value: Tensor, key_buffer: Tensor, value_buffer: Tensor, length: Tensor, scale: float):
+    return torch.empty_like(query), torch.empty_like(key_buffer), torch.empty_like(value_buffer)
+
+
 def rotary_tables(rotary_emb: nn.Module, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
     """cos, sin [1, q, head_dim] of position_ids int64 [rows, 1, q]: one row is RoPE (LLaVA), three
     rows M-RoPE (Qwen2-VL's rotary embedding takes them all and interleaves its sections)."""
@@ -256,18 +305,13 @@ def _single_query_attention(query: Tensor, key: Tensor, value: Tensor, scale: fl
     The query heads sharing a KV head are stacked as that head's queries ([1, n_kv_heads,
     groups, hd]), so the cache is never repeated: repeating it costs memory, and reshaping a
     cache of symbolic length puts a guard into the exported graph that torch.export cannot prove.
-    Written out rather than `F.scaled_dot_product_attention`, whose ONNX translation scales and
-    transposes the whole key cache every step (a third of a 7B decode step at 590 tokens, ONNX
-    Runtime's profile): here only the query is scaled, and ONNX Runtime fuses the key's transpose
-    into the product (FusedMatMul).
     """
     batch, heads, _, head_dim = query.shape
     grouped = query.reshape(batch, key.shape[1], heads // key.shape[1], head_dim)
-    weights = torch.softmax(torch.matmul(grouped * scale, key.transpose(2, 3)), dim=-1)  # [1, n_kv_heads, groups, p]
-    # An explicit copy, not a view: ExecuTorch's decomposition returns another layout than the
-    # one traced, and a traced view of it fails to lower.
-    out = torch.matmul(weights, value).clone(memory_format=torch.contiguous_format)
-    return out.reshape(batch, heads, 1, head_dim)
+    out = F.scaled_dot_product_attention(grouped, key, value, scale=scale)
+    # An explicit copy, not a view: ExecuTorch's decomposition of SDPA returns another layout than
+    # the one traced, and a traced view of it fails to lower.
+    return out.clone(memory_format=torch.contiguous_format).reshape(batch, heads, 1, head_dim)
 
 
 def head_dim(config: PretrainedConfig) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 MANIFEST = "manifest.json"
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
@@ -59,8 +59,8 @@ MAX_SEQ_LEN_KEY = "max_seq_len"
 
 # Names of the dynamic dimensions, as they appear in the ONNX graphs' input and output shapes.
 SEQUENCE_DIM = "sequence_length"
-PAST_DIM = "past_length"
-PRUNED_PAST_DIM = "pruned_past_length"
+CACHE_DIM = "cache_capacity"  # decode's KV cache buffers, layers before the pruning layer
+PRUNED_CACHE_DIM = "pruned_cache_capacity"  # and from it on
 PRUNED_SEQUENCE_DIM = "pruned_sequence_length"  # the .pte's text_decoder_tail
 
 
@@ -102,7 +102,7 @@ def graph_io(
             ("logits", *SELECTION_OUTPUTS, *cache_names("present", num_layers)),
         ),
         "decode": (
-            ("inputs_embeds", "position_ids", *cache_names("past", num_layers)),
+            ("inputs_embeds", "position_ids", *cache_names("past", num_layers), "cache_lengths"),
             ("logits", *cache_names("present", num_layers)),
         ),
     }

@@ -8,7 +8,7 @@ our unpruned and keep-R artifacts on each backend (`runtime.bench`, which measur
 limits first), then each anchor given the same number of prompt tokens as our unpruned prefill
 (text only: none of them has a LLaVA pipeline), built once under `<output>/anchors/<model>/` from one
 checkpoint (`bench.anchors.checkpoint`). Prints the table and the targets of issue #13; writes
-bench/results/anchors-<model>.json.
+bench/results/anchors-<model>[-<onnx profile>].json.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         anchors[name] = {"label": anchor.label, **measured}
     report = {"model": args.model, "ours": ours, "anchors": anchors, "targets": targets(ours, anchors)}
     print(format_report(report))
-    path = RESULTS_DIR / f"anchors-{args.model}.json"
+    profile = f"-{args.onnx_profile}" if args.onnx_profile else ""
+    path = RESULTS_DIR / f"anchors-{args.model}{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {path}")

@@ -7,9 +7,10 @@ from typing import Any, Protocol
 import numpy as np
 
 # The KV cache as a session hands it back from prefill and decode and takes it in the next decode;
-# the generation loop only passes it on. ONNX: the tensors, flattened as in the artifact contract
-# (key 0, value 0, key 1, ...; each float32 [1, n_kv_heads, length_i, head_dim]). ExecuTorch: the
-# cache is in place inside the program, and this says how far it is written.
+# the generation loop only passes it on. ONNX: from prefill the tensors, flattened as in the artifact
+# contract (key 0, value 0, key 1, ...; each float32 [1, n_kv_heads, length_i, head_dim]), from
+# decode the buffers ONNX Runtime writes in place and their lengths (`runtime.backends.onnx.BufferCache`).
+# ExecuTorch: the cache is in place inside the program, and this says how far it is written.
 KVCache = Any
 # What a selecting graph returns of its selection: (kept_indices int64 [R] ascending,
 # selection_order int64 [R], the same tokens in the order the method chose them).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,19 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 # The graphs that `low_memory` opens one at a time: the vision tower and the two copies of the language model.
 ONE_AT_A_TIME = ("vision_encoder", "prefill", "decode")
+# Entries a decode cache buffer is given beyond what it holds, whenever it is (re)allocated: one
+# copy of the cache per CACHE_GROWTH generated tokens instead of one per token.
+CACHE_GROWTH = 256
+
+
+@dataclass(frozen=True)
+class BufferCache:
+    """The decode graph's KV cache (the `KVCache` decode hands back and takes): a key and a value
+    buffer per layer (key 0, value 0, key 1, ...; float32 [1, n_kv_heads, capacity_i, head_dim]),
+    each holding `lengths[i]` entries. ONNX Runtime writes each step's entry into them in place."""
+
+    buffers: tuple[np.ndarray, ...]
+    lengths: np.ndarray  # int64 [L]
 
 
 class OnnxSession:
@@ -41,6 +55,7 @@ class OnnxSession:
         profile_dir: Path | None = None,
     ):
         layers = artifact.text.num_layers
+        self._max_seq_len = artifact.text.max_seq_len
         self._present = list(cache_names("present", layers))
         self._past = list(cache_names("past", layers))
         self._options = ort.SessionOptions()
@@ -132,10 +147,57 @@ class OnnxSession:
         logits, kept, order, *cache = self._session("prefill").run(outputs, feeds)
         return logits, (kept, order), tuple(cache)
 
-    def decode(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, **dict(zip(self._past, cache))}
-        logits, *present = self._session("decode").run(["logits", *self._present], feeds)
-        return logits, tuple(present)
+    def decode(
+        self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: KVCache | BufferCache
+    ) -> tuple[np.ndarray, BufferCache]:
+        """One token; `cache` is the prefill's tensors or the `BufferCache` of the previous step.
+
+        The present outputs are bound to the past inputs' buffers (IO binding): the graph's
+        GroupQueryAttention writes the new entries in place, and nothing else is copied.
+        """
+        cache = self._with_room(cache if isinstance(cache, BufferCache) else _as_buffers(cache))
+        session = self._session("decode")
+        binding = session.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(inputs_embeds))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids))
+        binding.bind_cpu_input("cache_lengths", cache.lengths)
+        binding.bind_output("logits")  # the first output: `get_outputs` lists them in binding order
+        for past, present, buffer in zip(self._past, self._present, cache.buffers, strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # a view of the buffer, not a copy
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return logits, BufferCache(cache.buffers, cache.lengths + 1)
+
+    def _with_room(self, cache: BufferCache) -> BufferCache:
+        """`cache`, its full buffers copied into ones `CACHE_GROWTH` entries larger (at most the
+        graphs' bound: M entries, less the dropped image tokens from the pruning layer on)."""
+        buffers = list(cache.buffers)
+        dropped = cache.lengths[0] - cache.lengths  # 0 before the pruning layer, N - R from it on
+        for i, length in enumerate(np.repeat(cache.lengths, 2)):
+            if buffers[i].shape[2] > length:
+                continue
+            bound = self._max_seq_len - int(dropped[i // 2])
+            if length >= bound:
+                raise ValueError(
+                    f"the KV cache of layer {i // 2} holds {length} entries: the graphs take at most {bound} "
+                    f"(export with a larger --max-seq-len)"
+                )
+            buffers[i] = _grown(buffers[i], length, min(length + CACHE_GROWTH, bound))
+        return BufferCache(tuple(buffers), cache.lengths)
+
+
+def _as_buffers(cache: KVCache) -> BufferCache:
+    """The prefill's cache tensors as decode buffers holding them (no room yet: `_with_room`)."""
+    return BufferCache(tuple(cache), np.array([key.shape[2] for key in cache[::2]], dtype=np.int64))
+
+
+def _grown(buffer: np.ndarray, length: int, capacity: int) -> np.ndarray:
+    """A zeroed [1, h, capacity, hd] buffer holding `buffer`'s first `length` entries."""
+    grown = np.zeros((*buffer.shape[:2], capacity, buffer.shape[3]), dtype=np.float32)
+    grown[:, :, :length] = buffer[:, :, :length]
+    return grown
 
 
 def _check_names(path: Path, kind: str, found: list[str], expected: list[str]) -> None:

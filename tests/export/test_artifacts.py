@@ -76,7 +76,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == FORMAT_VERSION == 9
+    assert manifest["format_version"] == FORMAT_VERSION == 10
     assert manifest["model"] == {
         "name": "tiny-llava",
         "family": "llava",
@@ -164,8 +164,12 @@ def test_onnx_graphs_follow_the_contract(exported_artifact, keep):
 
     decode = onnx.load(str(folder / "decode.onnx"))
     inputs = {value.name: _dims(value) for value in decode.graph.input}
-    assert inputs["past.0.key"] == [1, 2, "past_length", 16]
-    assert inputs[f"past.{NUM_LAYERS - 1}.key"] == [1, 2, "past_length" if keep == N else "pruned_past_length", 16]
+    assert inputs["past.0.key"] == [1, 2, "cache_capacity", 16]
+    assert inputs[f"past.{NUM_LAYERS - 1}.key"] == [1, 2, "cache_capacity" if keep == N else "pruned_cache_capacity", 16]
+    assert inputs["cache_lengths"] == [NUM_LAYERS]
+    # The attention over the cache is ONNX Runtime's, which writes the bound buffers in place.
+    assert sum(node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft" for node in decode.graph.node) == NUM_LAYERS
+    assert not any(node.op_type == "Concat" and "past" in " ".join(node.input) for node in decode.graph.node)
 
 
 def test_onnx_graphs_share_one_weights_file(exported_artifact):
@@ -251,8 +255,10 @@ def test_sessions_match_eager(exported_artifact, eager, image, keep, backend):
                 expected_logits, eager_cache = modules.decode_module(token_embeds, position, eager_cache)
             logits, cache = session.decode(token_embeds.numpy(), position.numpy(), cache)
             np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tolerance, rtol=0)
-            if backend == "onnx":
-                assert [entry.shape[2] for entry in cache] == [length + step + 1 for length in lengths for _ in range(2)]
+            if backend == "onnx":  # the buffers, written in place, hold the eager cache
+                assert cache.lengths.tolist() == [length + step + 1 for length in lengths]
+                for got, want in zip(cache.buffers, [entry for pair in eager_cache for entry in pair], strict=True):
+                    np.testing.assert_allclose(got[:, :, : want.shape[2]], want.numpy(), atol=tolerance, rtol=0)
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:

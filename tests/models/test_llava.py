@@ -177,6 +177,30 @@ def test_decode_steps_match_recomputation_without_cache(tiny, pruned, embedded, 
     assert lengths == [full] * prune_layer + [short] * (tiny.spec.text.num_hidden_layers - prune_layer)
 
 
+def test_decode_into_buffers_equals_decode_onto_the_cache(pruned, pruned_prefill):
+    """The ONNX decode graph's form (`cache_lengths`: fixed-capacity buffers written at each layer's
+    length, what ONNX Runtime does in place) gives the same logits and the same cache entries."""
+    logits, _, _, cache = pruned_prefill
+    lengths = torch.tensor([key.shape[2] for key, _ in cache])
+    room = 3
+    buffers = tuple(
+        tuple(torch.cat([entry, torch.full((*entry.shape[:2], room, entry.shape[3]), float("nan"))], dim=2) for entry in pair)
+        for pair in cache
+    )  # what lies past the written entries must not matter: NaN
+    seq_len = int(lengths[0])
+    decode = pruned.session.decode_module
+    for step in range(room):
+        with torch.no_grad():
+            token_embeds = pruned.session.embedding(logits.argmax(dim=-1, keepdim=True))
+            logits, cache = decode(token_embeds, decode_position(seq_len + step), cache)
+            buffered_logits, buffers = decode(token_embeds, decode_position(seq_len + step), buffers, lengths + step)
+        torch.testing.assert_close(buffered_logits, logits, atol=0, rtol=0)
+        for (key, value), (key_buffer, value_buffer) in zip(cache, buffers, strict=True):
+            assert torch.equal(key_buffer[:, :, : key.shape[2]], key) and torch.equal(value_buffer[:, :, : value.shape[2]], value)
+    with pytest.raises(ValueError, match="no room"):
+        decode(token_embeds, decode_position(seq_len + room), buffers, lengths + room)
+
+
 def test_generate_returns_text_and_kept_tokens(tiny, pruned, image, prompt):
     result = pruned.generate(image, prompt, max_new_tokens=5)
     assert len(result.token_ids) == 5

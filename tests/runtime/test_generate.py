@@ -67,6 +67,19 @@ def test_low_memory_same_outputs(artifact_dirs, image):
         assert all(np.array_equal(a, b) for a, b in zip(result.logits, expected.logits, strict=True))
 
 
+def test_cache_buffers_that_grow_give_the_same_logits(artifact_dirs, image, monkeypatch):
+    """ONNX Runtime's decode writes into buffers with room for CACHE_GROWTH more entries, copied
+    into larger ones when full: growing every 3 tokens changes no logit."""
+    import runtime.backends.onnx as onnx_backend
+
+    config = GenerationConfig(max_new_tokens=10, ignore_eos=True, return_logits=True)
+    expected = Runner(artifact_dirs[64], "onnx").generate(image, DEFAULT_PROMPT, config)
+    monkeypatch.setattr(onnx_backend, "CACHE_GROWTH", 3)
+    result = Runner(artifact_dirs[64], "onnx").generate(image, DEFAULT_PROMPT, config)
+    assert result.token_ids == expected.token_ids
+    assert all(np.array_equal(a, b) for a, b in zip(result.logits, expected.logits, strict=True))
+
+
 def test_image_path_and_stop_at_eos(artifact_dirs, image, tmp_path):
     runner = Runner(artifact_dirs[64], "onnx")
     path = tmp_path / "image.png"
