@@ -4,7 +4,8 @@
            llama.cpp's quantizer requantizes it to Q4_0 (its own mix: output.weight in Q6_K), the Q8_0 goes;
            the versions, the tensor types and the library's CPU features go to WORK/anchor.json
     load:  `llama_cpp.Llama` on the Q4_0 file, CPU, `threads` threads (default: all the machine's),
-           llama-cpp-python's defaults otherwise (the file memory-mapped, no flash attention)
+           without llama.cpp's extra weight buffer types (`EXTRA_BUFFER_TYPES`), llama-cpp-python's
+           defaults otherwise (the file memory-mapped, no flash attention)
 
 Both tools are the ones the installed llama-cpp-python vendors: the wheel keeps only the library,
 so `build` takes the converter, its modules and its gguf-py from the package's sdist of the same
@@ -41,6 +42,10 @@ CONVERTER = ("convert_hf_to_gguf.py", "conversion", "gguf-py")  # under the sdis
 CONTEXT = 1024  # tokens of KV cache: the bench's prompt (590) and new tokens (32), with room
 BATCH = 512  # llama-cpp-python's n_batch and n_ubatch; llama.cpp's own tools take 2048 and 512
 TAIL = 4000  # characters of a failed tool's output in the error
+# llama.cpp's extra weight buffer types (its AMX and repacked-Q4_0 kernels; `--no-repack` turns them
+# off in its CLI): with them, llama-cpp-python 0.3.36 built natively on this AMX machine segfaults in
+# llama_decode at the first prompt (measured), so the anchor runs its plain Q4_0 CPU kernels.
+EXTRA_BUFFER_TYPES = False
 # The quantizer's log: one line per tensor ("type =   q8_0, converting to q4_0 .."), then the sizes.
 TENSOR_LINE = re.compile(r"type =\s+(\w+)(?:, converting to (\w+))?")
 QUANT_SIZE = re.compile(r"quant size\s+=\s+(.+)")
@@ -94,10 +99,11 @@ def load(work: Path, threads: int | None) -> Generate:
     from llama_cpp import Llama
 
     threads = threads or os.cpu_count()
-    llm = Llama(
-        model_path=str(work / MODEL), n_ctx=CONTEXT, n_batch=BATCH, n_ubatch=BATCH,
-        n_threads=threads, n_threads_batch=threads, verbose=False,
-    )
+    with _model_params(use_extra_bufts=EXTRA_BUFFER_TYPES):
+        llm = Llama(
+            model_path=str(work / MODEL), n_ctx=CONTEXT, n_batch=BATCH, n_ubatch=BATCH,
+            n_threads=threads, n_threads_batch=threads, verbose=False,
+        )
 
     def generate(prompt_ids: list[int], max_new_tokens: int) -> Stats:
         if len(prompt_ids) + max_new_tokens > CONTEXT:
@@ -115,6 +121,27 @@ def load(work: Path, threads: int | None) -> Generate:
         return text_stats(prefill_ms, first_token_ms, milliseconds_since(tick), len(prompt_ids), len(tokens))
 
     return generate
+
+
+@contextmanager
+def _model_params(**fields: object) -> Iterator[None]:
+    """`Llama` built from llama.cpp's default model parameters with `fields` changed: its constructor
+    takes no argument for them."""
+    from llama_cpp import llama_cpp as native
+
+    default = native.llama_model_default_params
+
+    def params():
+        chosen = default()
+        for name, value in fields.items():
+            setattr(chosen, name, value)
+        return chosen
+
+    native.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        native.llama_model_default_params = default
 
 
 def _converter(version: str, folder: Path) -> Path:
