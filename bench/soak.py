@@ -12,7 +12,6 @@ were identical in every run. Table on stdout, JSON in bench/results/soak-<model>
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,8 +21,7 @@ from tabulate import tabulate
 
 from bench.artifacts import add_artifact_flags, ensure_artifact
 from runtime.artifact import load_artifact
-from runtime.bench import RESULTS_DIR
-from runtime.cli import HelpFormatter, import_torch_quietly, run_cli
+from runtime.cli import RESULTS_DIR, HelpFormatter, import_torch_quietly, run_cli, write_report
 from runtime.generate import GenerationConfig, Runner
 from runtime.measure import current_rss_mib
 from runtime.samples import DEFAULT_PROMPT
@@ -79,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     headers = ["backend", "runs", "seconds", "RSS after run 1 MiB", "RSS at the end MiB", "growth MiB", "outputs identical"]
     print(tabulate(rows, headers=headers, disable_numparse=True))
-    path = RESULTS_DIR / f"soak-{args.model}-keep{args.keep}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"artifact": str(folder), "results": results}, indent=2))
-    print(f"wrote {path}")
+    write_report({"artifact": str(folder), "results": results}, RESULTS_DIR / f"soak-{args.model}-keep{args.keep}.json")
     return 0 if all(r["outputs_identical"] for r in results) else 1
 
 

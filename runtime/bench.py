@@ -35,7 +35,7 @@ from tabulate import tabulate
 
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends import BACKENDS
-from runtime.cli import EXIT_OK, HelpFormatter, raise_for_exit_status, run_cli
+from runtime.cli import EXIT_OK, RESULTS_DIR, HelpFormatter, raise_for_exit_status, run_cli, write_report
 from runtime.flops import ModelDims, kv_cache_bytes, lm_prefill_flops, lm_weight_bytes
 from runtime.limits import MachineLimits, measure_limits
 from runtime.measure import add_timing_flags
@@ -43,7 +43,6 @@ from runtime.samples import DEFAULT_PROMPT
 
 logger = logging.getLogger(__name__)
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 MIB = 2**20
 
 
@@ -339,10 +338,7 @@ def run(args: argparse.Namespace) -> int:
         allow_failed_parity=args.allow_failed_parity,
     )
     print(format_report(report))
-    path = args.json or default_json_path(report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {path}")
+    write_report(report, args.json or default_json_path(report))
     return EXIT_OK
 
 

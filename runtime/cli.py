@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,8 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 EXIT_OK = 0
 EXIT_PARITY_FAILED = 1
@@ -31,6 +33,8 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
+# Where the benchmarks write their JSON reports by default.
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 # The project's own loggers; every other logger is third-party.
 PROJECT_LOGGERS = ("export", "runtime", "models", "bench")
 # Errors that describe the input, the artifact or the machine, not a bug of ours.
@@ -54,6 +58,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    """A command's report as JSON at `path` (its folders made), said on stdout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
 
 def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

@@ -241,7 +241,7 @@ class Runner:
         for `InputProcessor`."""
         start = time.perf_counter()
         inputs = self.inputs(image, prompt, on_note=on_note)
-        return self._generate(inputs, config, start=start, preprocess_ms=_ms_since(start))
+        return self._generate(inputs, config, start=start, preprocess_ms=ms_since(start))
 
     def generate_ids(
         self, input_ids: np.ndarray, pixel_values: np.ndarray, config: GenerationConfig = GenerationConfig()
@@ -303,17 +303,17 @@ def greedy(session: Session, inputs: PromptInputs, config: GenerationConfig, eos
     tick = time.perf_counter()
     # [N, d] and None, or [R, d] and the selection of the R tokens when the vision graph selects.
     image_embeds, vision_selection = session.vision_encoder(inputs.pixel_values)
-    vision_ms = _ms_since(tick)
+    vision_ms = ms_since(tick)
 
     tick = time.perf_counter()
     inputs_embeds = session.embed_tokens(inputs.input_ids)  # [1, T, d]
     inputs_embeds[0, inputs.image_positions] = image_embeds
     positions = inputs.positions(None if vision_selection is None else vision_selection[0])
-    embed_ms = _ms_since(tick)
+    embed_ms = ms_since(tick)
 
     tick = time.perf_counter()
     logits, prefill_selection, cache = session.prefill(inputs_embeds, positions.prompt, inputs.image_positions)
-    prefill_ms = _ms_since(tick)
+    prefill_ms = ms_since(tick)
     token = int(logits[0].argmax())
 
     tokens = [token]
@@ -337,7 +337,7 @@ def greedy(session: Session, inputs: PromptInputs, config: GenerationConfig, eos
         vision_ms=vision_ms,
         embed_ms=embed_ms,
         prefill_ms=prefill_ms,
-        decode_ms=_ms_since(tick),
+        decode_ms=ms_since(tick),
     )
 
 
@@ -350,5 +350,6 @@ def check_sequence_fits(artifact: Artifact, prompt_tokens: int, new_tokens: int)
         )
 
 
-def _ms_since(tick: float) -> float:
+def ms_since(tick: float) -> float:
+    """Milliseconds since `tick`, a `time.perf_counter()` reading."""
     return (time.perf_counter() - tick) * 1000.0

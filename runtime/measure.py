@@ -25,7 +25,7 @@ from typing import Any
 
 from runtime.backends import BACKENDS
 from runtime.cli import HelpFormatter, run_cli
-from runtime.generate import GenerationConfig, Runner, Stats
+from runtime.generate import GenerationConfig, Runner, Stats, ms_since
 from runtime.samples import DEFAULT_PROMPT
 
 
@@ -56,7 +56,7 @@ def measure(
         low_memory=low_memory,
         allow_failed_parity=allow_failed_parity,
     )
-    load_ms = (time.perf_counter() - tick) * 1000.0
+    load_ms = ms_since(tick)
     image = runner.inputs.family.sample()
     config = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
     for _ in range(warmup):
@@ -69,6 +69,13 @@ def measure(
         "method": runner.artifact.method,
         "parity": runner.artifact.parity_on(backend),
         "load_ms": load_ms,
+        **runs_report(stats),
+    }
+
+
+def runs_report(stats: list[Stats]) -> dict[str, Any]:
+    """The timed runs' medians, each run, and this program's peak memory, JSON-ready."""
+    return {
         "median": median_stats(stats),
         "runs": [{**asdict(s), "decode_tokens_per_s": s.decode_tokens_per_s} for s in stats],
         "peak_rss_mib": program_peak_rss_mib(),

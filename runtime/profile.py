@@ -24,11 +24,10 @@ from typing import Any
 from tabulate import tabulate
 
 from runtime.artifact import load_artifact
-from runtime.cli import EXIT_OK, HelpFormatter, run_cli
+from runtime.cli import EXIT_OK, RESULTS_DIR, HelpFormatter, run_cli, write_report
 from runtime.generate import GenerationConfig, Runner
 from runtime.samples import DEFAULT_PROMPT
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 KERNEL_SUFFIX = "_kernel_time"  # ONNX Runtime's name for a node's compute event
 CONTROL_FLOW = ("Scan", "Loop", "If")  # operators that run subgraphs
 TOP = 10  # operator types listed per graph; the rest summed in one row
@@ -146,10 +145,7 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt,
     )
     print(format_report(report))
-    path = args.json or RESULTS_DIR / f"profile-{report['model']}-keep{report['keep']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {path}")
+    write_report(report, args.json or RESULTS_DIR / f"profile-{report['model']}-keep{report['keep']}.json")
     return EXIT_OK
 
 

@@ -27,8 +27,10 @@ from tabulate import tabulate
 from bench.anchors import ANCHORS, Anchor
 from bench.anchors.environment import ROOT, anchor_python
 from bench.artifacts import add_artifact_flags, ensure_artifact, num_image_tokens
-from runtime.bench import RESULTS_DIR, run_bench
-from runtime.cli import EXIT_OK, HelpFormatter, import_torch_quietly, raise_for_exit_status, run_cli
+from runtime.bench import run_bench
+from runtime.cli import (
+    EXIT_OK, RESULTS_DIR, HelpFormatter, import_torch_quietly, raise_for_exit_status, run_cli, write_report,
+)
 from runtime.measure import add_timing_flags
 
 logger = logging.getLogger(__name__)
@@ -90,10 +92,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"model": args.model, "ours": ours, "anchors": anchors, "targets": targets(ours, anchors)}
     print(format_report(report))
     profile = f"-{args.onnx_profile}" if args.onnx_profile else ""
-    path = RESULTS_DIR / f"anchors-{args.model}{profile}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {path}")
+    write_report(report, RESULTS_DIR / f"anchors-{args.model}{profile}.json")
     return EXIT_OK
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bench.anchors.timing import RECORD, Generate, anchor_main, milliseconds_since, text_stats
-from runtime.generate import Stats
+from bench.anchors.timing import RECORD, Generate, anchor_main, text_stats
+from runtime.generate import Stats, ms_since
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def build(checkpoint: Path, work: Path) -> None:
     torch.save(state, staging / CHECKPOINT)
     del state
     (staging / PARAMS).write_text(json.dumps(meta_params(config), indent=1))
-    logger.info("Meta checkpoint written in %.1f s", milliseconds_since(tick) / 1000)
+    logger.info("Meta checkpoint written in %.1f s", ms_since(tick) / 1000)
 
     command = export_command(staging / CHECKPOINT, staging / PARAMS, staging, config)
     logger.info("exporting: %s", " ".join(command))
@@ -152,7 +152,7 @@ def build(checkpoint: Path, work: Path) -> None:
     if done.returncode != 0 or not (staging / PTE).exists():
         raise RuntimeError(f"export_llm failed (exit {done.returncode}):\n{done.stdout[-OUTPUT_TAIL:]}")
     logger.info("exported %s (%.0f MiB) in %.1f s", PTE, (staging / PTE).stat().st_size / 2**20,
-                milliseconds_since(tick) / 1000)
+                ms_since(tick) / 1000)
 
     (staging / CHECKPOINT).unlink()
     for name in TOKENIZER_FILES:
@@ -194,14 +194,14 @@ def load(work: Path, threads: int | None) -> Generate:
         start = time.perf_counter()
         logits = runner.forward(tokens=torch.tensor([prompt_ids], dtype=torch.long),
                                 input_pos=torch.tensor([0], dtype=torch.long))
-        prefill_ms = milliseconds_since(start)
+        prefill_ms = ms_since(start)
         token = next_token(logits, temperature=0.0, top_p=1.0)
-        first_token_ms = milliseconds_since(start)
+        first_token_ms = ms_since(start)
         tick = time.perf_counter()
         generated = [token]
         for position in range(len(prompt_ids), len(prompt_ids) + max_new_tokens - 1):
             generated.append(step([generated[-1]], position))  # no stop at end of sequence
-        return text_stats(prefill_ms, first_token_ms, milliseconds_since(tick), len(prompt_ids), len(generated))
+        return text_stats(prefill_ms, first_token_ms, ms_since(tick), len(prompt_ids), len(generated))
 
     return generate
 

@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.anchors.timing import RECORD, Generate, anchor_main, milliseconds_since, text_stats
-from runtime.generate import Stats
+from bench.anchors.timing import RECORD, Generate, anchor_main, text_stats
+from runtime.generate import Stats, ms_since
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def build(checkpoint: Path, work: Path) -> None:
     logger.info("converting %s to %s", checkpoint, intermediate)
     _run([sys.executable, str(converter), str(model_dir), "--outtype", INTERMEDIATE, "--outfile", str(intermediate)],
          "convert_hf_to_gguf.py")
-    logger.info("quantizing to Q4_0 (%.0f s so far)", milliseconds_since(tick) / 1000)
+    logger.info("quantizing to Q4_0 (%.0f s so far)", ms_since(tick) / 1000)
     log = _quantize(intermediate, staging / MODEL)
     intermediate.unlink()
     shutil.rmtree(converter.parent)
@@ -90,7 +90,7 @@ def build(checkpoint: Path, work: Path) -> None:
     (staging / RECORD).write_text(json.dumps(record, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     staging.rename(work)
-    logger.info("built %s in %.0f s: %s, %s", work / MODEL, milliseconds_since(tick) / 1000,
+    logger.info("built %s in %.0f s: %s, %s", work / MODEL, ms_since(tick) / 1000,
                 record["tensor_types"], record["quant_size"])
 
 
@@ -111,14 +111,14 @@ def load(work: Path, threads: int | None) -> Generate:
         llm.reset()  # forget the last run's tokens: no prompt-cache reuse
         tick = time.perf_counter()
         llm.eval(prompt_ids)
-        prefill_ms = milliseconds_since(tick)
+        prefill_ms = ms_since(tick)
         tokens = [llm.sample(temp=0.0)]  # temperature 0: llama.cpp's greedy sampler (repeat penalty 1: none)
-        first_token_ms = milliseconds_since(tick)
+        first_token_ms = ms_since(tick)
         tick = time.perf_counter()
         while len(tokens) < max_new_tokens:
             llm.eval(tokens[-1:])
             tokens.append(llm.sample(temp=0.0))
-        return text_stats(prefill_ms, first_token_ms, milliseconds_since(tick), len(prompt_ids), len(tokens))
+        return text_stats(prefill_ms, first_token_ms, ms_since(tick), len(prompt_ids), len(tokens))
 
     return generate
 

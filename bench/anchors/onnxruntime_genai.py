@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bench.anchors.timing import RECORD, Generate, anchor_main, milliseconds_since, text_stats
-from runtime.generate import Stats
+from bench.anchors.timing import RECORD, Generate, anchor_main, text_stats
+from runtime.generate import Stats, ms_since
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build(checkpoint: Path, work: Path) -> None:
     (staging / RECORD).write_text(json.dumps(record, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     staging.rename(work)
-    logger.info("built %s in %.0f s: %s", work / MODEL, milliseconds_since(tick) / 1000, record["matmulnbits"])
+    logger.info("built %s in %.0f s: %s", work / MODEL, ms_since(tick) / 1000, record["matmulnbits"])
 
 
 def matmulnbits_settings(model_path: Path) -> list[dict[str, int]]:
@@ -108,14 +108,14 @@ def load(work: Path, threads: int | None) -> Generate:
         generator = og.Generator(model, params)  # timed in the TTFT: its KV cache is allocated here
         tick = time.perf_counter()
         generator.append_tokens(ids)  # prefill: the model on the prompt (logits of every position; the last one kept)
-        prefill_ms = milliseconds_since(tick)
+        prefill_ms = ms_since(tick)
         generator.generate_next_token()  # the first token: argmax of the prefill's logits, no model run
         generator.get_next_tokens()  # its id, read back
-        first_token_ms = milliseconds_since(start)  # from the generator's set-up to the first token's id
+        first_token_ms = ms_since(start)  # from the generator's set-up to the first token's id
         tick = time.perf_counter()
         for _ in range(max_new_tokens - 1):
             generator.generate_next_token()  # one decode step: the model on the last token, then its argmax
-        decode_ms = milliseconds_since(tick)
+        decode_ms = ms_since(tick)
         generated = generator.token_count() - len(prompt_ids)
         return text_stats(prefill_ms, first_token_ms, decode_ms, len(prompt_ids), generated)
 

@@ -18,14 +18,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.generate import Stats
-from runtime.measure import median_stats, program_peak_rss_mib
+from runtime.generate import Stats, ms_since
+from runtime.measure import runs_report
 
 Generate = Callable[[list[int], int], Stats]
 Build = Callable[[Path, Path], None]
@@ -56,10 +55,6 @@ def text_stats(prefill_ms: float, first_token_ms: float, decode_ms: float, promp
     )
 
 
-def milliseconds_since(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
-
-
 def measure(
     load: Load, work: Path, *, prompt_tokens: int, vocab_size: int, max_new_tokens: int, runs: int, warmup: int,
     threads: int | None,
@@ -67,7 +62,7 @@ def measure(
     """Load the anchor's artifact, warm up, time `runs` generations; the JSON-ready result."""
     tick = time.perf_counter()
     generate = load(work, threads)
-    load_ms = milliseconds_since(tick)
+    load_ms = ms_since(tick)
     ids = prompt_ids(prompt_tokens, vocab_size)
     for _ in range(warmup):
         generate(ids, max_new_tokens)
@@ -80,9 +75,7 @@ def measure(
     return {
         "build": json.loads(record.read_text()) if record.is_file() else {},
         "load_ms": load_ms,
-        "median": median_stats(stats),
-        "runs": [{**asdict(s), "decode_tokens_per_s": s.decode_tokens_per_s} for s in stats],
-        "peak_rss_mib": program_peak_rss_mib(),
+        **runs_report(stats),
     }
 
 

@@ -171,22 +171,22 @@ class OnnxSession:
         return logits, BufferCache(cache.buffers, cache.lengths + 1)
 
     def _with_room(self, cache: BufferCache) -> BufferCache:
-        """`cache`, its full buffers copied into ones `CACHE_GROWTH` entries larger (at most the
-        graphs' bound: M entries, less the dropped image tokens from the pruning layer on)."""
+        """`cache`, each full layer's buffers copied into ones `CACHE_GROWTH` entries larger (at most
+        the graphs' bound: M entries, less the image tokens dropped before the layer)."""
         buffers = list(cache.buffers)
-        dropped = cache.lengths[0] - cache.lengths  # 0 before the pruning layer, N - R from it on
-        for i, length in enumerate(np.repeat(cache.lengths, 2)):
-            if buffers[i].shape[2] > length:
+        for layer, length in enumerate(cache.lengths.tolist()):
+            key, value = buffers[2 * layer : 2 * layer + 2]
+            if key.shape[2] > length:
                 continue
-            bound = self._max_seq_len - int(dropped[i // 2])
+            bound = self._max_seq_len - (int(cache.lengths[0]) - length)  # layer 0 precedes the pruning layer
             if length >= bound:
                 raise ValueError(
-                    f"the KV cache of layer {i // 2} holds {length} entries: the graphs take at most {bound} "
+                    f"the KV cache of layer {layer} holds {length} entries: the graphs take at most {bound} "
                     f"(export with a larger --max-seq-len)"
                 )
-            buffers[i] = _grown(buffers[i], length, min(length + CACHE_GROWTH, bound))
+            capacity = min(length + CACHE_GROWTH, bound)
+            buffers[2 * layer : 2 * layer + 2] = _grown(key, length, capacity), _grown(value, length, capacity)
         return BufferCache(tuple(buffers), cache.lengths)
-
 
 def _as_buffers(cache: KVCache) -> BufferCache:
     """The prefill's cache tensors as decode buffers holding them (no room yet: `_with_room`)."""
