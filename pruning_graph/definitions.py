@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from pruning_graph.static_ops import loop_scan
+
 _NORM_EPS = 1e-12
 # Rows of the similarity matrix computed per matmul: a 1024 x N float64 block at a time.
 _SIMILARITY_ROWS = 1024
@@ -114,22 +116,29 @@ def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
     return settle(_unit_rows(a) @ _unit_rows(b).T)
 
 
-def similarity_columns(x: Tensor) -> Tensor:
-    """The columns of `cosine_similarity_matrix(x)`, stored as float32 rows: result[j, i] = M_ij.
+def similarity_float32(x: Tensor) -> Tensor:
+    """`cosine_similarity_matrix(x)` in float32, computed in blocks of at most 1024 rows: float64
+    [N, c] -> float32 [K, rows, N], row i of M at [i // rows, i % rows], K * rows >= N (the rows of
+    padding are 0).
 
     Settled values are float32 numbers, so the float32 storage is exact and takes half the memory;
-    rows are what the selection reads (the similarity of every token to one selected token), and
-    a row is contiguous. M is computed in blocks of rows (measured: the same bits as one matmul
-    with MKL), so no N x N float64 matrix exists at once.
-
-    Args:
-        x: float64 [N, c].
-    Returns:
-        float32 [N, N].
+    the blocks of rows give the same bits as one matmul (measured with MKL), and no N x N float64
+    matrix exists at once. The blocks are the steps of a `scan`, whose stacked outputs are the
+    result: a concatenation would hold the blocks and the matrix at once (2x), and ExecuTorch's
+    XNNPACK delegate takes a float32 `cat` together with the graph's other data-movement ops into
+    one call that outputs them all at the same time.
     """
     unit = _unit_rows(x)
-    blocks = [narrow(unit[r : r + _SIMILARITY_ROWS] @ unit.T).T for r in range(0, x.shape[0], _SIMILARITY_ROWS)]
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    n, c = unit.shape
+    blocks = -(-n // _SIMILARITY_ROWS)
+    rows = -(-n // blocks)
+    padded = torch.cat([unit, torch.zeros((blocks * rows - n, c), dtype=unit.dtype, device=unit.device)])
+    others = unit.T
+
+    def block_of_rows(carry: Tensor, block: Tensor) -> tuple[Tensor, Tensor]:
+        return carry.clone(), narrow(block @ others)  # a scan step has a carry
+
+    return loop_scan(block_of_rows, torch.zeros(()), padded.reshape(blocks, rows, c))[1]
 
 
 def channel_spread(hidden: Tensor) -> Tensor:
@@ -190,37 +199,49 @@ def grid_distance_rows(layout: TokenLayout, rows: Tensor, columns: Tensor | None
     return torch.where(view[:, None] == other.view[None, :], distance, math.inf)
 
 
-def grid_distance_table(views: Views, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-    """`grid_distance(views)` clamped at 1 (delta's value while S has no token in the view), in
-    float32 (settled values: float32 holds them exactly), each view's rows in reverse order:
-    (table float32 [N, N], row int64 [N]), table[row[i]] = the row of token i.
+class ViewTables(NamedTuple):
+    """delta's distances as one small table per distinct view size: token i's distance to token j
+    of its own view is `flat[row_start[i] + position[j]]`; to a token of another view it is 1."""
 
-    A view's block is read off one small image of the distances from its centre cell, E of
+    flat: Tensor  # float32 [sum of (H W)^2 over the distinct view sizes], the tables, flattened
+    row_start: Tensor  # int64 [N], where token i's row starts in `flat`
+    position: Tensor  # int64 [N], token i's index inside its view, row-major
+    view: Tensor  # int64 [N], token i's view
+
+
+def view_distance_tables(views: Views, device: torch.device | str | None = None) -> ViewTables:
+    """`grid_distance(views)` clamped at 1 (delta's value while S has no token in the view), in
+    float32 (settled values: float32 holds them exactly), stored once per distinct view size.
+
+    A [H W, H W] table is read off one small image of the distances from its centre cell, E of
     [2H - 1, 2W - 1] computed as `grid_distance_rows` computes each distance: the H x W windows of
     E, in raster order, are the rows of cells (H - 1, W - 1), (H - 1, W - 2), ..., (0, 0). So only
-    O(H W) values are computed, no float64 N x N temporary exists, and no N x N flip either (75x
-    the cost of the windows on ExecuTorch). Between views the table is 1 (D is +inf there).
+    O(H W) values are computed and no N x N table exists: 64 video frames of 14 x 14 share one
+    196 x 196 table. The per-token vectors are made from `arange` ops, one run of equal
+    consecutive views at a time, so that a traced graph computes them instead of holding
+    N-long constants.
     """
-    n = sum(height * width for height, width in views)
-    blocks: dict[tuple[int, int], Tensor] = {}
-    rows, row = [], []
-    start = 0
-    for height, width in views:
-        size = height * width
-        if (height, width) not in blocks:
-            dy = torch.arange(1 - height, height, device=device).to(DECISION_DTYPE)[:, None]
-            dx = torch.arange(1 - width, width, device=device).to(DECISION_DTYPE)[None, :]
-            diagonal = constant(math.sqrt(height * height + width * width), dx)
-            image = settle(torch.sqrt(dx * dx + dy * dy) / diagonal).float()
-            blocks[height, width] = image.unfold(0, height, 1).unfold(1, width, 1).reshape(size, size)
-        parts = [blocks[height, width]]
-        if len(views) > 1:
-            ones = torch.ones((size, n), device=device)
-            parts = [ones[:, :start], parts[0], ones[:, start + size :]]
-        rows.append(torch.cat(parts, dim=1))
-        row.append(torch.arange(start + size - 1, start - 1, -1, device=device))
-        start += size
-    return torch.cat(rows), torch.cat(row)
+    tables, starts = [], {}
+    offset = 0
+    for height, width in dict.fromkeys(views):
+        dy = torch.arange(1 - height, height, device=device).to(DECISION_DTYPE)[:, None]
+        dx = torch.arange(1 - width, width, device=device).to(DECISION_DTYPE)[None, :]
+        diagonal = constant(math.sqrt(height * height + width * width), dx)
+        image = settle(torch.sqrt(dx * dx + dy * dy) / diagonal).float()
+        tables.append(image.unfold(0, height, 1).unfold(1, width, 1).reshape(-1))
+        starts[height, width] = offset
+        offset += (height * width) ** 2
+    parts = []
+    first = 0
+    for (height, width), run in itertools.groupby(views):
+        count, size = len(list(run)), height * width
+        index = torch.arange(count * size, device=device)
+        position = index % size
+        view = torch.div(index, size, rounding_mode="floor") + first
+        # The rows of a view's table are its cells in reverse raster order.
+        parts.append((starts[height, width] + (size - 1 - position) * size, position, view))
+        first += count
+    return ViewTables(torch.cat(tables), *(torch.cat(column) for column in zip(*parts)))
 
 
 def grid_distance(views: Views) -> Tensor:

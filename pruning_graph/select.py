@@ -3,14 +3,15 @@
 Same contract and same tokens as `reference.reference_select`. The keep count R and every loop
 count are Python ints fixed before tracing, so the traced graph is a straight line: pivots (kappa
 steps), then T greedy passes of ceil(N / B) blocks each, then the fusion. Tokens are tracked with
-a boolean mask over the N image tokens; once R are selected, later blocks accept nothing.
+a boolean mask over the N image tokens; once R are selected, later pass starts and blocks are
+skipped by a `cond`.
 
 Memory and time stay linear in N per greedy step: S is held as its tokens in selection order
 (R + 1 slots), and a block reads only the similarities and grid distances between its (at most B)
 candidates and S, a pass start those between S and every token. Max and min are exact in any
 order, so the nearest-token values equal the reference's recomputation over S bit for bit. The
-only N x N tensors are the similarity (float32, see `definitions.similarity_columns`) and the grid
-distances up to `DISTANCE_TABLE_MAX_N` tokens (float32, `_Distances`); the pass order is a sort
+only N x N tensor is the similarity (float32, see `definitions.similarity_float32`); the grid
+distances are one small table per view size (`_Distances`); the pass order is a sort
 (`static_ops.order_ascending`).
 
 On ExecuTorch, whose portable kernels run everything here but the fusion's matmul (XNNPACK), the
@@ -21,7 +22,9 @@ steps runs a few dozen ops on at most B x (R + 1) elements.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -29,21 +32,19 @@ from torch import Tensor, nn
 from pruning_graph.config import VLMPrunerConfig
 from pruning_graph.definitions import (
     DECISION_DTYPE,
-    TokenLayout,
     Views,
     channel_spread,
     constant,
-    grid_distance_rows,
-    grid_distance_table,
     l1_norms,
     l2_norms,
-    similarity_columns,
-    token_layout,
+    similarity_float32,
+    view_distance_tables,
     widen,
 )
 from pruning_graph.static_ops import (
     argmax_lowest,
     argmax_lowest_rows,
+    cond_branch,
     loop_scan,
     mask_to_indices,
     one_hot,
@@ -107,10 +108,6 @@ class VLMPrunerSelect(nn.Module):
         return f"grid={self.grid}, keep={self.keep}, config={self.config}"
 
 
-# Largest N whose grid distances the selection tabulates (`_Distances`): float32 [N, N], 64 MiB.
-DISTANCE_TABLE_MAX_N = 4096
-
-
 def _select(
     keys: Tensor, hidden: Tensor, views: Views, keep: int, config: VLMPrunerConfig
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -119,9 +116,9 @@ def _select(
 
     Each stage's float64 copies of the inputs are freed before the next one starts.
     """
-    distances = _Distances(token_layout(views, keys.device), views)
-    pivots = _pivots(widen(keys), min(config.kappa, keep))
-    similarity = similarity_columns(_screened_states(hidden, config.q))
+    distances = _Distances(views, keys.device)
+    pivots = _pivots(keys, min(config.kappa, keep))
+    similarity = similarity_float32(_screened_states(hidden, config.q))
     selected, order = _greedy_fill(pivots, similarity, distances, keep, config)
     indices = mask_to_indices(selected, keep)
     fused = _fuse(hidden.float(), similarity, selected, indices, config.beta)
@@ -129,64 +126,96 @@ def _select(
 
 
 def _screened_states(hidden: Tensor, q: int) -> Tensor:
-    """The q highest-variance channels, in float64: [N, d] -> [N, min(q, d)]."""
-    channels = mask_to_indices(top_k_mask(channel_spread(widen(hidden)), q), min(q, hidden.shape[1]))
+    """The q highest-variance channels, in float64: [N, d] -> [N, min(q, d)].
+
+    The spreads are float64 (`widen`), computed `SPREAD_COLUMNS` channels at a time: each is a
+    sum down one column, so the blocks change no value.
+    """
+    spread = _widened_blocks(channel_spread, hidden, 1, SPREAD_COLUMNS)
+    channels = mask_to_indices(top_k_mask(spread, q), min(q, hidden.shape[1]))
     return widen(hidden.index_select(1, channels))
 
 
+# Key rows the pivots and hidden channels the channel spreads widen to float64 at a time: 32 and 49
+# MiB blocks at N = 12544, d = 4096, so that no float64 copy of all keys or states and its
+# temporaries (1.2 GB each) meets the similarity.
+PIVOT_ROWS = 1024
+SPREAD_COLUMNS = 512
+
+
 def _pivots(keys: Tensor, count: int) -> Tensor:
-    """Stage 1: largest-L1 key, then farthest-point sampling. float64 [N, dk] -> int64 [count]."""
+    """Stage 1: largest-L1 key, then farthest-point sampling. float [N, dk] -> int64 [count].
+
+    Norms and distances are float64 (`widen`), computed `PIVOT_ROWS` keys at a time: each is a
+    sum along one row, so the blocks change no value.
+    """
     n = keys.shape[0]
-    picks = [argmax_lowest(l1_norms(keys))]
+    picks = [argmax_lowest(_widened_blocks(l1_norms, keys, 0, PIVOT_ROWS))]
     selected = one_hot(picks[0], n)[0]
-    nearest = l2_norms(keys - keys.index_select(0, picks[0]))
+    nearest = _distances_to(keys, picks[0])
     for _ in range(count - 1):
         # Distances are >= 0: -1 keeps already selected tokens out even when all are duplicates.
         picks.append(argmax_lowest(torch.where(selected, -1.0, nearest)))
         selected = selected | one_hot(picks[-1], n)[0]
-        nearest = torch.minimum(nearest, l2_norms(keys - keys.index_select(0, picks[-1])))
+        nearest = torch.minimum(nearest, _distances_to(keys, picks[-1]))
     return torch.cat(picks)
 
 
-class _Distances:
-    """delta's distances: `grid_distance_rows` of one layout clamped at 1, in float32 (settled
-    values: float32 holds them exactly), so that a min over S is delta_i(S) (1 while S has no token
-    in i's view).
+def _distances_to(keys: Tensor, pick: Tensor) -> Tensor:
+    """Euclidean distance of every key to key `pick` (int64 [1]), settled: [N, dk] -> float64 [N]."""
+    pivot = widen(keys.index_select(0, pick))
+    return _widened_blocks(lambda rows: l2_norms(rows - pivot), keys, 0, PIVOT_ROWS)
 
-    Up to `DISTANCE_TABLE_MAX_N` tokens they are read from a [N, N] table made once
-    (`grid_distance_table`), beyond it computed per call (memory linear in N).
+
+def _widened_blocks(reduce: Callable[[Tensor], Tensor], x: Tensor, dim: int, size: int) -> Tensor:
+    """`reduce(widen(x))` for a `reduce` that maps each row (dim 0) or column (dim 1) of x to one
+    value, computed `size` rows or columns at a time: [N, c] -> [N] or [c]."""
+    count = x.shape[dim]
+    if count <= size:
+        return reduce(widen(x))
+    # Blocks picked by index_select, not sliced: XNNPACK takes float32 slices, all of a graph's in
+    # one call that outputs them at the same time.
+    index = torch.arange(count, device=x.device)
+    parts = [reduce(widen(x.index_select(dim, index[start : start + size]))) for start in range(0, count, size)]
+    return torch.cat(parts)
+
+
+class _Distances:
+    """delta's distances, `view_distance_tables` read as rows: token i's distance to each token j,
+    1 where j is in another view, so that a min over S is delta_i(S) (1 while S has no token in
+    i's view). Memory linear in N beyond the small tables.
     """
 
-    def __init__(self, layout: TokenLayout, views: Views):
-        self.layout = layout
-        self.table = self.flat = self.row = None
-        if layout.x.shape[0] <= DISTANCE_TABLE_MAX_N:
-            self.table, self.row = grid_distance_table(views, layout.x.device)
-            self.flat = self.table.reshape(-1)
+    def __init__(self, views: Views, device: torch.device):
+        self.flat, self.row_start, self.position, self.view = view_distance_tables(views, device)
+
+    def as_rows(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """What `pairs` reads of `tokens` (int64 [k]) as rows: their row starts and views."""
+        return self.row_start.index_select(0, tokens), self.view.index_select(0, tokens)
+
+    def as_columns(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """What `pairs` reads of `tokens` (int64 [c]) as columns: their positions and views."""
+        return self.position.index_select(0, tokens), self.view.index_select(0, tokens)
 
     def rows(self, tokens: Tensor) -> Tensor:
         """From each of `tokens` (int64 [k]) to every token: float32 [k, N]."""
-        if self.table is None:
-            return grid_distance_rows(self.layout, tokens).clamp_max(1.0).float()
-        return self.table.index_select(0, self.row.index_select(0, tokens))
+        return self.pairs(*self.as_rows(tokens), self.position, self.view)
 
-    def offsets(self, tokens: Tensor) -> Tensor:
-        """Where the rows of `tokens` (int64 [k]) start in the flattened table, int64 [k] (the
-        tokens themselves when there is no table)."""
-        return tokens if self.table is None else self.row.index_select(0, tokens) * self.table.shape[1]
-
-    def pairs(self, tokens: Tensor, offsets: Tensor, others: Tensor) -> Tensor:
-        """From each of `tokens` (int64 [k], at `offsets`) to each of `others` (int64 [c]):
-        float32 [k, c]. Reads only `flat` of the table: a scan body may not take two aliases."""
-        if self.flat is None:
-            return grid_distance_rows(self.layout, tokens, others).clamp_max(1.0).float()
-        return _entries(self.flat, offsets, others)
+    def pairs(self, starts: Tensor, views: Tensor, positions: Tensor, others: Tensor) -> Tensor:
+        """From k tokens (`as_rows`, int64 [k] each) to c tokens (`as_columns`, int64 [c] each):
+        float32 [k, c]. Reads only `flat` of the tables: a scan body may not take two aliases."""
+        same = views[:, None] == others[None, :]
+        # Another view's position may lie beyond this view's row: read entry 0 there instead.
+        index = torch.where(same, starts[:, None] + positions[None, :], 0)
+        values = self.flat.index_select(0, index.reshape(-1)).reshape(index.shape)
+        return torch.where(same, values, 1.0)
 
 
 def _entries(flat: Tensor, offsets: Tensor, columns: Tensor) -> Tensor:
     """flat[offsets[i] + columns[j]] at [i, j]: entries of rows of a flattened matrix, one gather
     (the matrix flattened outside any scan body: ExecuTorch reads zeros from a view made inside
-    one). float [M], int64 [k], int64 [c] -> [k, c]."""
+    one; and ONNX Runtime runs a multi-index gather on the matrix itself as a transpose of all of
+    it). float [M], int64 [k], int64 [c] -> [k, c]."""
     index = offsets[:, None] + columns[None, :]
     return flat.index_select(0, index.reshape(-1)).reshape(index.shape)
 
@@ -200,11 +229,16 @@ def _redundancy(nearest_sim: Tensor, nearest_dist: Tensor, lam: Tensor) -> Tenso
     return nearest_sim.to(DECISION_DTYPE) * (1 + lam * nearest_dist.to(DECISION_DTYPE))
 
 
+# Tokens of S whose rows a pass start reads at a time: [256, N] (an int64 index of 26 MB at N =
+# 12544). ExecuTorch plans a `cond` branch's memory beside the whole graph's, not inside it.
+PASS_ROWS = 256
+
+
 def _greedy_fill(
     pivots: Tensor, similarity: Tensor, distances: _Distances, keep: int, config: VLMPrunerConfig
 ) -> tuple[Tensor, Tensor]:
     """Stage 2: T passes with rising thresholds, each a `scan` over its ceil(N / B) blocks, until
-    R = `keep` tokens are selected.
+    R = `keep` tokens are selected. `similarity` is float32 [K, rows, N], `similarity_float32`.
 
     S is held as its tokens in selection order, int64 [R + 1]: the pivots, then each block's
     accepted tokens in block order, the free slots (and a spare one that rejected candidates write
@@ -213,12 +247,12 @@ def _greedy_fill(
     those between S and every token, [R + 1, N]: no update of N running values per block.
     Max and min are exact in any order, so the values equal the reference's bit for bit.
 
-    Returns bool [N] with R True, and S in selection order, int64 [R]. Once R are selected, later
-    blocks accept nothing. (Skipping the passes that start with a full budget under a `cond` made
-    ONNX Runtime 3.5x faster, but ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and
-    cannot emit a `while_loop`.)
+    Returns bool [N] with R True, and S in selection order, int64 [R]. Once R are selected, the
+    pass starts and block steps that remain do nothing but a `cond` (the first pass usually fills
+    R: the other T - 1 passes then cost a few microseconds a block). The `cond`s hold no `scan`:
+    ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and cannot emit a `while_loop`.
     """
-    n = similarity.shape[0]
+    n = similarity.shape[2]
     blocks = -(-n // config.block)
     spare = pivots[:1]
     chosen = torch.cat([pivots, spare.expand(keep + 1 - pivots.shape[0])])
@@ -226,24 +260,30 @@ def _greedy_fill(
     room = torch.tensor(keep - pivots.shape[0], device=pivots.device)
     spares = spare.repeat(config.block)
     lam = torch.tensor(config.lam, dtype=DECISION_DTYPE, device=pivots.device)
-    by_row = similarity.T.reshape(-1)  # M, flattened: M_ij at i * N + j
-    for tau in config.thresholds():
-        if not torch.compiler.is_compiling() and not room:
-            break  # eager only: a pass that starts with a full budget accepts nothing
-        threshold = constant(tau, lam)
-        # Pass order: candidates ascending by m_i(S) at the pass start, selected tokens last.
-        nearest_sim = similarity.index_select(0, chosen).amax(dim=0)
-        nearest_dist = distances.rows(chosen).amin(dim=0)
-        order = order_ascending(torch.where(selected, math.inf, _redundancy(nearest_sim, nearest_dist, lam)))
-        # Pad to whole blocks with the last token of the order, always an already selected one.
-        order = torch.cat([order, order[-1:].expand(blocks * config.block - n)]).reshape(blocks, config.block)
-        # Each block's rows in M and in the distance table, made once a pass.
-        xs = (order, order * n, distances.offsets(order.reshape(-1)).reshape(blocks, config.block))
+    tokens = torch.arange(n, device=pivots.device)
+    by_row = similarity.reshape(-1)  # M flattened: M_ij at i * N + j
 
-        def step(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
-            (selected, chosen, room), (block, sim_offsets, dist_offsets) = carry, xs
-            sim = _entries(by_row, sim_offsets, chosen).amax(dim=1)
-            dist = distances.pairs(block, dist_offsets, chosen).amin(dim=1)
+    def pass_order(selected: Tensor, chosen: Tensor) -> Tensor:
+        """Candidates ascending by m_i(S) at the pass start, selected tokens last: int64 [N]."""
+        parts = [chosen[start : start + PASS_ROWS] for start in range(0, chosen.shape[0], PASS_ROWS)]
+        nearest_sim = functools.reduce(torch.maximum, [similarity.index_select(2, part).amax(dim=2) for part in parts])
+        nearest_dist = functools.reduce(torch.minimum, [distances.rows(part).amin(dim=0) for part in parts])
+        return order_ascending(torch.where(selected, math.inf, _redundancy(nearest_sim.reshape(-1)[:n], nearest_dist, lam)))
+
+    for tau in config.thresholds():
+        threshold = constant(tau, lam)
+        order = cond_branch(room > 0, pass_order, lambda selected, chosen: tokens.clone(), (selected, chosen))
+        # Pad to whole blocks with the last token of the order, always an already selected one.
+        order = torch.cat([order, order[-1:].expand(blocks * config.block - n)])
+        # Each block's rows in M, in the distance tables and their views, made once a pass.
+        xs = tuple(x.reshape(blocks, config.block) for x in (order, order * n, *distances.as_rows(order)))
+
+        def accept(
+            selected: Tensor, chosen: Tensor, room: Tensor, block: Tensor, rows: Tensor, starts: Tensor, views: Tensor
+        ) -> tuple[Tensor, Tensor, Tensor]:
+            """One block against the current S: the new (selected, chosen, room)."""
+            sim = _entries(by_row, rows, chosen).amax(dim=1)
+            dist = distances.pairs(starts, views, *distances.as_columns(chosen)).amin(dim=1)
             m = _redundancy(sim, dist, lam)
             was_selected = selected.index_select(0, block)
             accepted = (m < threshold) & ~was_selected
@@ -253,22 +293,31 @@ def _greedy_fill(
             slots = torch.where(accepted, keep - room + taken - 1, keep)
             chosen = chosen.index_put((slots,), torch.where(accepted, block, spares))
             selected = selected.index_put((block,), accepted | was_selected)
-            return (selected, chosen, room - accepted.sum()), accepted  # a scan step has an output
+            return selected, chosen, room - accepted.sum()
+
+        def step(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
+            carry = cond_branch(carry[2] > 0, accept, _unchanged, (*carry, *xs))
+            return carry, carry[2].clone()  # a scan step has an output
 
         (selected, chosen, room), _ = loop_scan(step, (selected, chosen, room), xs)
     return selected, chosen[:keep]
+
+
+def _unchanged(selected: Tensor, chosen: Tensor, room: Tensor, *block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A block step once R are selected (a `cond` branch returns no alias of its inputs)."""
+    return selected.clone(), chosen.clone(), room.clone()
 
 
 def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor, beta: float) -> Tensor:
     """Stage 3: similarity-weighted merge of each discarded token into its most similar kept token.
 
     Args:
-        states: float32 [N, d]; similarity: float32 [N, N], `similarity_columns`; selected: bool [N];
+        states: float32 [N, d]; similarity: float32 [K, rows, N], `similarity_float32`; selected: bool [N];
             indices: int64 [R], ascending.
     Returns:
         float32 [R, d].
     """
-    to_kept = similarity.index_select(0, indices).T  # [N, R]: M_uj for the kept j
+    to_kept = similarity.index_select(2, indices).reshape(-1, indices.shape[0])[: states.shape[0]]  # [N, R]: M_uj, j kept
     target = argmax_lowest_rows(to_kept)  # [N], a position in `indices`
     weight = torch.where(selected, 0.0, to_kept.gather(1, target[:, None])[:, 0].to(states.dtype))  # [N]
     assign = one_hot(target, indices.shape[0]).to(states.dtype) * weight[:, None]  # [N, R]

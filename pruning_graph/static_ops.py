@@ -134,6 +134,14 @@ def one_hot(index: Tensor, n: int) -> Tensor:
     return index[:, None] == torch.arange(n, device=index.device)[None, :]
 
 
+def cond_branch(pred: Tensor, live: Callable, dead: Callable, operands: tuple[Tensor, ...]) -> object:
+    """`torch.cond` when tracing for export; in eager, the Python `if` it means (the eager
+    operator compiles its branches first). `pred` is a 0-d bool tensor."""
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, live, dead, operands)
+    return live(*operands) if pred else dead(*operands)
+
+
 def loop_scan(
     step: Callable, carry: tuple[Tensor, ...], xs: Tensor | tuple[Tensor, ...]
 ) -> tuple[tuple[Tensor, ...], Tensor]:

@@ -58,13 +58,7 @@ class OnnxSession:
         self._max_seq_len = artifact.text.max_seq_len
         self._present = list(cache_names("present", layers))
         self._past = list(cache_names("past", layers))
-        self._options = ort.SessionOptions()
-        self._options.log_severity_level = 3  # errors only: constant-folding notes are not the user's concern
-        # No CPU memory arena: it keeps every block it grew (the prefill's activations among them)
-        # for the session's life; without it the peak is lower at the same speed (README).
-        self._options.enable_cpu_mem_arena = False
-        if num_threads is not None:
-            self._options.intra_op_num_threads = num_threads
+        self._options = session_options(num_threads)
         if profile_dir is not None:  # ONNX Runtime's profiler: a JSON trace per session (`end_profiling`)
             self._options.enable_profiling = True
             self._options.profile_file_prefix = str(profile_dir / "onnxruntime")
@@ -187,6 +181,19 @@ class OnnxSession:
             capacity = min(length + CACHE_GROWTH, bound)
             buffers[2 * layer : 2 * layer + 2] = _grown(key, length, capacity), _grown(value, length, capacity)
         return BufferCache(tuple(buffers), cache.lengths)
+
+def session_options(num_threads: int | None = None) -> ort.SessionOptions:
+    """How the runtime opens a graph: errors only in the log (constant-folding notes are not the
+    user's concern), and no CPU memory arena: it keeps every block it grew (the prefill's
+    activations among them) for the session's life; without it the peak is lower at the same
+    speed (README)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+    return options
+
 
 def _as_buffers(cache: KVCache) -> BufferCache:
     """The prefill's cache tensors as decode buffers holding them (no room yet: `_with_room`)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pruning_graph import VLMPrunerConfig, VLMPrunerSelect, reference_order, reference_select, select_tokens
-from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance, similarity_columns
+from pruning_graph.definitions import channel_spread, cosine_similarity_matrix, grid_distance, similarity_float32
 from pruning_graph.reference import _greedy_fill, _pivots, _screened_channels
 from pruning_graph.static_ops import order_ascending
 from pruning_graph.validation import check_grid_and_keep
@@ -60,21 +60,52 @@ def test_blocked_similarity_and_order_match_at_video_size():
     """Beyond 1024 tokens the similarity and the pass order are computed in blocks of rows."""
     g = torch.Generator().manual_seed(0)
     states = torch.randn(2500, 64, generator=g, dtype=torch.float64)
-    assert torch.equal(similarity_columns(states).double(), cosine_similarity_matrix(states).T)
+    matrix = similarity_float32(states).reshape(-1, 2500)  # 3 blocks of 834 rows: 2 rows of padding
+    assert matrix.shape == (2502, 2500) and not matrix[2500:].any()
+    assert torch.equal(matrix[:2500].double(), cosine_similarity_matrix(states))
     values = torch.randint(0, 50, (2500,), generator=g).double()  # many ties
     assert torch.equal(order_ascending(values), torch.sort(values, stable=True).indices)
 
 
-def test_selection_without_the_distance_table(monkeypatch):
-    """Beyond `DISTANCE_TABLE_MAX_N` tokens the grid distances are computed at each block step
-    instead of read from the table: the same tokens, fused states and order."""
+@pytest.mark.parametrize(
+    "views",
+    [((12, 12),), ((24, 24), (48, 49)), ((3, 5), (3, 5), (4, 4), (3, 5)), ((14, 14),) * 5 + ((1, 1),)],
+    ids=["one", "llava-next", "sizes-interleaved", "frames-newline"],
+)
+def test_view_tables_are_the_clamped_grid_distance(views):
+    """The selection reads the distances from one small table per view size: every entry equals
+    `grid_distance` clamped at 1 (delta while S has no token in the view), as rows and as pairs."""
+    from pruning_graph.select import _Distances
+
+    n = sum(h * w for h, w in views)
+    expected = grid_distance(views).clamp_max(1.0).float()
+    distances = _Distances(views, torch.device("cpu"))
+    tokens = torch.arange(n)
+    assert torch.equal(distances.rows(tokens), expected)
+    rows, columns = tokens.flip(0)[::3], tokens[1::2]
+    pairs = distances.pairs(*distances.as_rows(rows), *distances.as_columns(columns))
+    assert torch.equal(pairs, expected[rows][:, columns])
+
+
+def test_half_precision_inputs():
+    case = next(c for c in all_cases() if c.grid == (12, 12) and c.keep == 64)
+    indices, fused = select_tokens(case.keys.half(), case.hidden.half(), case.grid, case.keep)
+    assert fused.dtype == torch.float16 and indices.dtype == torch.int64
+
+
+def test_work_in_blocks(monkeypatch):
+    """The pivots widen the keys `PIVOT_ROWS` rows at a time, the channel spreads the states
+    `SPREAD_COLUMNS` channels at a time and a pass start reads S's rows `PASS_ROWS` tokens at a
+    time (1024, 512 and 256): in blocks of 7, 9 and 5 too, the same tokens, fused states and order
+    as the reference."""
     from pruning_graph import select
 
-    cases = MULTI_VIEW_CASES[:4] + CASES[::50]
-    with_table = [VLMPrunerSelect(c.grid, c.keep, c.config).ordered(c.keys, c.hidden) for c in cases]
-    monkeypatch.setattr(select, "DISTANCE_TABLE_MAX_N", 0)
-    for case, expected in zip(cases, with_table):
-        module = VLMPrunerSelect(case.grid, case.keep, case.config)
-        got = module.ordered(case.keys, case.hidden)
-        assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2]), case.name
-        torch.testing.assert_close(got[1], expected[1], atol=0, rtol=0)
+    monkeypatch.setattr(select, "PIVOT_ROWS", 7)
+    monkeypatch.setattr(select, "SPREAD_COLUMNS", 9)
+    monkeypatch.setattr(select, "PASS_ROWS", 5)
+    for case in MULTI_VIEW_CASES[:4] + CASES[::50]:
+        indices, fused, order = VLMPrunerSelect(case.grid, case.keep, case.config).ordered(case.keys, case.hidden)
+        ref_indices, ref_fused = reference_select(case.keys, case.hidden, case.grid, case.keep, case.config)
+        assert torch.equal(indices, ref_indices), case.name
+        assert torch.equal(order, reference_order(case.keys, case.hidden, case.grid, case.keep, case.config)), case.name
+        torch.testing.assert_close(fused, ref_fused, atol=1e-5, rtol=1.3e-6)
