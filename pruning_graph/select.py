@@ -268,7 +268,8 @@ def _greedy_fill(
         parts = [chosen[start : start + PASS_ROWS] for start in range(0, chosen.shape[0], PASS_ROWS)]
         nearest_sim = functools.reduce(torch.maximum, [similarity.index_select(2, part).amax(dim=2) for part in parts])
         nearest_dist = functools.reduce(torch.minimum, [distances.rows(part).amin(dim=0) for part in parts])
-        return order_ascending(torch.where(selected, math.inf, _redundancy(nearest_sim.reshape(-1)[:n], nearest_dist, lam)))
+        redundancy = _redundancy(nearest_sim.reshape(-1)[:n], nearest_dist, lam)
+        return order_ascending(torch.where(selected, math.inf, redundancy))
 
     for tau in config.thresholds():
         threshold = constant(tau, lam)
@@ -317,7 +318,8 @@ def _fuse(states: Tensor, similarity: Tensor, selected: Tensor, indices: Tensor,
     Returns:
         float32 [R, d].
     """
-    to_kept = similarity.index_select(2, indices).reshape(-1, indices.shape[0])[: states.shape[0]]  # [N, R]: M_uj, j kept
+    # [N, R]: M_uj for the kept j (then the padding rows of M, cut off)
+    to_kept = similarity.index_select(2, indices).reshape(-1, indices.shape[0])[: states.shape[0]]
     target = argmax_lowest_rows(to_kept)  # [N], a position in `indices`
     weight = torch.where(selected, 0.0, to_kept.gather(1, target[:, None])[:, 0].to(states.dtype))  # [N]
     assign = one_hot(target, indices.shape[0]).to(states.dtype) * weight[:, None]  # [N, R]
