@@ -19,7 +19,6 @@ bench/results/. Run with `make bench-quality`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -32,10 +31,9 @@ from torch import Tensor
 
 from bench.scenes import GRID, KINDS, Scene, make_scene, scene_picture
 from pruning_graph import DARTSelect, DivPruneSelect, FastVSelect, VLMPrunerSelect
-from runtime.cli import HelpFormatter, run_cli
+from runtime.cli import RESULTS_DIR, HelpFormatter, run_cli, write_report
 from runtime.show import compose, draw_selection
 
-RESULTS = Path("bench/results")
 TOKENS = GRID[0] * GRID[1]
 METRICS = ("objects_hit", "object_tokens_kept", "contiguity", "components", "redundancy")
 
@@ -161,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, default=5, help="scenes per kind")
     parser.add_argument("--keeps", type=int, nargs="+", default=[64, 128, 192], help="of the 576 tokens")
-    parser.add_argument("--json", type=Path, default=RESULTS / "select_quality.json")
-    parser.add_argument("--figure", type=Path, default=RESULTS / "select_quality.png")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "select_quality.json")
+    parser.add_argument("--figure", type=Path, default=RESULTS_DIR / "select_quality.png")
     return parser
 
 
@@ -173,10 +171,9 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         report = {"settings": {"seeds": args.seeds, "keeps": keeps, "tokens": TOKENS}} | run_quality(args.seeds, keeps)
     print(format_table(report))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"settings": report["settings"], "results": report["results"]}, indent=2) + "\n")
+    write_report({"settings": report["settings"], "results": report["results"]}, args.json)
     draw_figure(report["examples"], keeps[0], args.figure)
-    print(f"wrote {args.json} and {args.figure}")
+    print(f"wrote {args.figure}")
     return 0
 
 

@@ -13,7 +13,6 @@ and writes JSON. Run with `make bench-select [METHOD="vlm-pruner fastv dart divp
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -42,6 +41,7 @@ from pruning_graph import (
     reference_select,
 )
 from pruning_graph.synthetic import make_views
+from runtime.cli import RESULTS_DIR, write_report
 
 # N -> (views, whether views after the first end their rows with a newline token)
 VIEWS = {
@@ -59,7 +59,7 @@ TEXT_TOKENS = 20
 REFERENCE_MAX_N = 576
 # Every size is exported by default (--export-max-n lowers it: the exports take 30-90 s each).
 EXPORT_MAX_N = max(VIEWS)
-DEFAULT_JSON = Path("bench/results/select_speed.json")
+DEFAULT_JSON = RESULTS_DIR / "select_speed.json"
 
 
 def _rss_mib(field: str) -> float:
@@ -193,21 +193,17 @@ def main() -> None:
     )
     print(tabulate(rows, headers=["method", "N", "views", "keep", *backends, "export s"]))
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "views": {str(n): VIEWS[n][0] for n in args.sizes},
-                "width": WIDTH,
-                "rate": RATE,
-                "units": {"ms": "median ms", "peak_mib": "peak RSS growth of the first run, MiB", "s": "seconds"},
-                "machine": {"processor": platform.processor(), "threads": torch.get_num_threads()},
-                "results": {method: {str(n): r for n, r in by_n.items()} for method, by_n in results.items()},
-            },
-            indent=2,
-        )
+    write_report(
+        {
+            "views": {str(n): VIEWS[n][0] for n in args.sizes},
+            "width": WIDTH,
+            "rate": RATE,
+            "units": {"ms": "median ms", "peak_mib": "peak RSS growth of the first run, MiB", "s": "seconds"},
+            "machine": {"processor": platform.processor(), "threads": torch.get_num_threads()},
+            "results": {method: {str(n): r for n, r in by_n.items()} for method, by_n in results.items()},
+        },
+        args.json,
     )
-    print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":
