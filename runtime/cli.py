@@ -59,12 +59,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-
 def write_report(report: dict[str, Any], path: Path) -> None:
     """A command's report as JSON at `path` (its folders made), said on stdout."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {path}")
+
 
 def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

@@ -182,6 +182,7 @@ class OnnxSession:
             buffers[2 * layer : 2 * layer + 2] = _grown(key, length, capacity), _grown(value, length, capacity)
         return BufferCache(tuple(buffers), cache.lengths)
 
+
 def session_options(num_threads: int | None = None) -> ort.SessionOptions:
     """How the runtime opens a graph: errors only in the log (constant-folding notes are not the
     user's concern), and no CPU memory arena: it keeps every block it grew (the prefill's
