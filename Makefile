@@ -41,7 +41,7 @@ COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTI
                $${ONNX_PROFILE:+--onnx-profile "$$ONNX_PROFILE"} $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} \
                $${FRAMES:+--frames "$$FRAMES"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
-.PHONY: setup test export bench bench-anchors bench-select bench-quality bench-soak clean clean-staging
+.PHONY: setup test export bench bench-anchors bench-select bench-quality bench-noise bench-soak clean clean-staging
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,12 @@ bench-select: setup
 # redundancy (bench/select_quality.py). Writes bench/results/select_quality.{json,png}.
 bench-quality: setup
 	$(PY) -m bench.select_quality
+
+# The noise that quantizing activations on the fly makes, against depth: eager 8da4w against itself
+# with each linear's result moved one ulp, at LLaVA-1.5-7B's widths with 3, 8, 16 and 32 decoder layers
+# (bench/parity_noise.py; 14 min, peak 14.6 GiB). It calibrates runtime.parity's statistical criteria.
+bench-noise: setup
+	$(PY) -m bench.parity_noise
 
 # Pruned (each keep of BENCH_KEEPS, each method of METHOD) next to unpruned (keep BENCH_BASELINE,
 # default N) on every backend, artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS,

@@ -143,6 +143,7 @@ def load_for_export(
     model_path: str | os.PathLike | None = None,
     image_size: int | None = None,
     frames: int | None = None,
+    text_layers: int | None = None,
 ) -> LoadedModel:
     """Model `name` in float32 with its language model's linears quantized, built block by block.
 
@@ -152,14 +153,22 @@ def load_for_export(
             None loads the checkpoint (see `resolve_checkpoint`).
         image_size: the image resolution of the export (`ModelSpec.with_image_size`); default the spec's.
         frames: a video model's frames per prompt (`ModelSpec.with_frames`); default the spec's.
+        text_layers: the language model's depth (`ModelSpec.with_text_layers`), random weights only.
+    Raises:
+        ValueError: `text_layers` without `seed`.
     Peak memory: the result plus one float32 block; a checkpoint to be quantized is first loaded
     in float16 (what LLaVA checkpoints hold), so a 7B one needs 13.2 GiB on the way.
     """
     spec = _spec(name, image_size, frames)
+    if text_layers is not None:
+        if seed is None:
+            raise ValueError(f"no checkpoint has {name} at {text_layers} layers: another depth takes random weights")
+        spec = spec.with_text_layers(text_layers)
     family = spec.model_family
     quantize = partial(quantize_block, quantization=quantization)
     if seed is not None:
-        model = build_random_model(name)  # on the meta device, filled below
+        # On the meta device, filled below; another image size or frame count is the same architecture.
+        model = build_random_model(name if text_layers is None else spec)
         model.generation_config = family.generation_config(spec)
         model = materialize(model, fill_random(seed), transform=quantize)
         return LoadedModel(spec=spec, model=model, processor=family.synthetic_processor(spec))

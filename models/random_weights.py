@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from models.registry import get_spec
+from models.registry import ModelSpec, get_spec
 
 
 def build_random_model(
-    name: str, *, materialize: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32
+    name: str | ModelSpec, *, materialize: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:
     """Build the architecture registered as `name` from its spec, without any download.
 
@@ -18,7 +18,7 @@ def build_random_model(
     RNG state is left as it was. The same (name, seed, dtype) always gives the same weights.
 
     Args:
-        name: registry name, e.g. "llava-1.5-7b".
+        name: registry name, e.g. "llava-1.5-7b", or a spec (`ModelSpec.with_text_layers`).
         materialize: False keeps every weight on the meta device (shapes and dtypes only, enough
             to trace or count parameters); True allocates and initialises them on the CPU.
         seed: RNG seed of the initialisation.
@@ -26,7 +26,7 @@ def build_random_model(
     Returns:
         The model in eval mode.
     """
-    spec = get_spec(name)
+    spec = get_spec(name) if isinstance(name, str) else name
     with torch.device("meta"):
         model = spec.model_family.model_class(spec.hf_config())
     model = model.to(dtype)

@@ -359,6 +359,18 @@ class ModelSpec:
             raise ValueError(f"{self.name} answers about images, not videos: it takes no number of frames")
         return self if frames == self.frames else replace(self, vision=replace(self.vision, frames=frames))
 
+    def with_text_layers(self, layers: int) -> ModelSpec:
+        """The architecture at its real widths with `layers` decoder layers, named `<name>-<layers>layers`
+        (random weights only: no checkpoint has that depth; `bench.parity_noise` measures noise against it).
+
+        Raises:
+            ValueError: no layer from the pruning layer on (see `__post_init__`).
+        """
+        if layers == self.text.num_hidden_layers:
+            return self
+        text = replace(self.text, num_hidden_layers=layers)
+        return replace(self, name=f"{self.name}-{layers}layers", hf_repo=None, text=text)
+
     @property
     def model_family(self) -> ModelFamily:
         """The family's modules and transformers classes (`models.families`)."""

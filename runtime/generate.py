@@ -197,7 +197,8 @@ class Runner:
         backend: "onnx" (ONNX Runtime) or "executorch".
         num_threads: intra-op threads for ONNX Runtime; None lets it choose.
         low_memory: ONNX Runtime holds one copy of the language model, reopening its graphs in every
-            generation (`OnnxSession`).
+            generation (`OnnxSession`); ExecuTorch loads the vision encoder for each image and
+            releases it after (`ExecuTorchSession`).
         verify: check the sha256 of every artifact file when `artifact` is a folder.
         allow_failed_parity: use a backend whose parity check failed at export (refused otherwise).
         session: the artifact already open on `backend` (e.g. an `OnnxSession` that profiles);

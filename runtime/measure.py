@@ -151,7 +151,8 @@ def add_timing_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--low-memory",
         action="store_true",
-        help="ONNX Runtime: one copy of the language model, its graphs reopened in every generation (timed)",
+        help="ONNX Runtime: one copy of the language model, its graphs reopened in every generation; "
+        "ExecuTorch: the vision encoder loaded for each image and released after (timed)",
     )
     parser.add_argument(
         "--allow-failed-parity", action="store_true", help="also time a backend whose parity check failed at export"

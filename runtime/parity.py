@@ -7,8 +7,8 @@ end-of-sequence ignored. Checked:
   - prefill logits and each decode step's logits within the tolerance of (backend, quantization);
   - greedy tokens identical at every step;
   (ExecuTorch with quantized weights and ONNX Runtime's fast profile, whose activations are
-  quantized on the fly: most kept indices shared, the first token equal, prefill logits within a
-  fraction of their range; see STATISTICAL;)
+  quantized on the fly: most kept indices shared, prefill logits within the noise that quantizing
+  activations makes at the model's depth; see STATISTICAL;)
   - the runtime's tokenization identical to the transformers processor's, its pixel values within
     PREPROCESS_TOLERANCE (of the image as the family fits it to the export's size, `fit_image`).
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from contextlib import nullcontext
@@ -63,17 +64,29 @@ TOLERANCES = {
 # rounding step now and then, and each such step shifts the output by a whole quantum: one 8da4w
 # linear matches eager to 1e-6 relative on identical inputs, a Llama MLP only to 7e-4, and the
 # differences compound over layers. Kept indices and tokens are then not bit-stable, so these
-# artifacts are held to statistical criteria: most kept indices shared, the first token equal,
-# prefill logits within a fraction of their range.
-# Measured on LLaVA-1.5-7B's widths with 3 layers: 58 of 64 kept tokens shared, first two tokens
-# equal, prefill logits 5 % of their range apart; a wrong selection would share about R / N.
+# artifacts are held to statistical criteria: most kept indices shared, prefill logits within the
+# noise of their depth. That noise, measured on eager alone (`make bench-noise`: eager 8da4w against
+# itself with each linear's result in the language model moved one ulp, LLaVA-1.5-7B's widths, 3
+# seeds at 3, 8, 16 and 32 layers): prefill logits up to PREFILL_NOISE_PER_SQRT_LAYER * sqrt(layers)
+# of their largest magnitude apart (5.9-7.0 % at 3 layers, 12.6-19.6 % at 32: no faster than the
+# square root of the depth), 94-100 % of the kept tokens shared, the first token another in 5 of the
+# 12 runs. The first token is not held: it is the argmax of the prefill logits, which are. A wrong
+# graph differs by the logits' whole range.
 # ONNX Runtime's fast profile (MatMulNBits `accuracy_level` 4, int8 activations per block) is held
 # to them too: its (onnx, int4 / int8) pairs are exact ones only in the exact profile (`_held_exact`).
 STATISTICAL = {("executorch", "int4"), ("executorch", "int8")}
 MIN_KEPT_OVERLAP = 0.8
-MAX_PREFILL_RELATIVE = 0.1
+PREFILL_NOISE_PER_SQRT_LAYER = 0.04
+NOISE_MARGIN = 1.5
 PREPROCESS_TOLERANCE = 1e-5
 DEFAULT_STEPS = 16
+
+
+def statistical_tolerance(eager_prefill_logits: np.ndarray, num_layers: int) -> float:
+    """The max-abs prefill logits difference a backend that quantizes activations may show against
+    eager: NOISE_MARGIN times the noise of `num_layers` decoder layers (see STATISTICAL)."""
+    noise = PREFILL_NOISE_PER_SQRT_LAYER * math.sqrt(num_layers)
+    return NOISE_MARGIN * noise * float(np.abs(eager_prefill_logits).max())
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ class BackendParity:
         backend: "onnx" or "executorch".
         exact: held to exact parity (`TOLERANCES`), else to the statistical criteria (`STATISTICAL`).
         tolerance: the allowed max-abs logits difference (statistical: of the prefill logits only,
-            `MAX_PREFILL_RELATIVE` times their largest magnitude).
+            `statistical_tolerance`).
         kept_indices_equal: the artifact kept exactly the eager model's image tokens, chosen in the
             same order.
         kept_overlap: the fraction of eager's kept tokens the artifact kept too.
@@ -115,11 +128,7 @@ class BackendParity:
     def passed(self) -> bool:
         if self.exact:
             return self.kept_indices_equal and self.tokens_equal and self.logits_max_abs <= self.tolerance
-        return (
-            self.kept_overlap >= MIN_KEPT_OVERLAP
-            and self.tokens[0] == self.eager_tokens[0]
-            and self.prefill_logits_max_abs <= self.tolerance
-        )
+        return self.kept_overlap >= MIN_KEPT_OVERLAP and self.prefill_logits_max_abs <= self.tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -243,7 +252,7 @@ def check_parity(
                 exact=exact,
                 tolerance=TOLERANCES[backend, artifact.quantization]
                 if exact
-                else MAX_PREFILL_RELATIVE * float(np.abs(eager_logits[0]).max()),
+                else statistical_tolerance(eager_logits[0], artifact.text.num_layers),
                 kept_indices_equal=result.kept_indices == eager_kept
                 and result.selection_order == eager.selection_order,
                 kept_overlap=len(set(result.kept_indices) & set(eager_kept)) / len(eager_kept),

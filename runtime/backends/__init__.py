@@ -18,7 +18,8 @@ def open_session(
     Args:
         num_threads: intra-op threads (ONNX Runtime); None lets the runtime choose.
         low_memory: ONNX Runtime opens the vision encoder, prefill and decode one at a time, holding
-            one copy of the language model (`OnnxSession`); ExecuTorch holds one anyway.
+            one copy of the language model (`OnnxSession`); ExecuTorch holds one anyway, and loads
+            the vision encoder for each image and releases it after (`ExecuTorchSession`).
     Raises:
         ValueError: unknown backend. ArtifactError: the artifact holds no export for it.
         ImportError: the backend's runtime is not installed (the message says what to install).
@@ -30,7 +31,7 @@ def open_session(
         return OnnxSession(artifact, num_threads=num_threads, low_memory=low_memory)
     from runtime.backends.executorch import ExecuTorchSession
 
-    return ExecuTorchSession(artifact)
+    return ExecuTorchSession(artifact, low_memory=low_memory)
 
 
 __all__ = ["BACKENDS", "KVCache", "Session", "open_session"]

@@ -14,11 +14,12 @@ from runtime.artifact import Artifact, ArtifactError
 from runtime.backends.base import Selection
 from runtime.cli import native_output_hidden
 from runtime.contract import PTE_LAYER_GROUP, PTE_METADATA, PTE_PATH, PTE_TAIL, pte_io, pte_layer_groups, pte_methods
+from runtime.measure import release_freed_memory
 
 try:
     import torch
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 - the KV cache's kernels (llama::)
-    from executorch.runtime import Runtime
+    from executorch.runtime import Method, Program, Runtime
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("the executorch backend needs torch and executorch: run `make setup`") from error
 
@@ -32,13 +33,24 @@ class CachePosition:
     pruned: int
 
 
+# Loaded without a language model's method beside it under `low_memory`.
+VISION_METHOD = "vision_encoder"
+
+
 class ExecuTorchSession:
     """One loaded program; methods take and return the contract's tensors positionally
-    (`runtime.contract.pte_io`). The KV cache lives inside the program: one generation at a time."""
+    (`runtime.contract.pte_io`). The KV cache lives inside the program: one generation at a time.
+
+    Loading a method packs its weights for XNNPACK (at 7B: 1.2 GiB for the float32 vision tower,
+    3.8 GiB for the int4 language model). With `low_memory`, the vision encoder is loaded for each
+    image and released after it, and the language model's methods at the first prefill: a process
+    that answers one prompt (`python -m runtime`) never holds both; later images are packed again,
+    next to the language model.
+    """
 
     backend = "executorch"
 
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, *, low_memory: bool = False):
         path = artifact.path(PTE_PATH)
         try:
             with native_output_hidden():
@@ -70,8 +82,13 @@ class ExecuTorchSession:
                     f"{path}: method {name} takes {meta.num_inputs()} and returns {meta.num_outputs()} tensors, "
                     f"the manifest's contract says {len(inputs)} and {len(outputs)} (export/ARTIFACTS.md)"
                 )
+        self._program = program
+        self._low_memory = low_memory
+        self._methods: dict[str, Method] = {}
+        if not low_memory:
+            for name in self.names:
+                self._method(name)
         with native_output_hidden():
-            self._methods = {name: program.load_method(name) for name in self.names}
             self._constants = {name: program.load_method(name).execute([]) for name in PTE_METADATA}
         metas = {name: program.metadata(name) for name in self.names}
         # Largest size of each input tensor: a dynamic dimension's upper bound.
@@ -118,14 +135,24 @@ class ExecuTorchSession:
                 # ExecuTorch would answer only "set_inputs() ... error 0x10".
                 raise ValueError(f"{method}: input {i} has shape {list(x.shape)}, the method takes at most {list(largest)}")
         try:
-            outputs = self._methods[method].execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
+            outputs = self._method(method).execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
         except RuntimeError as error:
             raise ValueError(f"ExecuTorch rejected the inputs of {method}: {error}") from None
         # Outputs may live in the method's planned memory, which the next call overwrites: copy.
         return [output.numpy().copy() for output in outputs]
 
+    def _method(self, name: str) -> Method:
+        """The loaded method, loaded now if it is not."""
+        if name not in self._methods:
+            with native_output_hidden():
+                self._methods[name] = _load_method(self._program, name)
+        return self._methods[name]
+
     def vision_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Selection | None]:
-        image_embeds, *selection = self._run("vision_encoder", pixel_values)
+        image_embeds, *selection = self._run(VISION_METHOD, pixel_values)
+        if self._low_memory:
+            del self._methods[VISION_METHOD]
+            release_freed_memory()  # glibc would keep the packed weights' blocks for the next load
         return image_embeds[0], tuple(selection) or None
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
@@ -178,6 +205,12 @@ class ExecuTorchSession:
                 f"the KV cache holds {self._capacity.full} entries ({self._capacity.pruned} after the pruning "
                 f"layer): no room for {length} more after {cache.full} ({cache.pruned})"
             )
+
+
+def _load_method(program: Program, name: str) -> Method:
+    """`program.load_method` without the cache in which executorch 1.4.1's `Program` keeps every
+    method it loaded: a method dropped here is freed."""
+    return Method(program._program.load_method(name))
 
 
 def _position(value: int) -> np.ndarray:

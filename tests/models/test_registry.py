@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from models import MODEL_SPECS, build_random_model, get_spec
+from models import MODEL_SPECS, build_random_model, get_spec, load_for_export
 
 
 def test_registered_names():
@@ -155,6 +155,20 @@ def test_llava_15_7b_3layers_has_the_real_widths():
         widths = ("hidden_size", "intermediate_size", "num_attention_heads")
         assert [getattr(config, key) for key in widths] == [getattr(reference, key) for key in widths]
     assert short.text_config.vocab_size == 32064 and short.image_token_id == 32000
+
+
+def test_another_text_depth_keeps_the_widths():
+    full = get_spec("llava-1.5-7b")
+    deep = full.with_text_layers(16)
+    assert (deep.name, deep.hf_repo, deep.text.num_hidden_layers) == ("llava-1.5-7b-16layers", None, 16)
+    assert dataclasses.replace(deep.text, num_hidden_layers=32) == full.text and deep.vision == full.vision
+    assert full.with_text_layers(32) is full
+    model = build_random_model(deep)  # a spec, not a registered name
+    assert len(model.model.language_model.layers) == 16
+    with pytest.raises(ValueError, match=r"prune_layer must be in \[1, 1\], got 2"):
+        full.with_text_layers(2)
+    with pytest.raises(ValueError, match="another depth takes random weights"):
+        load_for_export("llava-1.5-7b", text_layers=16)
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,7 @@ def test_parity_status(copy, parity, status):
 
 
 def test_a_failed_parity_check_refuses_only_the_backends_it_failed(copy):
-    # As at 7B: ONNX Runtime exact, ExecuTorch's 8da4w outside the statistical criteria.
+    # E.g. ONNX Runtime exact, ExecuTorch's 8da4w outside the statistical criteria.
     report = {"preprocess_passed": True, "backends": {"onnx": {"passed": True}, "executorch": {"passed": False}}}
     _edit_manifest(copy, lambda m: m.update(parity={"status": "failed", "report": report}))
     artifact = load_artifact(copy)

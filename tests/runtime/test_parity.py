@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,11 +18,14 @@ from runtime.artifact import load_artifact
 from runtime.backends import BACKENDS
 from runtime.parity import (
     MIN_KEPT_OVERLAP,
+    NOISE_MARGIN,
+    PREFILL_NOISE_PER_SQRT_LAYER,
     STATISTICAL,
     TOLERANCES,
     BackendParity,
     check_parity,
     load_reference,
+    statistical_tolerance,
 )
 
 EAGER_TOKENS = [5, 6, 7, 8]
@@ -80,13 +85,22 @@ def test_exact_criteria(changes):
         # Later tokens, the exact kept set and decode logits are not held.
         ({"kept_indices_equal": False, "kept_overlap": MIN_KEPT_OVERLAP, "tokens": [5, 0, 0, 0]}, True),
         ({"decode_logits_max_abs": [3.0]}, True),
+        # The first token is the argmax of the prefill logits, which are held: noise flips it too.
+        ({"tokens": [0, 6, 7, 8]}, True),
         ({"kept_overlap": MIN_KEPT_OVERLAP - 0.01}, False),
-        ({"tokens": [0, 6, 7, 8]}, False),
         ({"prefill_logits_max_abs": 0.6}, False),
     ],
 )
 def test_statistical_criteria(changes, passed):
     assert backend_parity(exact=False, **changes).passed is passed
+
+
+def test_statistical_tolerance_grows_with_the_square_root_of_depth():
+    logits = np.array([[-2.0, 4.0, 1.0]])
+    three = statistical_tolerance(logits, 3)
+    assert three == pytest.approx(NOISE_MARGIN * PREFILL_NOISE_PER_SQRT_LAYER * math.sqrt(3) * 4.0)
+    assert statistical_tolerance(logits, 12) == pytest.approx(2 * three)
+    assert statistical_tolerance(-3 * logits, 3) == pytest.approx(3 * three)  # of the largest magnitude
 
 
 def test_reference_of_a_random_weight_artifact_is_rebuilt_from_its_seed(artifact_dirs, tmp_path):
