@@ -42,7 +42,7 @@ class ExecuTorchSession:
     (`runtime.contract.pte_io`). The KV cache lives inside the program: one generation at a time.
 
     Loading a method packs its weights for XNNPACK (at 7B: 1.2 GiB for the float32 vision tower,
-    3.8 GiB for the int4 language model). With `low_memory`, the vision encoder is loaded for each
+    3.5 GiB for the int4 language model). With `low_memory`, the vision encoder is loaded for each
     image and released after it, and the language model's methods at the first prefill: a process
     that answers one prompt (`python -m runtime`) never holds both; later images are packed again,
     next to the language model.
