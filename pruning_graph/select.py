@@ -104,6 +104,18 @@ class VLMPrunerSelect(nn.Module):
             raise ValueError(f"this selector was built for grid {self.grid} ({self.num_tokens} tokens), got {n} tokens")
         return _select(keys, hidden, self.views, self.keep, self.config)
 
+    def fused_for(self, hidden: Tensor, indices: Tensor) -> Tensor:
+        """The fused states of tokens chosen elsewhere: stage 3 alone, the discarded tokens merged
+        into the kept ones `indices` (int64 [R], ascending) as `forward` merges them into its own.
+        hidden [N, d] -> [R, d]. Eager only (`runtime.parity` holds two runs to one selection)."""
+        if hidden.ndim != 2 or hidden.shape[0] != self.num_tokens:
+            raise ValueError(f"hidden must be [{self.num_tokens}, d], got {list(hidden.shape)}")
+        if indices.shape != (self.keep,):
+            raise ValueError(f"indices must be [{self.keep}], got {list(indices.shape)}")
+        similarity = similarity_float32(_screened_states(hidden, self.config.q))
+        selected = torch.zeros(self.num_tokens, dtype=torch.bool, device=hidden.device).index_fill(0, indices, True)
+        return _fuse(hidden.float(), similarity, selected, indices, self.config.beta).to(hidden.dtype)
+
     def extra_repr(self) -> str:
         return f"grid={self.grid}, keep={self.keep}, config={self.config}"
 

@@ -12,7 +12,8 @@ ONNX Runtime path.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from models import LoadedModel, ModelSpec, load_model
 from models.families import prompt_image_tokens
-from models.selectors import DEFAULT_METHOD, SelectionMethod, get_method
+from models.selectors import DEFAULT_METHOD, PrefillSelector, SelectionMethod, VisionSelector, forced_selection, get_method
 from runtime.artifact import token_id_set
 from runtime.backends.base import Selection
 from runtime.families import PromptInputs
@@ -78,6 +79,28 @@ class EagerSession:
     ) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
         logits, cache = self.decode_module(self._float(inputs_embeds), self._int(position_ids), cache)
         return _numpy(logits), cache
+
+    @contextmanager
+    def selection_forced(self, selection: Selection) -> Iterator[None]:
+        """Within the block, the session keeps the image tokens of `selection` (kept ascending, the
+        same in selection order) instead of choosing them; the method's fusion still applies.
+
+        Raises:
+            ValueError: the session does not select (unpruned), or `selection` is not a selection
+                of its keep count.
+        """
+        holder = next((module for module in (self.vision, self.prefill_module) if _selector(module) is not None), None)
+        if holder is None:
+            raise ValueError("this session keeps every image token: there is no selection to force")
+        kept, order = (self._int(np.asarray(part)) for part in selection)
+        if kept.shape != (self.keep,) or order.shape != (self.keep,):
+            raise ValueError(f"a forced selection holds {self.keep} tokens, got {kept.shape[0]} and {order.shape[0]}")
+        selector = holder.selector
+        holder.selector = forced_selection(selector, kept, order)
+        try:
+            yield
+        finally:
+            holder.selector = selector
 
     def _float(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
@@ -184,6 +207,12 @@ class EagerModel:
             kept_indices=result.kept_indices,
             selection_order=result.selection_order,
         )
+
+
+def _selector(module: torch.nn.Module) -> PrefillSelector | VisionSelector | None:
+    """The selector `module` runs, if any."""
+    selector = getattr(module, "selector", None)
+    return selector if isinstance(selector, (PrefillSelector, VisionSelector)) else None
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:

@@ -13,6 +13,7 @@ from models.selectors.base import (
     PrefillSelector,
     SelectionMethod,
     VisionSelector,
+    forced_selection,
     kept_states,
     register,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "PrefillSelector",
     "SelectionMethod",
     "VisionSelector",
+    "forced_selection",
     "get_method",
     "kept_states",
     "method_names",

@@ -104,6 +104,11 @@ class PrefillSelector(nn.Module, ABC):
     @abstractmethod
     def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]: ...
 
+    def states_for(self, outputs: LayerOutputs, kept: Tensor) -> Tensor:
+        """The states [R, d] this method gives the tokens `kept` (int64 [R], ascending) when they
+        are the ones kept, whoever chose them: unchanged by default (`kept_states`)."""
+        return kept_states(outputs, kept)
+
 
 class VisionSelector(nn.Module, ABC):
     """Chooses R of the N image tokens from the vision encoder's output, before the language model.
@@ -113,6 +118,39 @@ class VisionSelector(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, image_embeds: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class ForcedPrefillSelection(PrefillSelector):
+    """Keeps given tokens instead of choosing them; their states are what `selector` gives them
+    (a method's fusion included). Eager only: `runtime.parity` compares a backend that kept other
+    tokens with eager on that backend's tokens."""
+
+    def __init__(self, selector: PrefillSelector, kept: Tensor, order: Tensor):
+        super().__init__()
+        self.selector, self.kept, self.order = selector, kept, order
+
+    def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
+        return self.kept, self.selector.states_for(outputs, self.kept), self.order
+
+
+class ForcedVisionSelection(VisionSelector):
+    """`ForcedPrefillSelection` for a selection on the vision encoder's output."""
+
+    def __init__(self, kept: Tensor, order: Tensor):
+        super().__init__()
+        self.kept, self.order = kept, order
+
+    def forward(self, image_embeds: Tensor) -> tuple[Tensor, Tensor]:
+        return self.kept, self.order
+
+
+def forced_selection(selector: PrefillSelector | VisionSelector, kept: Tensor, order: Tensor) -> nn.Module:
+    """`selector` made to keep `kept` (int64 [R], ascending), chosen in `order` (int64 [R])."""
+    if sorted(order.tolist()) != kept.tolist() or kept.unique().numel() != kept.numel():
+        raise ValueError("order must hold the kept tokens, each once, and kept must be ascending")
+    if isinstance(selector, VisionSelector):
+        return ForcedVisionSelection(kept, order)
+    return ForcedPrefillSelection(selector, kept, order)
 
 
 # The graphs a selection can run in (the artifact contract's names, `runtime.contract.GRAPH_NAMES`).

@@ -22,6 +22,9 @@ class VLMPrunerSelector(PrefillSelector):
     def forward(self, outputs: LayerOutputs) -> tuple[Tensor, Tensor, Tensor]:
         return self.select.ordered(outputs.image_keys(), outputs.image_states())
 
+    def states_for(self, outputs: LayerOutputs, kept: Tensor) -> Tensor:
+        return self.select.fused_for(outputs.image_states(), kept)
+
 
 @register
 @dataclass(frozen=True)

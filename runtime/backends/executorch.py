@@ -45,7 +45,10 @@ class ExecuTorchSession:
     3.5 GiB for the int4 language model). With `low_memory`, the vision encoder is loaded for each
     image and released after it, and the language model's methods at the first prefill: a process
     that answers one prompt (`python -m runtime`) never holds both; later images are packed again,
-    next to the language model.
+    next to the language model. The token embedding table (0.49 GiB at 7B) stays in the file's
+    mapped constant segment, which the pybindings lock into memory where the process may
+    (CAP_IPC_LOCK, i.e. root); a process without that right, a normal user's or an app's, keeps
+    only the rows it reads resident (ExecuTorch ignores the failed `mlock`).
     """
 
     backend = "executorch"

@@ -240,3 +240,38 @@ def test_divprune_model_is_transformers_llava_fed_the_kept_tokens(tiny, image, p
     assert result.kept_indices == kept.tolist()
     torch.testing.assert_close(torch.from_numpy(result.logits[0]), logits, atol=ATOL, rtol=0)
     assert result.token_ids == tokens[0].tolist()
+
+
+@pytest.mark.parametrize("method", ["vlm-pruner", "dart", "divprune", "fastv"])
+def test_forced_selection_of_the_methods_own_choice_changes_nothing(tiny, image, prompt, method):
+    """Eager made to keep the tokens it chose itself, in its order, generates bit for bit as it does
+    unforced (VLM-Pruner's fusion recomputed for the given tokens included); made to keep others, it
+    reports and runs those (`runtime.parity` compares a backend that chose others this way)."""
+    model = EagerModel.from_loaded(tiny, keep=KEEP, method=get_method(method))
+    inputs = model.prepare_inputs(image, prompt)
+    config = GenerationConfig(max_new_tokens=3, ignore_eos=True, return_logits=True)
+    own = model.generate_ids(*inputs, config)
+    with model.session.selection_forced((own.kept_indices, own.selection_order)):
+        forced = model.generate_ids(*inputs, config)
+    assert (forced.kept_indices, forced.selection_order, forced.token_ids) == (own.kept_indices, own.selection_order, own.token_ids)
+    assert all(np.array_equal(a, b) for a, b in zip(forced.logits, own.logits))
+
+    others = sorted(set(range(tiny.spec.num_image_tokens)) - set(own.kept_indices))[:KEEP]
+    with model.session.selection_forced((others, others[::-1])):
+        moved = model.generate_ids(*inputs, config)
+    assert (moved.kept_indices, moved.selection_order) == (others, others[::-1])
+    assert not np.array_equal(moved.logits[0], own.logits[0])
+    assert model.generate_ids(*inputs, config).kept_indices == own.kept_indices  # the method's selector is back
+
+
+def test_forced_selection_is_checked(tiny):
+    pruned = EagerModel.from_loaded(tiny, keep=KEEP).session
+    with pytest.raises(ValueError, match="holds 64 tokens, got 2 and 2"):
+        with pruned.selection_forced(([0, 1], [1, 0])):
+            pass
+    with pytest.raises(ValueError, match="order must hold the kept tokens"):
+        with pruned.selection_forced((list(range(KEEP)), list(range(1, KEEP + 1)))):
+            pass
+    with pytest.raises(ValueError, match="keeps every image token"):
+        with EagerModel.from_loaded(tiny).session.selection_forced(([0], [0])):
+            pass

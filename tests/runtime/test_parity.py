@@ -16,6 +16,7 @@ from models.quantize import Quantization
 from tests.quantization import model_quantization
 from runtime.artifact import load_artifact
 from runtime.backends import BACKENDS
+from runtime.generate import GenerationConfig, InputProcessor
 from runtime.parity import (
     MIN_KEPT_OVERLAP,
     NOISE_MARGIN,
@@ -27,6 +28,7 @@ from runtime.parity import (
     load_reference,
     statistical_tolerance,
 )
+from runtime.samples import DEFAULT_PROMPT
 
 EAGER_TOKENS = [5, 6, 7, 8]
 
@@ -39,6 +41,7 @@ def backend_parity(*, exact: bool, **changes) -> BackendParity:
         tolerance=1e-4 if exact else 0.5,
         kept_indices_equal=True,
         kept_overlap=1.0,
+        selection_forced=False,
         prefill_logits_max_abs=1e-5,
         decode_logits_max_abs=[1e-5, 2e-5],
         tokens=EAGER_TOKENS,
@@ -129,3 +132,35 @@ def test_unknown_quantization_has_no_criteria(artifact_dirs, tmp_path):
     folder = edited_copy(artifact_dirs[64], tmp_path / "int2", quantization="int2")
     with pytest.raises(ValueError, match="no parity criteria for onnx with int2 weights"):
         check_parity(folder, backends=["onnx"])
+
+
+def test_a_statistical_backend_that_kept_other_tokens_is_compared_on_its_tokens(artifact_dirs, monkeypatch):
+    """Its logits and tokens are compared with eager made to keep the same tokens, its selection by
+    the overlap. The backend here is eager itself made to keep half of eager's tokens and 32 others:
+    on one selection the two agree bit for bit. The reference is loaded from the manifest, freed
+    before the backend runs, and loaded again for the forced run."""
+    import runtime.parity as parity
+
+    folder = artifact_dirs[64]
+    artifact = load_artifact(folder)
+    backend_model = load_reference(artifact)
+    processor = InputProcessor.from_artifact(artifact)
+    inputs = processor(processor.family.sample(), DEFAULT_PROMPT)
+    own = backend_model.generate_ids(inputs.input_ids, inputs.pixel_values, GenerationConfig(max_new_tokens=1))
+    others = sorted(set(range(artifact.num_image_tokens)) - set(own.kept_indices))[:32]
+    kept = sorted(own.kept_indices[:32] + others)
+
+    class OtherSelection:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def generate_ids(self, input_ids, pixel_values, config):
+            with backend_model.session.selection_forced((kept, kept[::-1])):
+                return backend_model.generate_ids(input_ids, pixel_values, config)
+
+    monkeypatch.setattr(parity, "Runner", OtherSelection)
+    monkeypatch.setattr(parity, "_held_exact", lambda backend, artifact: False)
+    (result,) = check_parity(folder, backends=["onnx"], steps=4).backends
+    assert result.selection_forced and not result.kept_indices_equal and result.kept_overlap == 0.5
+    assert result.prefill_logits_max_abs == 0.0 and result.decode_logits_max_abs == [0.0] * 3 and result.tokens_equal
+    assert not result.passed  # half the tokens shared: the selection fails the overlap
