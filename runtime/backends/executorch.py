@@ -61,6 +61,7 @@ class ExecuTorchSession:
         except Exception as error:  # the pybindings raise RuntimeError/ValueError for unusable files
             raise ArtifactError(f"ExecuTorch cannot load {path}: {error}") from None
         self.pruned = artifact.selection_graph == "prefill" and artifact.keep < artifact.num_image_tokens
+        self._dropped = artifact.num_image_tokens - artifact.keep if self.pruned else 0
         try:
             layer_groups = pte_layer_groups(program.method_names)
         except ValueError as error:
@@ -170,7 +171,9 @@ class ExecuTorchSession:
         if not self.chained:
             logits = self._decode_text(inputs_embeds, position_ids, start)
             return logits, (every, every.copy()), CachePosition(inputs_embeds.shape[1], inputs_embeds.shape[1])
-        self._check_room(start, inputs_embeds.shape[1])
+        # The layers from the pruning layer on get the N - R dropped image tokens fewer.
+        length = inputs_embeds.shape[1]
+        self._check_room(start, length, length - self._dropped)
         at = _position(0)
         hidden, keys, last_query = self._run("text_decoder_head", inputs_embeds, position_ids, at)
         kept, order = every, every.copy()
@@ -184,7 +187,7 @@ class ExecuTorchSession:
         if not self.chained:
             logits = self._decode_text(inputs_embeds, position_ids, cache)
         else:
-            self._check_room(cache, 1)
+            self._check_room(cache, 1, 1)
             hidden, _, _ = self._run("text_decoder_head", inputs_embeds, position_ids, _position(cache.full))
             logits = self._rest(hidden, position_ids, _position(cache.pruned))
         return logits, CachePosition(cache.full + 1, cache.pruned + 1)
@@ -197,16 +200,17 @@ class ExecuTorchSession:
 
     def _decode_text(self, inputs_embeds: np.ndarray, position_ids: np.ndarray, cache: CachePosition) -> np.ndarray:
         """The unpruned text decoder on T tokens at the cache's position: logits [1, V]."""
-        self._check_room(cache, inputs_embeds.shape[1])
+        self._check_room(cache, inputs_embeds.shape[1], inputs_embeds.shape[1])
         positions = (position_ids,) if self.position_rows > 1 else ()
         return self._run("text_decoder", inputs_embeds, _position(cache.full), *positions)[0]
 
-    def _check_room(self, cache: CachePosition, length: int) -> None:
-        """ExecuTorch would abort on a write past the cache's end: say so instead."""
-        if cache.full + length > self._capacity.full or cache.pruned + length > self._capacity.pruned:
+    def _check_room(self, cache: CachePosition, full: int, pruned: int) -> None:
+        """ExecuTorch would abort on a write past the cache's end: say so instead. `full` and
+        `pruned` entries are about to be written before and from the pruning layer on."""
+        if cache.full + full > self._capacity.full or cache.pruned + pruned > self._capacity.pruned:
             raise ValueError(
                 f"the KV cache holds {self._capacity.full} entries ({self._capacity.pruned} after the pruning "
-                f"layer): no room for {length} more after {cache.full} ({cache.pruned})"
+                f"layer): no room for {full} ({pruned}) more after {cache.full} ({cache.pruned})"
             )
 
 

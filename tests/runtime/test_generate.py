@@ -77,6 +77,26 @@ def test_low_memory_same_outputs(artifact_dirs, image, backend):
         assert all(np.array_equal(a, b) for a, b in zip(result.logits, expected.logits, strict=True))
 
 
+def test_executorch_cache_room_counts_the_pruned_prompt(artifact_dirs, image):
+    """The layers from the pruning layer on hold the prompt without its N - R dropped image tokens:
+    a cache with room for that (and not for the whole prompt) serves the generation; one token
+    more than the room is refused before ExecuTorch would write past the end."""
+    from runtime.backends.executorch import CachePosition
+
+    config = GenerationConfig(max_new_tokens=8, ignore_eos=True)
+    runner = Runner(artifact_dirs[64], "executorch")
+    expected = runner.generate(image, DEFAULT_PROMPT, config)
+    inputs = runner.inputs(image, DEFAULT_PROMPT)
+    dropped = runner.artifact.num_image_tokens - 64
+    short = inputs.num_tokens - dropped + config.max_new_tokens - 1  # the last token is not written
+    assert short < inputs.num_tokens
+    runner.session._capacity = CachePosition(inputs.num_tokens + 8, short)
+    assert runner.generate(image, DEFAULT_PROMPT, config).token_ids == expected.token_ids
+    runner.session._capacity = CachePosition(inputs.num_tokens + 8, short - 1)
+    with pytest.raises(ValueError, match="no room for 1 [(]1[)] more after"):
+        runner.generate(image, DEFAULT_PROMPT, config)
+
+
 def test_cache_buffers_that_grow_give_the_same_logits(artifact_dirs, image, monkeypatch):
     """ONNX Runtime's decode writes into buffers with room for CACHE_GROWTH more entries, copied
     into larger ones when full: growing every 3 tokens changes no logit."""
