@@ -86,6 +86,8 @@ PREFILL_NOISE_PER_SQRT_LAYER = 0.04
 NOISE_MARGIN = 1.5
 PREPROCESS_TOLERANCE = 1e-5
 DEFAULT_STEPS = 16
+# The report's mark on a backend whose logits were compared with eager forced to its tokens.
+FORCED_NOTE = "eager on its tokens"
 
 
 def statistical_tolerance(eager_prefill_logits: np.ndarray, num_layers: int) -> float:
@@ -360,7 +362,7 @@ def format_report(report: ParityReport) -> str:
         [
             b.backend,
             "exact" if b.exact else "statistical",
-            "yes" if b.kept_indices_equal else f"NO ({b.kept_overlap:.0%} shared{FORCED_NOTE * b.selection_forced})",
+            "yes" if b.kept_indices_equal else f"NO ({b.kept_overlap:.0%} shared{', ' + FORCED_NOTE if b.selection_forced else ''})",
             f"{b.prefill_logits_max_abs:.2e}",
             f"{max(b.decode_logits_max_abs, default=0.0):.2e}",
             f"{b.tolerance:.1e}",
@@ -375,16 +377,13 @@ def format_report(report: ParityReport) -> str:
         disable_numparse=True,
     )
     if any(b.selection_forced for b in report.backends):
-        table += f"\n{FORCED_NOTE.strip(', ')}: logits and tokens compared with eager made to keep the backend's tokens"
+        table += f"\n{FORCED_NOTE}: logits and tokens compared with eager made to keep the backend's tokens"
     preprocess = (
         f"preprocessing vs transformers: input_ids {'equal' if report.input_ids_equal else 'DIFFERENT'}, "
         f"pixel max |diff| {report.pixel_values_max_abs:.2e} (tol {PREPROCESS_TOLERANCE:.0e})"
     )
     header = f"{report.model} keep {report.keep} ({report.quantization} weights), {report.artifact}"
     return "\n".join([header, table, preprocess, "PASSED" if report.passed else "FAILED"])
-
-
-FORCED_NOTE = ", eager on its tokens"
 
 
 def build_parser() -> argparse.ArgumentParser:
