@@ -86,6 +86,10 @@ PREFILL_NOISE_PER_SQRT_LAYER = 0.04
 NOISE_MARGIN = 1.5
 PREPROCESS_TOLERANCE = 1e-5
 DEFAULT_STEPS = 16
+# A reference model this small (its weights' bytes) stays loaded through the backends' runs, where
+# a larger one is freed: the 3-layer real-width LLaVA (2.7 GB) stays, its Qwen2-VL (6.3 GB) and
+# every 7B model go.
+SMALL_REFERENCE_BYTES = 4 * 1024**3
 # The report's mark on a backend whose logits were compared with eager forced to its tokens.
 FORCED_NOTE = "eager on its tokens"
 
@@ -209,10 +213,11 @@ def check_parity(
         backends: default every backend the artifact holds.
         reference: the eager model, already loaded with the artifact's keep; default loaded from
             `model_path`, else from the checkpoint or seed recorded in the manifest. Eager runs
-            first; then, unless the caller holds it too, the reference is freed, so that a large
-            model and the artifact's runtime are never in memory together. A statistical backend
-            that kept other tokens than eager needs eager once more, on its tokens: the caller's
-            reference if it still lives, else one loaded again (minutes at 7B).
+            first; then, unless the caller holds it too, a reference larger than
+            `SMALL_REFERENCE_BYTES` is freed, so that a large model and the artifact's runtime are
+            never in memory together. A statistical backend that kept other tokens than eager needs
+            eager once more, on its tokens: the reference if it still lives, else one loaded again
+            (minutes at 7B).
         image: a path (an image, or a video for a video model); default the family's fixed
             sample (`HostFamily.sample`: `runtime.samples`).
     Raises:
@@ -228,7 +233,7 @@ def check_parity(
         artifact.require_backend(backend)
         if (backend, artifact.quantization) not in TOLERANCES.keys() | STATISTICAL:
             raise ValueError(f"no parity criteria for {backend} with {artifact.quantization} weights")
-    from models.quantize import weight_only
+    from models.quantize import Quantization, materialized_bytes, weight_only
 
     processor = InputProcessor.from_artifact(artifact)
     image = processor.family.sample() if image is None else processor.family.load(image)
@@ -254,9 +259,11 @@ def check_parity(
         twin: run_eager(reference, twin)
         for twin in dict.fromkeys(_eager_twin(backend, artifact.quantization) for backend in backends)
     }
-    # Eager is done: a reference only this call holds is freed before the backends load theirs, and
-    # each backend's runtime before the next one's. Found again (or loaded again) if a statistical
-    # backend chose other tokens.
+    # Eager is done: a large reference only this call holds is freed before the backends load
+    # theirs, and each backend's runtime before the next one's; found again (or loaded again) if a
+    # statistical backend chose other tokens. A small one stays for that case: no reload.
+    small = materialized_bytes(reference.model, Quantization(artifact.quantization)) <= SMALL_REFERENCE_BYTES
+    kept = reference if small else None
     held = weakref.ref(reference)
     del reference
     release_freed_memory()
@@ -272,7 +279,7 @@ def check_parity(
         if not exact and result.kept_indices != eager.kept_indices:
             # The selection is judged by the overlap; the logits on one set of kept tokens, the
             # backend's (the order they were chosen in changes nothing downstream).
-            reference = held() or load_reference(artifact, model_path)
+            reference = kept or held() or load_reference(artifact, model_path)
             compared = run_eager(reference, twin, (result.kept_indices, result.selection_order))
             del reference
             release_freed_memory()

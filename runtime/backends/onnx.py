@@ -9,6 +9,7 @@ import numpy as np
 
 from runtime.artifact import Artifact, ArtifactError
 from runtime.backends.base import KVCache, Selection
+from runtime.backends.onnx_prepacked import open_session, prepacked_graphs
 from runtime.contract import GRAPH_NAMES, MAX_SEQ_LEN_KEY, SELECTION_OUTPUTS, cache_names, graph_io, onnx_file
 
 try:
@@ -37,11 +38,11 @@ class BufferCache:
 class OnnxSession:
     """One InferenceSession per graph; inputs and outputs by the names of the artifact contract.
 
-    Prefill and decode each hold their own prepacked copy of the language model's int4 weights:
-    ONNX Runtime's Python API shares no prepacked weights between sessions (README, "ONNX Runtime's
-    memory"). With `low_memory`, at most one of the vision encoder, prefill and decode sessions is
-    open at a time: each opens when first run and closes the one open before it, so a generation
-    holds one copy of the language model and reopens (prepacks) each of the three once.
+    Prefill and decode are opened from their prepacked copies for this machine (`onnx_prepacked`:
+    made on first use, weights mapped from one file, so that they share one copy of the language
+    model), or, with that cache off, from the artifact, each session then prepacking its own copy.
+    With `low_memory`, at most one of the vision encoder, prefill and decode sessions is open at a
+    time: each opens when first run and closes the one open before it.
     """
 
     backend = "onnx"
@@ -59,10 +60,14 @@ class OnnxSession:
         self._present = list(cache_names("present", layers))
         self._past = list(cache_names("past", layers))
         self._options = session_options(num_threads)
+        # A prepacked graph is saved optimized: ONNX Runtime's optimizers have nothing left to do.
+        self._saved_options = session_options(num_threads, optimize=False)
         if profile_dir is not None:  # ONNX Runtime's profiler: a JSON trace per session (`end_profiling`)
-            self._options.enable_profiling = True
-            self._options.profile_file_prefix = str(profile_dir / "onnxruntime")
-        self._paths = {graph: artifact.path(onnx_file(graph)) for graph in GRAPH_NAMES}
+            for options in (self._options, self._saved_options):
+                options.enable_profiling = True
+                options.profile_file_prefix = str(profile_dir / "onnxruntime")
+        self._prepacked = prepacked_graphs(artifact)
+        self._paths = {graph: artifact.path(onnx_file(graph)) for graph in GRAPH_NAMES} | self._prepacked
         self._one_at_a_time = ONE_AT_A_TIME if low_memory else ()
         # Sessions of the graphs opened one at a time are only looked at here: no prepacked weights.
         looks = ort.SessionOptions()
@@ -80,11 +85,9 @@ class OnnxSession:
             del self._sessions[graph]
 
     def _open(self, graph: str, options: ort.SessionOptions) -> ort.InferenceSession:
-        path = self._paths[graph]
-        try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # ORT raises its own exception types, all of them unusable files
-            raise ArtifactError(f"ONNX Runtime cannot load {path}: {error}") from None
+        if options is self._options and graph in self._prepacked:
+            options = self._saved_options
+        return open_session(self._paths[graph], options)
 
     def _session(self, graph: str) -> ort.InferenceSession:
         """The graph's session; with `low_memory`, opened now and the other one-at-a-time session closed."""
@@ -183,14 +186,16 @@ class OnnxSession:
         return BufferCache(tuple(buffers), cache.lengths)
 
 
-def session_options(num_threads: int | None = None) -> ort.SessionOptions:
+def session_options(num_threads: int | None = None, *, optimize: bool = True) -> ort.SessionOptions:
     """How the runtime opens a graph: errors only in the log (constant-folding notes are not the
     user's concern), and no CPU memory arena: it keeps every block it grew (the prefill's
     activations among them) for the session's life; without it the peak is lower at the same
-    speed (README)."""
+    speed (README). `optimize=False`: a graph ONNX Runtime saved optimized, opened as it is."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if num_threads is not None:
         options.intra_op_num_threads = num_threads
     return options

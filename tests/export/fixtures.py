@@ -32,6 +32,7 @@ from export.pipeline import ExportPipeline
 from models import LoadedModel, load_model
 from models.recipe_build import Recipe
 from models.tiny_llava import RECIPE, VIDEO_RECIPE
+from runtime.backends.onnx_prepacked import CACHE_ENV
 from runtime.contract import MANIFEST
 from runtime.parity import ParityReport, check_parity
 
@@ -65,6 +66,17 @@ def run_folder(tmp_path_factory) -> Path:
     # An xdist worker's base folder is <run>/popen-gwN: <run> is common to the run's workers.
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepacked_cache(tmp_path_factory) -> Iterator[Path]:
+    """The run's cache of prepacked ONNX graphs (runtime/backends/onnx_prepacked.py), in its
+    temporary folder instead of the user's: every session of the run, and the exports it starts
+    as child processes, share it."""
+    folder = run_folder(tmp_path_factory) / "prepacked-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder
 
 
 def shared_build(tmp_path_factory, recipe: Recipe) -> Path:

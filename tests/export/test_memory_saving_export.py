@@ -25,9 +25,12 @@ import pytest
 from export.config import ExportConfig
 from export.manifest import read_manifest
 from models import build_random_model, get_spec
+from runtime.artifact import load_artifact
+from runtime.backends.onnx_prepacked import CACHE_ENV, prepacked_graphs
 from runtime.contract import ONNX_WEIGHTS_FILE
 from runtime.parity import MIN_KEPT_OVERLAP
 from tests.export.fixtures import export_and_check
+from tests.runtime.test_onnx_prepacked import assert_same_bits, generate_bits, prepacked_entries
 
 STEPS = 4  # greedy tokens compared: enough to cover prefill, the cache hand-over and decoding
 # Each family's real widths at reduced depth, random weights: (model, quantized text linears).
@@ -120,6 +123,25 @@ def test_tiny_int4_parity(tiny_int4):
     assert onnx_result.logits_max_abs <= onnx_result.tolerance
     assert report.passed
     assert _accuracy_levels(folder) == {0} and read_manifest(folder)["model"]["onnx_profile"] == "exact"
+
+
+def test_int4_prepacked_once_for_prefill_and_decode(tiny_int4, tmp_path, monkeypatch):
+    """MatMulNBits' float32-compute layouts saved by ONNX Runtime, one copy for both graphs, and
+    the same logits bit for bit as the artifact's graphs packed by each session."""
+    artifact = load_artifact(tiny_int4[0])
+    graphs = prepacked_graphs(artifact, tmp_path)
+    prefill, decode = prepacked_entries(graphs["prefill"]), prepacked_entries(graphs["decode"])
+    assert len(decode) == 4 * 7 + 1 and all(key.startswith("MatMulNBits") for key in decode)
+    assert decode.items() <= prefill.items()
+    monkeypatch.setenv(CACHE_ENV, "")
+    own = generate_bits(artifact)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert_same_bits(generate_bits(artifact), own)
+
+
+def test_the_fast_profile_is_not_prepacked(tiny_int4_fast, tmp_path):
+    """Its int8-compute layouts read back from the file give other tokens (ONNX Runtime 1.31.1)."""
+    assert prepacked_graphs(load_artifact(tiny_int4_fast[0]), tmp_path) == {}
 
 
 def test_tiny_int4_fast_profile_parity(tiny_int4_fast):

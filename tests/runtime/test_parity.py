@@ -134,12 +134,19 @@ def test_unknown_quantization_has_no_criteria(artifact_dirs, tmp_path):
         check_parity(folder, backends=["onnx"])
 
 
-def test_a_statistical_backend_that_kept_other_tokens_is_compared_on_its_tokens(artifact_dirs, monkeypatch):
+@pytest.mark.parametrize(("small_bytes", "loads"), [(4 * 1024**3, 1), (0, 2)], ids=["small-kept", "large-reloaded"])
+def test_a_statistical_backend_that_kept_other_tokens_is_compared_on_its_tokens(
+    artifact_dirs, monkeypatch, small_bytes, loads
+):
     """Its logits and tokens are compared with eager made to keep the same tokens, its selection by
     the overlap. The backend here is eager itself made to keep half of eager's tokens and 32 others:
-    on one selection the two agree bit for bit. The reference is loaded from the manifest, freed
-    before the backend runs, and loaded again for the forced run."""
+    on one selection the two agree bit for bit. The reference is loaded from the manifest; a small
+    one is kept for the forced run, a large one freed before the backend runs and loaded again."""
     import runtime.parity as parity
+
+    loaded = []
+    monkeypatch.setattr(parity, "SMALL_REFERENCE_BYTES", small_bytes)
+    monkeypatch.setattr(parity, "load_reference", lambda *args: loaded.append(1) or load_reference(*args))
 
     folder = artifact_dirs[64]
     artifact = load_artifact(folder)
@@ -164,3 +171,4 @@ def test_a_statistical_backend_that_kept_other_tokens_is_compared_on_its_tokens(
     assert result.selection_forced and not result.kept_indices_equal and result.kept_overlap == 0.5
     assert result.prefill_logits_max_abs == 0.0 and result.decode_logits_max_abs == [0.0] * 3 and result.tokens_equal
     assert not result.passed  # half the tokens shared: the selection fails the overlap
+    assert len(loaded) == loads
