@@ -8,7 +8,8 @@ Artifacts of several selection methods at the same keep stand side by side (a `m
 speed-ups are keyed by backend, method, keep; FLOP predictions by method, keep). Each (artifact, backend) runs in a fresh process
 (`runtime.measure`): medians over the runs after
 the warm-up of the vision encoder time, prefill time, time to first token and decode tokens/s,
-and the process's peak resident memory. Beside each measured speed-up over the baseline stands
+and the process's peak resident memory (RSS) and its physical memory after the runs (PSS, which
+counts once the prepacked weights prefill and decode both map). Beside each measured speed-up over the baseline stands
 the one the prefill matmul FLOPs predict (`runtime.flops`), so that a reader sees how much of the
 possible gain the runtime turns into time; beside the memory, the KV cache the keep count leaves.
 Beside each time, the fraction of this machine's limit it reaches (`runtime.limits`, measured first,
@@ -246,13 +247,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"{r['median']['decode_tokens_per_s']:.2f}",
             f"{r['kv_cache_mib']:.1f}",
             f"{r['peak_rss_mib']:.0f}",
+            "-" if r.get("pss_after_mib") is None else f"{r['pss_after_mib']:.0f}",
             f"{100 * r['of_limits']['prefill_of_peak']:.0f} % {r['of_limits']['compute']}",
             f"{100 * r['of_limits']['decode_of_bound']:.0f} %",
         ]
         for r in report["results"]
     ]
     headers = ["backend", "method", "keep", "vision ms", "prefill ms", "TTFT ms", "decode tok/s", "KV cache MiB", "peak RSS MiB"]
-    headers += ["prefill of GEMM peak", "decode of bandwidth bound"]
+    headers += ["PSS after MiB", "prefill of GEMM peak", "decode of bandwidth bound"]
     lines.append(tabulate(rows, headers=headers, disable_numparse=True))
     lines += [
         f"note: {r['backend']} keep {r['keep']} FAILED its parity check at export (timed with --allow-failed-parity)"

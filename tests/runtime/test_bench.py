@@ -19,6 +19,8 @@ def _check_measurement(result, *, runs, tokens):
     assert TIMINGS <= set(result["median"]) and len(result["runs"]) == runs
     assert result["median"]["num_generated_tokens"] == tokens
     assert result["peak_rss_mib"] > 0 and result["load_ms"] > 0
+    # Physical memory after the runs: each shared page once, so at most the resident pages.
+    assert 0 < result["pss_after_mib"] <= result["peak_rss_mib"]
 
 
 def test_bench_cli_writes_json(artifact_dirs, tmp_path, capsys):
