@@ -27,12 +27,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
-
-import onnx
+from typing import TYPE_CHECKING, BinaryIO
 
 from runtime.artifact import Artifact, ArtifactError
 from runtime.contract import ONNX_DIR, ONNX_WEIGHTS_FILE, onnx_file
+
+if TYPE_CHECKING:
+    import onnx
 
 try:
     import onnxruntime as ort
@@ -80,7 +81,7 @@ def prepacked_graphs(artifact: Artifact, root: Path | None = None) -> dict[str, 
     if not (folder / _DONE).exists():
         try:
             _build(artifact, folder)
-        except OSError as error:
+        except (OSError, ImportError) as error:  # ImportError: no `onnx` package to rewrite the graphs with
             logger.warning("ONNX graphs not prepacked into %s (%s): each session packs its own weights", folder, error)
             return {}
     return {graph: folder / f"{graph}.onnx" for graph in CACHED_GRAPHS}
@@ -159,6 +160,8 @@ def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessio
 def _merge(folder: Path, graphs: tuple[str, ...]) -> None:
     """Rewrite the graphs in `folder` to read every external tensor and prepacked blob from one
     `DATA_FILE`, each distinct blob (by sha256) stored once; their own data files are removed."""
+    import onnx  # the only use of the onnx package at run time: without it, no cache
+
     written: dict[bytes, int] = {}
     with open(folder / DATA_FILE, "wb") as out:
 

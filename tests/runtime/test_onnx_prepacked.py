@@ -6,6 +6,7 @@ tests/export/test_memory_saving_export.py, beside its artifact."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,11 @@ def test_the_cache_key_follows_the_graphs_and_onnx_runtime(runtime_artifact, art
     assert onnx_prepacked._cache_key(load_artifact(artifact_dirs[576])) != key
     monkeypatch.setattr(ort, "__version__", "0.0.0")
     assert onnx_prepacked._cache_key(runtime_artifact) != key
+
+
+def test_without_the_onnx_package_the_sessions_pack_their_own(runtime_artifact, tmp_path, monkeypatch, caplog):
+    """The ONNX Runtime path needs no `onnx` package; only the cache does (to rewrite the graphs)."""
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with caplog.at_level(logging.WARNING):
+        assert prepacked_graphs(runtime_artifact, tmp_path) == {}
+    assert "onnx" in caplog.text and list((tmp_path / PREPACKED_DIR).iterdir()) == []
