@@ -18,7 +18,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("the onnx backend needs onnxruntime: `pip install onnxruntime==1.31.1`") from error
 
 
-# The graphs that `low_memory` opens one at a time: the vision tower and the two copies of the language model.
+# The graphs that `low_memory` opens one at a time: the vision tower and the two language-model graphs.
 ONE_AT_A_TIME = ("vision_encoder", "prefill", "decode")
 # Entries a decode cache buffer is given beyond what it holds, whenever it is (re)allocated: one
 # copy of the cache per CACHE_GROWTH generated tokens instead of one per token.
