@@ -104,11 +104,8 @@ def program_peak_rss_mib() -> float:
     again at exec. `ru_maxrss` does not: a child of `subprocess` keeps its parent's (a
     `runtime.measure` child of `runtime.bench` reported the bench's 1.3 GiB where it peaked at
     0.86 GiB). Elsewhere `peak_rss_mib`."""
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return peak_rss_mib()
-    line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024.0
+    peak = _proc_field_mib("status", "VmHWM")
+    return peak_rss_mib() if peak is None else peak
 
 
 def proportional_set_size_mib() -> float | None:
@@ -117,10 +114,15 @@ def proportional_set_size_mib() -> float | None:
     decode map one file of prepacked weights, `runtime.backends.onnx_prepacked`: RSS counts those
     pages twice). Read once, after the timed runs: walking a 7B process's page tables takes ~0.2 s.
     None off Linux."""
-    rollup = Path("/proc/self/smaps_rollup")
-    if not rollup.exists():
+    return _proc_field_mib("smaps_rollup", "Pss")
+
+
+def _proc_field_mib(name: str, field: str) -> float | None:
+    """`field` of /proc/self/`name` (a "Field:   N kB" line), MiB; None where there is no such file."""
+    path = Path("/proc/self") / name
+    if not path.exists():
         return None
-    line = next(line for line in rollup.read_text().splitlines() if line.startswith("Pss:"))
+    line = next(line for line in path.read_text().splitlines() if line.startswith(f"{field}:"))
     return int(line.split()[1]) / 1024.0
 
 

@@ -59,20 +59,20 @@ class OnnxSession:
         self._max_seq_len = artifact.text.max_seq_len
         self._present = list(cache_names("present", layers))
         self._past = list(cache_names("past", layers))
-        self._options = session_options(num_threads)
-        # A prepacked graph is saved optimized: ONNX Runtime's optimizers have nothing left to do.
-        self._saved_options = session_options(num_threads, optimize=False)
-        if profile_dir is not None:  # ONNX Runtime's profiler: a JSON trace per session (`end_profiling`)
-            for options in (self._options, self._saved_options):
-                options.enable_profiling = True
-                options.profile_file_prefix = str(profile_dir / "onnxruntime")
         self._prepacked = prepacked_graphs(artifact)
         self._paths = {graph: artifact.path(onnx_file(graph)) for graph in GRAPH_NAMES} | self._prepacked
+        # Options by whether the graph is a prepacked one: saved optimized, it is opened without
+        # ONNX Runtime's optimizers, which would find nothing left to do.
+        self._options = {saved: session_options(num_threads, optimize=not saved) for saved in (False, True)}
+        if profile_dir is not None:  # ONNX Runtime's profiler: a JSON trace per session (`end_profiling`)
+            for options in self._options.values():
+                options.enable_profiling = True
+                options.profile_file_prefix = str(profile_dir / "onnxruntime")
         self._one_at_a_time = ONE_AT_A_TIME if low_memory else ()
         # Sessions of the graphs opened one at a time are only looked at here: no prepacked weights.
-        looks = ort.SessionOptions()
-        looks.log_severity_level = 3
-        looks.add_session_config_entry("session.disable_prepacking", "1")
+        looks = {saved: session_options(optimize=not saved) for saved in (False, True)}
+        for options in looks.values():
+            options.add_session_config_entry("session.disable_prepacking", "1")
         self._sessions = {}
         for graph in GRAPH_NAMES:
             session = self._open(graph, looks if graph in self._one_at_a_time else self._options)
@@ -84,10 +84,9 @@ class OnnxSession:
         for graph in self._one_at_a_time:
             del self._sessions[graph]
 
-    def _open(self, graph: str, options: ort.SessionOptions) -> ort.InferenceSession:
-        if options is self._options and graph in self._prepacked:
-            options = self._saved_options
-        return open_session(self._paths[graph], options)
+    def _open(self, graph: str, options: dict[bool, ort.SessionOptions]) -> ort.InferenceSession:
+        """A session of `graph` with `options[whether it is a prepacked graph]`."""
+        return open_session(self._paths[graph], options[graph in self._prepacked])
 
     def _session(self, graph: str) -> ort.InferenceSession:
         """The graph's session; with `low_memory`, opened now and the other one-at-a-time session closed."""
