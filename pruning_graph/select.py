@@ -2,9 +2,9 @@
 
 Same contract and same tokens as `reference.reference_select`. The keep count R and every loop
 count are Python ints fixed before tracing, so the traced graph is a straight line: pivots (kappa
-steps), then T greedy passes of ceil(N / B) blocks each, then the fusion. Tokens are tracked with
-a boolean mask over the N image tokens; once R are selected, later pass starts and blocks are
-skipped by a `cond`.
+steps), then T greedy passes of ceil(N / B) blocks each (one `scan` over all their block steps),
+then the fusion. Tokens are tracked with a boolean mask over the N image tokens; once R are
+selected, later pass starts and blocks are skipped by a `cond`.
 
 Memory and time stay linear in N per greedy step: S is held as its tokens in selection order
 (R + 1 slots), and a block reads only the similarities and grid distances between its (at most B)
@@ -249,8 +249,8 @@ PASS_ROWS = 256
 def _greedy_fill(
     pivots: Tensor, similarity: Tensor, distances: _Distances, keep: int, config: VLMPrunerConfig
 ) -> tuple[Tensor, Tensor]:
-    """Stage 2: T passes with rising thresholds, each a `scan` over its ceil(N / B) blocks, until
-    R = `keep` tokens are selected. `similarity` is float32 [K, rows, N], `similarity_float32`.
+    """Stage 2: T passes with rising thresholds over ceil(N / B) blocks each, until R = `keep`
+    tokens are selected. `similarity` is float32 [K, rows, N], `similarity_float32`.
 
     S is held as its tokens in selection order, int64 [R + 1]: the pivots, then each block's
     accepted tokens in block order, the free slots (and a spare one that rejected candidates write
@@ -259,60 +259,80 @@ def _greedy_fill(
     those between S and every token, [R + 1, N]: no update of N running values per block.
     Max and min are exact in any order, so the values equal the reference's bit for bit.
 
-    Returns bool [N] with R True, and S in selection order, int64 [R]. Once R are selected, the
-    pass starts and block steps that remain do nothing but a `cond` (the first pass usually fills
-    R: the other T - 1 passes then cost a few microseconds a block). The `cond`s hold no `scan`:
-    ExecuTorch 1.4 computes a `scan` inside a `cond` wrongly, and cannot emit a `while_loop`.
+    All passes are one `scan` over their T * ceil(N / B) block steps; a pass's first step orders
+    the candidates, which the pass's steps then carry. One loop body instead of one per pass keeps
+    the traced graph small: the export's passes walk every node, ExecuTorch's several times
+    (a minute per selection with one scan per pass). Once R are selected, the steps that remain
+    do nothing but two `cond`s (the first pass usually fills R: the other T - 1 passes then cost a
+    few microseconds a block). The `cond`s hold no `scan`: ExecuTorch 1.4 computes a `scan`
+    inside a `cond` wrongly, and cannot emit a `while_loop`.
+
+    Returns bool [N] with R True, and S in selection order, int64 [R].
     """
     n = similarity.shape[2]
     blocks = -(-n // config.block)
+    device = pivots.device
     spare = pivots[:1]
     chosen = torch.cat([pivots, spare.expand(keep + 1 - pivots.shape[0])])
-    selected = torch.zeros(n, dtype=torch.bool, device=pivots.device).index_fill(0, pivots, True)
-    room = torch.tensor(keep - pivots.shape[0], device=pivots.device)
+    selected = torch.zeros(n, dtype=torch.bool, device=device).index_fill(0, pivots, True)
+    room = torch.tensor(keep - pivots.shape[0], device=device)
     spares = spare.repeat(config.block)
-    lam = torch.tensor(config.lam, dtype=DECISION_DTYPE, device=pivots.device)
-    tokens = torch.arange(n, device=pivots.device)
-    by_row = similarity.reshape(-1)  # M flattened: M_ij at i * N + j
+    lam = torch.tensor(config.lam, dtype=DECISION_DTYPE, device=device)
+    by_row = similarity.reshape(-1)  # M flattened: M_ij at i * N + j (the scan's only view of M)
+    row_offsets = torch.arange(n, device=device) * n
+    # Per step: its pass's threshold, whether it starts the pass, its block's positions in the order.
+    thresholds = torch.tensor(config.thresholds(), dtype=DECISION_DTYPE, device=device)
+    step_blocks = torch.arange(blocks, device=device).repeat(thresholds.shape[0])
+    xs = (
+        thresholds.repeat_interleave(blocks),
+        step_blocks == 0,
+        # Past the last token, the last of the order again: always an already selected token.
+        (step_blocks[:, None] * config.block + torch.arange(config.block, device=device)).clamp_max(n - 1),
+    )
 
-    def pass_order(selected: Tensor, chosen: Tensor) -> Tensor:
+    def pass_order(selected: Tensor, chosen: Tensor, order: Tensor) -> Tensor:
         """Candidates ascending by m_i(S) at the pass start, selected tokens last: int64 [N]."""
         parts = [chosen[start : start + PASS_ROWS] for start in range(0, chosen.shape[0], PASS_ROWS)]
-        nearest_sim = functools.reduce(torch.maximum, [similarity.index_select(2, part).amax(dim=2) for part in parts])
+        nearest_sim = functools.reduce(torch.maximum, [_entries(by_row, row_offsets, part).amax(dim=1) for part in parts])
         nearest_dist = functools.reduce(torch.minimum, [distances.rows(part).amin(dim=0) for part in parts])
-        redundancy = _redundancy(nearest_sim.reshape(-1)[:n], nearest_dist, lam)
-        return order_ascending(torch.where(selected, math.inf, redundancy))
+        return order_ascending(torch.where(selected, math.inf, _redundancy(nearest_sim, nearest_dist, lam)))
 
-    for tau in config.thresholds():
-        threshold = constant(tau, lam)
-        order = cond_branch(room > 0, pass_order, lambda selected, chosen: tokens.clone(), (selected, chosen))
-        # Pad to whole blocks with the last token of the order, always an already selected one.
-        order = torch.cat([order, order[-1:].expand(blocks * config.block - n)])
-        # Each block's rows in M, in the distance tables and their views, made once a pass.
-        xs = tuple(x.reshape(blocks, config.block) for x in (order, order * n, *distances.as_rows(order)))
+    def same_order(selected: Tensor, chosen: Tensor, order: Tensor) -> Tensor:
+        return order.clone()  # a `cond` branch returns no alias of its inputs
 
-        def accept(
-            selected: Tensor, chosen: Tensor, room: Tensor, block: Tensor, rows: Tensor, starts: Tensor, views: Tensor
-        ) -> tuple[Tensor, Tensor, Tensor]:
-            """One block against the current S: the new (selected, chosen, room)."""
-            sim = _entries(by_row, rows, chosen).amax(dim=1)
-            dist = distances.pairs(starts, views, *distances.as_columns(chosen)).amin(dim=1)
-            m = _redundancy(sim, dist, lam)
-            was_selected = selected.index_select(0, block)
-            accepted = (m < threshold) & ~was_selected
-            # Over budget: the accepted with the smallest m, ties by block order.
-            accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
-            taken = torch.cumsum(accepted.to(torch.int64), dim=0)
-            slots = torch.where(accepted, keep - room + taken - 1, keep)
-            chosen = chosen.index_put((slots,), torch.where(accepted, block, spares))
-            selected = selected.index_put((block,), accepted | was_selected)
-            return selected, chosen, room - accepted.sum()
+    def accept(
+        selected: Tensor, chosen: Tensor, room: Tensor, order: Tensor, threshold: Tensor, positions: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One block (the tokens at `positions` of the pass order) against the current S: the new
+        (selected, chosen, room)."""
+        block = order.index_select(0, positions)
+        sim = _entries(by_row, block * n, chosen).amax(dim=1)
+        dist = distances.pairs(*distances.as_rows(block), *distances.as_columns(chosen)).amin(dim=1)
+        m = _redundancy(sim, dist, lam)
+        was_selected = selected.index_select(0, block)
+        accepted = (m < threshold) & ~was_selected
+        # Over budget: the accepted with the smallest m, ties by block order.
+        accepted = accepted & (rank_ascending(torch.where(accepted, m, math.inf)) < room)
+        taken = torch.cumsum(accepted.to(torch.int64), dim=0)
+        slots = torch.where(accepted, keep - room + taken - 1, keep)
+        chosen = chosen.index_put((slots,), torch.where(accepted, block, spares))
+        selected = selected.index_put((block,), accepted | was_selected)
+        return selected, chosen, room - accepted.sum()
 
-        def step(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
-            carry = cond_branch(carry[2] > 0, accept, _unchanged, (*carry, *xs))
-            return carry, carry[2].clone()  # a scan step has an output
+    def step(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
+        selected, chosen, room, order = carry
+        threshold, starts_pass, positions = xs
+        order = cond_branch(starts_pass & (room > 0), pass_order, same_order, (selected, chosen, order))
+        # Copied out of the `cond`'s memory, which ExecuTorch plans at the same offsets as the next
+        # `cond`'s (each control-flow submodule's plan starts at 0 of one shared region).
+        order = order.clone()
+        selected, chosen, room = cond_branch(
+            room > 0, accept, _unchanged, (selected, chosen, room, order, threshold, positions)
+        )
+        return (selected, chosen, room, order), room.clone()  # a scan step has an output
 
-        (selected, chosen, room), _ = loop_scan(step, (selected, chosen, room), xs)
+    unordered = torch.zeros(n, dtype=torch.int64, device=device)  # step 0 orders
+    (selected, chosen, _, _), _ = loop_scan(step, (selected, chosen, room, unordered), xs)
     return selected, chosen[:keep]
 
 

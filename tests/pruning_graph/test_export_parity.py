@@ -1,10 +1,11 @@
 """The exported VLMPrunerSelect, run by ONNX Runtime and by the ExecuTorch runtime, against eager.
 
 One export per shape (grid, widths, keep, config); every generated image of that shape runs
-through it (`VLMPrunerSelect.ordered`). Indices and selection order must be identical, fused states within 1e-5. ONNX Runtime runs every shape;
-ExecuTorch, whose lowering of the selection's scans takes a minute or more per shape, runs the
-shapes of `EXECUTORCH_SHAPES` (the paper's headline keep, the extreme keep counts, the config whose
-final pass runs, two views): the op set is the same for every shape, only the constants differ.
+through it (`VLMPrunerSelect.ordered`). Indices and selection order must be identical, fused
+states within 1e-5. ONNX Runtime runs every shape; ExecuTorch, whose lowering takes 15-20 s per
+shape, runs the shapes of `EXECUTORCH_SHAPES` (the paper's headline keep, the extreme keep counts,
+the config whose final pass runs, two views): the op set is the same for every shape, only the
+constants differ.
 """
 
 from __future__ import annotations
