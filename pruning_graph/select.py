@@ -34,7 +34,6 @@ from pruning_graph.definitions import (
     DECISION_DTYPE,
     Views,
     channel_spread,
-    constant,
     l1_norms,
     l2_norms,
     similarity_float32,
@@ -241,7 +240,7 @@ def _redundancy(nearest_sim: Tensor, nearest_dist: Tensor, lam: Tensor) -> Tenso
     return nearest_sim.to(DECISION_DTYPE) * (1 + lam * nearest_dist.to(DECISION_DTYPE))
 
 
-# Tokens of S whose rows a pass start reads at a time: [256, N] (an int64 index of 26 MB at N =
+# Tokens of S whose rows a pass start reads at a time: [256, N] (int64 indices of 26 MB at N =
 # 12544). ExecuTorch plans a `cond` branch's memory beside the whole graph's, not inside it.
 PASS_ROWS = 256
 
@@ -293,7 +292,9 @@ def _greedy_fill(
     def pass_order(selected: Tensor, chosen: Tensor, order: Tensor) -> Tensor:
         """Candidates ascending by m_i(S) at the pass start, selected tokens last: int64 [N]."""
         parts = [chosen[start : start + PASS_ROWS] for start in range(0, chosen.shape[0], PASS_ROWS)]
-        nearest_sim = functools.reduce(torch.maximum, [_entries(by_row, row_offsets, part).amax(dim=1) for part in parts])
+        nearest_sim = functools.reduce(
+            torch.maximum, [_entries(by_row, row_offsets, part).amax(dim=1) for part in parts]
+        )
         nearest_dist = functools.reduce(torch.minimum, [distances.rows(part).amin(dim=0) for part in parts])
         return order_ascending(torch.where(selected, math.inf, _redundancy(nearest_sim, nearest_dist, lam)))
 
