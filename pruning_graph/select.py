@@ -147,11 +147,14 @@ def _screened_states(hidden: Tensor, q: int) -> Tensor:
     return widen(hidden.index_select(1, channels))
 
 
-# Key rows the pivots and hidden channels the channel spreads widen to float64 at a time: 32 and 49
+# Key rows the pivots and hidden channels the channel spreads widen to float64 at a time: 8 and 6
 # MiB blocks at N = 12544, d = 4096, so that no float64 copy of all keys or states and its
-# temporaries (1.2 GB each) meets the similarity.
-PIVOT_ROWS = 1024
-SPREAD_COLUMNS = 512
+# temporaries (1.2 GB each) meets the similarity. Below glibc's largest mmap threshold (32 MiB), a
+# block's temporaries come from the heap again at each step of the `scan`; ONNX Runtime, opened
+# without its arena, gets fresh zeroed pages for larger ones at every step (blocks of 32 MiB: its
+# selection at N = 2928 took 913 ms instead of 448).
+PIVOT_ROWS = 256
+SPREAD_COLUMNS = 64
 
 
 def _pivots(keys: Tensor, count: int) -> Tensor:

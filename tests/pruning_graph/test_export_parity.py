@@ -5,7 +5,9 @@ through it (`VLMPrunerSelect.ordered`). Indices and selection order must be iden
 states within 1e-5. ONNX Runtime runs every shape; ExecuTorch, whose lowering takes 15-20 s per
 shape, runs the shapes of `EXECUTORCH_SHAPES` (the paper's headline keep, the extreme keep counts,
 the config whose final pass runs, two views): the op set is the same for every shape, only the
-constants differ.
+constants differ. One shape more is exported with the selection's blocks made small
+(`BLOCKED`), so that the blocked paths that real sizes take (thousands of tokens) run on both
+backends here.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ SHAPES = [((24, 24), 384, keep, VLMPrunerConfig()) for keep in (1, 4, 64, 128, 1
 ALL_CASES = all_cases() + multi_view_cases()
 # keep 1, 64 and 575 on LLaVA-1.5's grid, the config whose final +inf pass runs, two views.
 EXECUTORCH_SHAPES = [SHAPES[i] for i in (0, 2, 5, 10, 11)]
+# Two views exported with pivot blocks of 7 keys, spread blocks of 9 channels and pass-start blocks
+# of 5 tokens (256, 64 and 256 by default).
+BLOCKED = (MULTI_VIEWS[0], 96, 64, VLMPrunerConfig())
+BLOCK_SIZES = {"PIVOT_ROWS": 7, "SPREAD_COLUMNS": 9, "PASS_ROWS": 5}
 
 
 def _cases(shape):
@@ -51,6 +57,15 @@ def _program(shape) -> tuple[list, torch.export.ExportedProgram]:
     cases = _cases(shape)
     module = Ordered(VLMPrunerSelect(grid, keep, config)).eval()
     return cases, torch.export.export(module, (cases[0].keys, cases[0].hidden), strict=False)
+
+
+def _blocked_program() -> tuple[list, torch.export.ExportedProgram]:
+    from pruning_graph import select
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, size in BLOCK_SIZES.items():
+            patch.setattr(select, name, size)
+        return _program(BLOCKED)
 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=_shape_id)
@@ -90,6 +105,20 @@ def test_executorch_matches_eager(exported_pte):
     cases, path = exported_pte
     method = Runtime.get().load_program(path).load_method("forward")
     for case in cases:
+        _check(case, *method.execute([case.keys, case.hidden]))
+
+
+def test_blocks_on_both_backends(tmp_path):
+    """The blocked paths exported to both backends give eager's unblocked result: the blocks change
+    no value (`test_parity.test_work_in_blocks` holds eager's blocks to the reference)."""
+    from executorch.runtime import Runtime
+
+    cases, program = _blocked_program()
+    session = ort.InferenceSession(str(save_onnx(program, tmp_path / "select.onnx")), providers=["CPUExecutionProvider"])
+    method = Runtime.get().load_program(save_pte(program, tmp_path / "select.pte")).load_method("forward")
+    names = [i.name for i in session.get_inputs()]
+    for case in cases:
+        _check(case, *session.run(None, dict(zip(names, (case.keys.numpy(), case.hidden.numpy())))))
         _check(case, *method.execute([case.keys, case.hidden]))
 
 

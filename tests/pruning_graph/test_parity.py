@@ -96,7 +96,7 @@ def test_half_precision_inputs():
 def test_work_in_blocks(monkeypatch):
     """The pivots widen the keys `PIVOT_ROWS` rows at a time, the channel spreads the states
     `SPREAD_COLUMNS` channels at a time and a pass start reads S's rows `PASS_ROWS` tokens at a
-    time (1024, 512 and 256): in blocks of 7, 9 and 5 too, the same tokens, fused states and order
+    time (256, 64 and 256): in blocks of 7, 9 and 5 too, the same tokens, fused states and order
     as the reference."""
     from pruning_graph import select
 
