@@ -41,7 +41,7 @@ COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTI
                $${ONNX_PROFILE:+--onnx-profile "$$ONNX_PROFILE"} $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} \
                $${FRAMES:+--frames "$$FRAMES"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
-.PHONY: setup test export bench bench-anchors bench-select bench-quality bench-noise bench-soak clean clean-staging
+.PHONY: setup test export bench bench-anchors bench-linears bench-select bench-quality bench-noise bench-soak clean clean-staging
 
 setup: $(VENV)/.installed
 
@@ -92,6 +92,13 @@ bench: setup
 # bench/results/anchors-<MODEL>.json.
 bench-anchors: setup
 	$(PY) -m bench.anchors $(COMMON_FLAGS) $${KEEP:+--keep "$$KEEP"} $${ANCHORS:+--anchors $$ANCHORS} $$BENCH_FLAGS
+
+# The int4 linears alone at one token (a decode step's M = 1): ONNX Runtime's MatMulNBits in both
+# profiles and XNNPACK's 8da4w, GB/s against the machine's read rate: the ceiling each backend's
+# kernels set on decode (bench/int4_linears.py; 1 min). The widths of MODEL when given on the
+# command line, else LLaVA-1.5-7B's. Writes bench/results/int4_linears-<model>.json.
+bench-linears: setup
+	$(PY) -m bench.int4_linears $(if $(filter-out default file,$(origin MODEL)),--model "$(MODEL)")
 
 # 1000 generations in one process per backend (SOAK_RUNS): resident memory must not grow, outputs
 # must not change. Writes bench/results/soak-*.json.

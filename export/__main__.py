@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     from export.pipeline import ExportPipeline
 
     parity = None if args.skip_parity else partial(run_parity, steps=args.parity_steps)
-    folder = ExportPipeline(config_from_args(args)).run(parity=parity)
+    folder = ExportPipeline(config_from_args(args)).run(parity=parity, keep_model=False)
     return EXIT_PARITY_FAILED if read_manifest(folder)["parity"]["status"] == "failed" else EXIT_OK
 
 

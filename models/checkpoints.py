@@ -144,6 +144,7 @@ def load_for_export(
     image_size: int | None = None,
     frames: int | None = None,
     text_layers: int | None = None,
+    weights: bool = True,
 ) -> LoadedModel:
     """Model `name` in float32 with its language model's linears quantized, built block by block.
 
@@ -154,6 +155,8 @@ def load_for_export(
         image_size: the image resolution of the export (`ModelSpec.with_image_size`); default the spec's.
         frames: a video model's frames per prompt (`ModelSpec.with_frames`); default the spec's.
         text_layers: the language model's depth (`ModelSpec.with_text_layers`), random weights only.
+        weights: False leaves the model on the meta device, no weight read or drawn: its config,
+            generation config and processor, what an artifact's manifest and processor files need.
     Raises:
         ValueError: `text_layers` without `seed`.
     Peak memory: the result plus one float32 block; a checkpoint to be quantized is first loaded
@@ -170,11 +173,13 @@ def load_for_export(
         # On the meta device, filled below; another image size or frame count is the same architecture.
         model = build_random_model(name if text_layers is None else spec)
         model.generation_config = family.generation_config(spec)
-        model = materialize(model, fill_random(seed), transform=quantize)
+        if weights:
+            model = materialize(model, fill_random(seed), transform=quantize)
         return LoadedModel(spec=spec, model=model, processor=family.synthetic_processor(spec))
     dtype = torch.float32 if quantization is Quantization.NONE else torch.float16
     loaded = load_model(name, model_path, dtype=dtype, image_size=image_size, frames=frames)
-    materialize(loaded.model, keep_loaded, transform=quantize)
+    if weights:
+        materialize(loaded.model, keep_loaded, transform=quantize)
     return loaded
 
 

@@ -139,32 +139,34 @@ def _select(
 def _screened_states(hidden: Tensor, q: int) -> Tensor:
     """The q highest-variance channels, in float64: [N, d] -> [N, min(q, d)].
 
-    The spreads are float64 (`widen`), computed `SPREAD_COLUMNS` channels at a time: each is a
-    sum down one column, so the blocks change no value.
+    The spreads are float64 (`widen`), computed a block of channels at a time (`_widened_blocks`):
+    each is a sum down one column, so the blocks change no value.
     """
-    spread = _widened_blocks(channel_spread, hidden, 1, SPREAD_COLUMNS)
+    spread = _widened_blocks(channel_spread, hidden, 1)
     channels = mask_to_indices(top_k_mask(spread, q), min(q, hidden.shape[1]))
     return widen(hidden.index_select(1, channels))
 
 
-# Key rows the pivots and hidden channels the channel spreads widen to float64 at a time: 8 and 6
-# MiB blocks at N = 12544, d = 4096, so that no float64 copy of all keys or states and its
-# temporaries (1.2 GB each) meets the similarity. Below glibc's largest mmap threshold (32 MiB), a
-# block's temporaries come from the heap again at each step of the `scan`; ONNX Runtime, opened
-# without its arena, gets fresh zeroed pages for larger ones at every step (blocks of 32 MiB: its
-# selection at N = 2928 took 913 ms instead of 448).
-PIVOT_ROWS = 256
-SPREAD_COLUMNS = 64
+# The most bytes of float64 that the pivots (rows of keys) and channel spreads (columns of states)
+# widen at a time: 256 rows of 4096 keys, 83 channels of 12544 tokens; so that no float64 copy of
+# all keys or states and its temporaries (1.2 GB each at N = 12544) meets the similarity. ONNX
+# Runtime, opened without its arena, allocates a `scan` step's temporaries afresh at every step,
+# and glibc maps large ones as new zeroed pages each time: blocks of 32 MiB made its selection at
+# N = 2928 take 913 ms instead of 420. The steps cost that way too, so a copy of at most
+# `WIDEN_WHOLE_BYTES` is made whole, in one step (N = 576 at width 4096: 87 ms in 3 blocks, 50-72
+# whole).
+WIDEN_BLOCK_BYTES = 8 << 20
+WIDEN_WHOLE_BYTES = 24 << 20
 
 
 def _pivots(keys: Tensor, count: int) -> Tensor:
     """Stage 1: largest-L1 key, then farthest-point sampling. float [N, dk] -> int64 [count].
 
-    Norms and distances are float64 (`widen`), computed `PIVOT_ROWS` keys at a time: each is a
-    sum along one row, so the blocks change no value.
+    Norms and distances are float64 (`widen`), computed a block of keys at a time
+    (`_widened_blocks`): each is a sum along one row, so the blocks change no value.
     """
     n = keys.shape[0]
-    picks = [argmax_lowest(_widened_blocks(l1_norms, keys, 0, PIVOT_ROWS))]
+    picks = [argmax_lowest(_widened_blocks(l1_norms, keys, 0))]
     selected = one_hot(picks[0], n)[0]
     nearest = _distances_to(keys, picks[0])
     for _ in range(count - 1):
@@ -178,12 +180,13 @@ def _pivots(keys: Tensor, count: int) -> Tensor:
 def _distances_to(keys: Tensor, pick: Tensor) -> Tensor:
     """Euclidean distance of every key to key `pick` (int64 [1]), settled: [N, dk] -> float64 [N]."""
     pivot = widen(keys.index_select(0, pick))
-    return _widened_blocks(lambda rows: l2_norms(rows - pivot), keys, 0, PIVOT_ROWS)
+    return _widened_blocks(lambda rows: l2_norms(rows - pivot), keys, 0)
 
 
-def _widened_blocks(reduce: Callable[[Tensor], Tensor], x: Tensor, dim: int, size: int) -> Tensor:
+def _widened_blocks(reduce: Callable[[Tensor], Tensor], x: Tensor, dim: int) -> Tensor:
     """`reduce(widen(x))` for a `reduce` that maps each row (dim 0) or column (dim 1) of x to one
-    value, computed `size` rows or columns at a time: [N, c] -> [N] or [c].
+    value, computed as many rows or columns at a time as `WIDEN_BLOCK_BYTES` of float64 hold
+    (all at once up to `WIDEN_WHOLE_BYTES`): [N, c] -> [N] or [c].
 
     The blocks are the steps of a `scan` that writes each block's values into its carry, so that
     one block's float64 copy exists at a time: unrolled, ExecuTorch's lowering ordered the graph so
@@ -191,9 +194,10 @@ def _widened_blocks(reduce: Callable[[Tensor], Tensor], x: Tensor, dim: int, siz
     at once (1.8 GB of the selection's plan at N = 12544). The last block is filled up with the
     last row or column again, written to the same place twice.
     """
-    count = x.shape[dim]
-    if count <= size:
+    if 8 * x.numel() <= WIDEN_WHOLE_BYTES:
         return reduce(widen(x))
+    count = x.shape[dim]
+    size = max(1, WIDEN_BLOCK_BYTES // (8 * x.shape[1 - dim]))
     blocks = -(-count // size)
     # Blocks picked by index_select, not sliced: XNNPACK takes float32 slices, all of a graph's in
     # one call that outputs them at the same time.

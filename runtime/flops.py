@@ -83,7 +83,7 @@ def kv_cache_bytes(dims: ModelDims, *, prompt_tokens: int, keep: int, new_tokens
 
 # Bytes a decode step reads per language-model linear weight: float32; or 4- / 8-bit codes and one
 # scale per 32 input channels (float32 in ONNX Runtime's MatMulNBits, bfloat16 in XNNPACK).
-_SCALE_BYTES = {"onnx": 4, "executorch": 2}
+SCALE_BYTES = {"onnx": 4, "executorch": 2}
 
 
 def lm_weight_bytes(dims: ModelDims, *, quantization: str, backend: str) -> int:
@@ -95,4 +95,4 @@ def lm_weight_bytes(dims: ModelDims, *, quantization: str, backend: str) -> int:
     if quantization == "none":
         return 4 * weights
     bits = {"int4": 4, "int8": 8}[quantization]
-    return int(weights * (bits / 8 + _SCALE_BYTES[backend] / 32))
+    return int(weights * (bits / 8 + SCALE_BYTES[backend] / 32))

@@ -30,7 +30,8 @@ class FakePipeline(ExportPipeline):
 
     configs: list[ExportConfig] = []
 
-    def run(self, parity: ParityCheck | None = None) -> Path:
+    def run(self, parity: ParityCheck | None = None, *, keep_model: bool = True) -> Path:
+        assert not keep_model  # the CLI reads no model after the export
         FakePipeline.configs.append(self.config)
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         status = "skipped" if parity is None else "pending"

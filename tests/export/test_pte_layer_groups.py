@@ -14,7 +14,8 @@ import torch
 from export.config import ExportConfig
 from export.executorch import save_pte
 from export.graphs import build_pte_graphs, layer_groups
-from export.manifest import read_manifest
+from export.manifest import build_manifest, read_manifest
+from export.pipeline import ExportPipeline
 from models import MODEL_SPECS, load_for_export
 from models.quantize import Quantization
 from runtime.contract import pte_layer_groups, pte_methods
@@ -83,3 +84,28 @@ def test_contract_methods():
 def test_layers_per_method_out_of_range():
     with pytest.raises(ValueError, match="layers_per_method"):
         ExportConfig(model="tiny-llava", layers_per_method=0)
+
+
+def test_own_process_lowering_without_parity_reads_no_weights(tmp_path, monkeypatch):
+    """An ExecuTorch-only export lowered in its own process, without the parity check: this
+    process keeps the model on the meta device, and writes the same manifest sections and
+    processor as from the materialized model."""
+    monkeypatch.setattr("export.pipeline.OWN_PROCESS_BYTES", 0)
+    config = ExportConfig(
+        model="tiny-llava", keep=64, random_weights=True, output_dir=tmp_path, backends=("executorch",), layers_per_method=1
+    )
+    pipeline = ExportPipeline(config)
+    folder = pipeline.run(parity=None, keep_model=False)
+    assert all(p.is_meta for p in pipeline.loaded.model.parameters())
+    manifest = read_manifest(folder)
+    assert manifest["parity"]["status"] == "skipped"
+    materialized = load_for_export("tiny-llava", quantization=config.quantization, seed=0)
+    expected = build_manifest(
+        spec=materialized.spec, model=materialized.model, processor=materialized.processor, checkpoint=None,
+        seed=0, quantization=config.quantization, onnx_profile=config.onnx_profile, keep=64, method=config.method,
+        max_seq_len=config.seq_len_limit, files={}, export_seconds={}, peak_rss_mib={}, parity="skipped",
+    )
+    measured = {"files", "export_seconds", "peak_rss_mib"}
+    assert {key: value for key, value in manifest.items() if key not in measured} == {
+        key: value for key, value in expected.items() if key not in measured
+    }

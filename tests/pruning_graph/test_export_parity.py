@@ -35,10 +35,10 @@ SHAPES = [((24, 24), 384, keep, VLMPrunerConfig()) for keep in (1, 4, 64, 128, 1
 ALL_CASES = all_cases() + multi_view_cases()
 # keep 1, 64 and 575 on LLaVA-1.5's grid, the config whose final +inf pass runs, two views.
 EXECUTORCH_SHAPES = [SHAPES[i] for i in (0, 2, 5, 10, 11)]
-# Two views exported with pivot blocks of 7 keys, spread blocks of 9 channels and pass-start blocks
-# of 5 tokens (256, 64 and 256 by default).
+# Two views exported with float64 blocks of 2 KiB (2 keys, a few channels) and pass-start blocks of
+# 5 tokens (by default 8 MiB blocks beyond 24 MiB, and 256 tokens).
 BLOCKED = (MULTI_VIEWS[0], 96, 64, VLMPrunerConfig())
-BLOCK_SIZES = {"PIVOT_ROWS": 7, "SPREAD_COLUMNS": 9, "PASS_ROWS": 5}
+BLOCK_SIZES = {"WIDEN_BLOCK_BYTES": 2048, "WIDEN_WHOLE_BYTES": 2048, "PASS_ROWS": 5}
 
 
 def _cases(shape):

@@ -94,14 +94,14 @@ def test_half_precision_inputs():
 
 
 def test_work_in_blocks(monkeypatch):
-    """The pivots widen the keys `PIVOT_ROWS` rows at a time, the channel spreads the states
-    `SPREAD_COLUMNS` channels at a time and a pass start reads S's rows `PASS_ROWS` tokens at a
-    time (256, 64 and 256): in blocks of 7, 9 and 5 too, the same tokens, fused states and order
-    as the reference."""
+    """The pivots and the channel spreads widen `WIDEN_BLOCK_BYTES` of keys and states at a time
+    (beyond `WIDEN_WHOLE_BYTES`) and a pass start reads S's rows `PASS_ROWS` tokens at a time
+    (8 MiB, 24 MiB, 256): in blocks of 2 KiB (a few rows or columns) and 5 tokens too, the same
+    tokens, fused states and order as the reference."""
     from pruning_graph import select
 
-    monkeypatch.setattr(select, "PIVOT_ROWS", 7)
-    monkeypatch.setattr(select, "SPREAD_COLUMNS", 9)
+    monkeypatch.setattr(select, "WIDEN_BLOCK_BYTES", 2048)
+    monkeypatch.setattr(select, "WIDEN_WHOLE_BYTES", 2048)
     monkeypatch.setattr(select, "PASS_ROWS", 5)
     for case in MULTI_VIEW_CASES[:4] + CASES[::50]:
         indices, fused, order = VLMPrunerSelect(case.grid, case.keep, case.config).ordered(case.keys, case.hidden)
