@@ -11,11 +11,12 @@
 arithmetic its linears run (`compute_kind`), a decode step against the time to read its weights
 and KV cache once at the measured bandwidth. Each figure is the best of a few repeats.
 
-On this project's 2-vCPU virtual machines the read rate is 35-37 GB/s (1316 sums in a row over
-40 s, none faster), yet some probes (4 of about 15 in one session, two of them back to back in one
-process) read 63-65 GB/s throughout their few seconds; cause not found (the hypervisor's placement
-of the vCPUs is a guess). A decode's fraction of the bound then halves: the figure is in every
-report; compare fractions measured against the same figure.
+On this project's 2-vCPU virtual machines the read rate is not steady: mostly 35-37 GB/s (1316
+sums in a row over 40 s, none faster), but one session's probes also read 31 and, in about a
+third of them, 63-68 GB/s throughout their few seconds (cause not found; not the array's pages:
+the same array read 65 and 37 on two probes). Kernels' rates moved by +-20 % over the same half
+hour. A fraction of the bound is only as steady as that: compare within one run, with its figure
+(every report holds it).
 """
 
 from __future__ import annotations
