@@ -7,7 +7,7 @@ exports them: ONNX Runtime's MatMulNBits at `accuracy_level` 0 (the exact profil
 from the same graph and weights (`export.onnx_weights`), opened as the runtime opens them; and
 XNNPACK's 8da4w linears through ExecuTorch (`export.executorch.save_pte`). `--layers` copies,
 far larger than the caches. GB/s = the bytes of codes and scales one call reads (scales as each
-backend stores them, `runtime.flops`) / its time; "of read rate" puts that against
+backend stores them, `runtime.flops.linear_weight_bytes`) / its time; "of read rate" puts that against
 `runtime.limits`' memory read rate. A decode step cannot go faster than its linears do here: this
 is the ceiling each backend's kernels set on "decode of bandwidth bound" in `make bench`.
 Run with `make bench-linears [MODEL=...]`; prints a table and writes JSON.
@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from models.quantize import QUANTIZED_BLOCKS, Quantization, quantize_block
 from models.registry import TextModelSpec, get_spec
 from runtime.cli import write_report
-from runtime.flops import SCALE_BYTES
+from runtime.flops import linear_weight_bytes
 
 DEFAULT_JSON = Path("bench/results/int4_linears-{model}.json")
 PROFILES = {"ONNX Runtime, exact (accuracy_level 0)": "exact", "ONNX Runtime, fast (accuracy_level 4)": "fast"}
+EXECUTORCH = "ExecuTorch, XNNPACK 8da4w"
 
 
 class Linears(nn.Module):
@@ -133,13 +134,12 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         print(f"exporting {args.layers} layers' linears ({parameters / 1e6:.0f} M parameters) ...", flush=True)
-        runs = onnx_runs(module, Path(folder))
-        runs["ExecuTorch, XNNPACK 8da4w"] = executorch_run(module, Path(folder))
-        for label, run in runs.items():
+        runs = {label: ("onnx", run) for label, run in onnx_runs(module, Path(folder)).items()}
+        runs[EXECUTORCH] = ("executorch", executorch_run(module, Path(folder)))
+        for label, (backend, run) in runs.items():
             print(f"timing {label} ...", flush=True)
-            backend = "executorch" if label.startswith("ExecuTorch") else "onnx"
             call = seconds(run, args.repeat, statistics.median)
-            gbps = parameters * (0.5 + SCALE_BYTES[backend] / 32) / call / 1e9
+            gbps = linear_weight_bytes(parameters, quantization="int4", backend=backend) / call / 1e9
             results[label] = {"ms_per_layer": call * 1e3 / args.layers, "gbps": gbps, "of_read_rate": gbps / limits.read_gbps}
 
     rows = [[label, f"{r['ms_per_layer']:.2f}", f"{r['gbps']:.1f}", f"{100 * r['of_read_rate']:.0f} %"] for label, r in results.items()]

@@ -153,8 +153,8 @@ def _screened_states(hidden: Tensor, q: int) -> Tensor:
 # Runtime, opened without its arena, allocates a `scan` step's temporaries afresh at every step,
 # and glibc maps large ones as new zeroed pages each time: blocks of 32 MiB made its selection at
 # N = 2928 take 913 ms instead of 420. The steps cost that way too, so a copy of at most
-# `WIDEN_WHOLE_BYTES` is made whole, in one step (N = 576 at width 4096: 87 ms in 3 blocks, 50-72
-# whole).
+# `WIDEN_WHOLE_BYTES` is made whole, in one step (N = 576 at width 4096: 104-119 ms in 3 blocks,
+# 50-65 whole).
 WIDEN_BLOCK_BYTES = 8 << 20
 WIDEN_WHOLE_BYTES = 24 << 20
 
@@ -194,10 +194,11 @@ def _widened_blocks(reduce: Callable[[Tensor], Tensor], x: Tensor, dim: int) -> 
     at once (1.8 GB of the selection's plan at N = 12544). The last block is filled up with the
     last row or column again, written to the same place twice.
     """
-    if 8 * x.numel() <= WIDEN_WHOLE_BYTES:
+    item = DECISION_DTYPE.itemsize  # what `widen` makes of each value
+    if item * x.numel() <= WIDEN_WHOLE_BYTES:
         return reduce(widen(x))
     count = x.shape[dim]
-    size = max(1, WIDEN_BLOCK_BYTES // (8 * x.shape[1 - dim]))
+    size = max(1, WIDEN_BLOCK_BYTES // (item * x.shape[1 - dim]))
     blocks = -(-count // size)
     # Blocks picked by index_select, not sliced: XNNPACK takes float32 slices, all of a graph's in
     # one call that outputs them at the same time.

@@ -83,7 +83,15 @@ def kv_cache_bytes(dims: ModelDims, *, prompt_tokens: int, keep: int, new_tokens
 
 # Bytes a decode step reads per language-model linear weight: float32; or 4- / 8-bit codes and one
 # scale per 32 input channels (float32 in ONNX Runtime's MatMulNBits, bfloat16 in XNNPACK).
-SCALE_BYTES = {"onnx": 4, "executorch": 2}
+_SCALE_BYTES = {"onnx": 4, "executorch": 2}
+
+
+def linear_weight_bytes(weights: int, *, quantization: str, backend: str) -> int:
+    """`weights` linear weights as `backend` stores them in `quantization` ("none", "int4", "int8")."""
+    if quantization == "none":
+        return 4 * weights
+    bits = {"int4": 4, "int8": 8}[quantization]
+    return int(weights * (bits / 8 + _SCALE_BYTES[backend] / 32))
 
 
 def lm_weight_bytes(dims: ModelDims, *, quantization: str, backend: str) -> int:
@@ -92,7 +100,4 @@ def lm_weight_bytes(dims: ModelDims, *, quantization: str, backend: str) -> int:
     d, q_width, kv_width = dims.hidden_size, dims.num_attention_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim
     per_layer = d * (2 * q_width + 2 * kv_width) + 3 * d * dims.intermediate_size
     weights = dims.num_layers * per_layer + dims.vocab_size * d
-    if quantization == "none":
-        return 4 * weights
-    bits = {"int4": 4, "int8": 8}[quantization]
-    return int(weights * (bits / 8 + SCALE_BYTES[backend] / 32))
+    return linear_weight_bytes(weights, quantization=quantization, backend=backend)
