@@ -1,9 +1,10 @@
 """The int4 linears alone at one token (a decode step's M = 1), against this machine's read rate.
 
 A model's decoder layers without their attention and norms, just the seven linears (q, k, v, o,
-gate, up, down) at the real widths, random weights, quantized as the toolchain quantizes them
-(`models.quantize`: 4 bits, a bfloat16-valued scale per 32 input channels) and exported as it
-exports them: ONNX Runtime's MatMulNBits at `accuracy_level` 0 (the exact profile) and 4 (fast),
+gate, up, down) at the real widths, each reading its own input as in a decoder layer, random
+weights, quantized as the toolchain quantizes them (`models.quantize`: 4 bits, a bfloat16-valued
+scale per 32 input channels) and exported as it exports them: ONNX Runtime's MatMulNBits at
+`accuracy_level` 0 (the exact profile) and 4 (fast), q, k, v and gate, up joined as in the artifacts,
 from the same graph and weights (`export.onnx_weights`), opened as the runtime opens them; and
 XNNPACK's 8da4w linears through ExecuTorch (`export.executorch.save_pte`). `--layers` copies,
 far larger than the caches. GB/s = the bytes of codes and scales one call reads (scales as each
@@ -38,8 +39,11 @@ EXECUTORCH = "ExecuTorch, XNNPACK 8da4w"
 
 
 class Linears(nn.Module):
-    """`layers` decoder layers' linears, each fed its own input width: x [1, d] for q, k, v, gate
-    and up; a [1, heads * head_dim] for o; h [1, ffn] for down. Returns every output."""
+    """`layers` decoder layers' linears, each reading what it reads in a decoder layer: q, k and v one
+    input of width d, gate and up another, o one of heads * head_dim, down one of ffn. Each layer has
+    its own inputs, rows of x [layers, 2, d], a [layers, heads * head_dim] and h [layers, ffn], so that
+    the exporter joins q, k, v and gate, up of one layer (`export.onnx_weights`) and nothing across
+    layers. Returns every output."""
 
     def __init__(self, text: TextModelSpec, layers: int):
         super().__init__()
@@ -52,15 +56,19 @@ class Linears(nn.Module):
             nn.ModuleDict({name: nn.utils.skip_init(nn.Linear, i, o, bias=False) for name, (i, o) in shapes.items()})
             for _ in range(layers)
         )
-        self.widths = (d, q, ffn)
+        self.shapes = ((layers, 2, d), (layers, q), (layers, ffn))
 
     def forward(self, x: Tensor, a: Tensor, h: Tensor) -> tuple[Tensor, ...]:
-        inputs = {"o": a, "down": h}
-        return tuple(linear(inputs.get(name, x)) for layer in self.layers for name, linear in layer.items())
+        outputs = []
+        for i, layer in enumerate(self.layers):
+            attention, mlp = x[i, 0:1], x[i, 1:2]
+            inputs = {"q": attention, "k": attention, "v": attention, "o": a[i : i + 1], "gate": mlp, "up": mlp, "down": h[i : i + 1]}
+            outputs += [linear(inputs[name]) for name, linear in layer.items()]
+        return tuple(outputs)
 
     def example_inputs(self) -> tuple[Tensor, ...]:
         generator = torch.Generator().manual_seed(0)
-        return tuple(torch.randn(1, width, generator=generator) for width in self.widths)
+        return tuple(torch.randn(shape, generator=generator) for shape in self.shapes)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

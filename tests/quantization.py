@@ -8,6 +8,9 @@ from torch import nn
 from models.quantize import Quantization, quantized_weights
 
 BITS = {Quantization.INT4: 4, Quantization.INT8: 8}
+# MatMulNBits nodes per decoder layer in an ONNX graph: q, k, v joined; o; gate, up joined; down
+# (`export.onnx_weights`). The LM head adds one per graph.
+MATMUL_NBITS_PER_LAYER = 4
 
 
 def model_quantization(model: nn.Module) -> Quantization:

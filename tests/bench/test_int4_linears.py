@@ -5,6 +5,7 @@ activations, close; ExecuTorch: 8da4w)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import torch
 
 from bench.int4_linears import PROFILES, Linears, executorch_run, onnx_runs
@@ -16,6 +17,10 @@ def test_each_backend_computes_the_quantized_linears(tmp_path):
     module = Linears(get_spec("tiny-llava").text, layers=2).eval().requires_grad_(False)
     runs = onnx_runs(module, tmp_path)
     assert all(is_quantized(p) for p in module.parameters())
+    # Per layer: q, k, v joined into one MatMulNBits, o, gate and up joined, down; none across layers.
+    for profile in PROFILES.values():
+        graph = onnx.load(str(tmp_path / f"{profile}.onnx"), load_external_data=False).graph
+        assert [node.op_type for node in graph.node].count("MatMulNBits") == 2 * 4
     inputs = module.example_inputs()
     exact_label, fast_label = PROFILES
     with weight_only(module):

@@ -21,6 +21,7 @@ from export.pipeline import ExportPipeline, ParityCheck
 from models import MODEL_SPECS
 from models.quantize import Quantization
 from models.selectors import method_names
+from tests.quantization import MATMUL_NBITS_PER_LAYER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -271,11 +272,11 @@ def test_random_weights_int4_onnx_export_with_parity_end_to_end(tmp_path, capsys
         "quantization": "int4",
         "onnx_profile": "exact",
     }
-    # Every linear of the decoder layers and the LM head: 4 x 7 + 1, weight-only 4-bit.
+    # Every linear of the 4 decoder layers (q, k, v and gate, up joined) and the LM head, weight-only 4-bit.
     for graph in ("prefill", "decode"):
         nodes = onnx.load(str(folder / "onnx" / f"{graph}.onnx"), load_external_data=False).graph.node
         bits = [{a.name: a.i for a in node.attribute}["bits"] for node in nodes if node.op_type == "MatMulNBits"]
-        assert bits == [4] * 29, graph
+        assert bits == [4] * (4 * MATMUL_NBITS_PER_LAYER + 1), graph
     parity = manifest["parity"]["report"]
     assert parity["passed"] and parity["quantization"] == "int4"
     onnx_parity = parity["backends"]["onnx"]

@@ -19,6 +19,7 @@ from runtime.show import MIN_CELL, main as show_main
 from runtime.samples import sample_image
 from tests.export.fixtures import exporter
 from tests.export.parity_checks import assert_exact_parity
+from tests.quantization import MATMUL_NBITS_PER_LAYER
 
 N = 336
 NUM_LAYERS = 4
@@ -44,7 +45,7 @@ def test_int4_parity(exported):
     assert onnx_result.exact and onnx_result.kept_indices_equal and onnx_result.tokens_equal
     assert report.passed
     prefill = onnx.load(str(folder / "onnx" / "prefill.onnx"), load_external_data=False)
-    assert sum(node.op_type == "MatMulNBits" for node in prefill.graph.node) == NUM_LAYERS * 7 + 1
+    assert sum(node.op_type == "MatMulNBits" for node in prefill.graph.node) == NUM_LAYERS * MATMUL_NBITS_PER_LAYER + 1
 
 
 def test_manifest_records_the_views(exported):

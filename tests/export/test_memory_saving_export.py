@@ -30,11 +30,12 @@ from runtime.backends.onnx_prepacked import CACHE_ENV, prepacked_graphs
 from runtime.contract import ONNX_WEIGHTS_FILE
 from runtime.parity import MIN_KEPT_OVERLAP
 from tests.export.fixtures import export_and_check
+from tests.quantization import MATMUL_NBITS_PER_LAYER
 from tests.runtime.test_onnx_prepacked import assert_same_bits, generate_bits, prepacked_entries
 
 STEPS = 4  # greedy tokens compared: enough to cover prefill, the cache hand-over and decoding
-# Each family's real widths at reduced depth, random weights: (model, quantized text linears).
-REAL_WIDTH = {"llava-1.5-7b-3layers": 3 * 7 + 1, "qwen2-vl-7b-3layers": 3 * 7 + 1}
+# Each family's real widths at reduced depth, random weights: (model, MatMulNBits of its decode graph).
+REAL_WIDTH = {"llava-1.5-7b-3layers": 3 * MATMUL_NBITS_PER_LAYER + 1, "qwen2-vl-7b-3layers": 3 * MATMUL_NBITS_PER_LAYER + 1}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -105,10 +106,10 @@ def test_tiny_int4_artifact_is_quantized_and_shares_its_weights(tiny_int4):
     assert folder.name == "keep64-int4"
     manifest = read_manifest(folder)
     assert manifest["model"]["quantization"] == "int4" and manifest["model"]["source"] == "checkpoint"
-    # 4 text layers x 7 linears + lm_head, in both graphs that run the language model.
+    # 4 text layers' linears (q, k, v and gate, up joined) + lm_head, in both graphs that run the language model.
     for graph in ("prefill", "decode"):
         nodes = _matmul_nbits(folder / "onnx" / f"{graph}.onnx")
-        assert len(nodes) == 4 * 7 + 1
+        assert len(nodes) == 4 * MATMUL_NBITS_PER_LAYER + 1
         assert {(a.name, a.i) for a in nodes[0].attribute} >= {("bits", 4), ("block_size", 32)}
     assert not _matmul_nbits(folder / "onnx" / "vision_encoder.onnx")
     data = [name for name in manifest["files"] if name.endswith(".data")]
@@ -131,7 +132,7 @@ def test_int4_prepacked_once_for_prefill_and_decode(tiny_int4, tmp_path, monkeyp
     artifact = load_artifact(tiny_int4[0])
     graphs = prepacked_graphs(artifact, tmp_path)
     prefill, decode = prepacked_entries(graphs["prefill"]), prepacked_entries(graphs["decode"])
-    assert len(decode) == 4 * 7 + 1 and all(key.startswith("MatMulNBits") for key in decode)
+    assert len(decode) == 4 * MATMUL_NBITS_PER_LAYER + 1 and all(key.startswith("MatMulNBits") for key in decode)
     assert decode.items() <= prefill.items()
     monkeypatch.setenv(CACHE_ENV, "")
     own = generate_bits(artifact)

@@ -71,3 +71,37 @@ def test_weights_stay_inside_the_graph_by_default(tmp_path):
     path = save_onnx(_program(), tmp_path / "scale.onnx")
     assert [p.name for p in tmp_path.iterdir()] == ["scale.onnx"]
     assert path.stat().st_size >= 64 * 64 * 4
+
+
+class NormedBlock(nn.Module):
+    """A decoder layer's shape: RMS norm, linear, residual add, RMS norm (transformers' LlamaRMSNorm)."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        self.norms = nn.ModuleList(LlamaRMSNorm(64, eps=1e-5) for _ in range(2))
+        self.linear = nn.Linear(64, 64, bias=False)
+        for norm in self.norms:
+            nn.init.uniform_(norm.weight, 0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [1, T, 64]
+        h = x + self.linear(self.norms[0](x))
+        return self.norms[1](h)
+
+
+def test_rms_norms_are_fused_by_onnx_runtime(tmp_path):
+    block = NormedBlock().eval()
+    program = torch.export.export(block, (torch.randn(1, 5, 64),), dynamic_shapes=({1: Dim("T", min=2, max=64)},), strict=False)
+    path = save_onnx(program, tmp_path / "block.onnx")
+    assert not {"Reciprocal"} & {node.op_type for node in onnx.load(str(path)).graph.node}
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(path), options)
+    optimized = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert optimized.count("SimplifiedLayerNormalization") == 2
+    assert not {"Pow", "ReduceMean", "Sqrt", "Div"} & set(optimized)
+    x = torch.randn(1, 7, 64, generator=torch.Generator().manual_seed(1))
+    (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(output, block(x).detach().numpy(), atol=1e-5, rtol=0)

@@ -22,6 +22,7 @@ from runtime.generate import GenerationConfig, InputProcessor, Runner
 from runtime.samples import DEFAULT_PROMPT, sample_image
 from tests.export.fixtures import exporter
 from tests.export.parity_checks import assert_exact_parity
+from tests.quantization import MATMUL_NBITS_PER_LAYER
 
 MODEL = "tiny-qwen2-vl"
 N = 64
@@ -53,7 +54,7 @@ def test_int4_parity(exported):
     assert onnx_result.logits_max_abs <= onnx_result.tolerance
     assert report.passed
     prefill = onnx.load(str(folder / "onnx" / "prefill.onnx"), load_external_data=False)
-    assert sum(node.op_type == "MatMulNBits" for node in prefill.graph.node) == NUM_LAYERS * 7 + 1
+    assert sum(node.op_type == "MatMulNBits" for node in prefill.graph.node) == NUM_LAYERS * MATMUL_NBITS_PER_LAYER + 1
 
 
 def test_manifest_records_the_family_and_its_geometry(exported):
