@@ -62,7 +62,8 @@ class Linears(nn.Module):
         outputs = []
         for i, layer in enumerate(self.layers):
             attention, mlp = x[i, 0:1], x[i, 1:2]
-            inputs = {"q": attention, "k": attention, "v": attention, "o": a[i : i + 1], "gate": mlp, "up": mlp, "down": h[i : i + 1]}
+            inputs = {"q": attention, "k": attention, "v": attention, "gate": mlp, "up": mlp}
+            inputs.update(o=a[i : i + 1], down=h[i : i + 1])
             outputs += [linear(inputs[name]) for name, linear in layer.items()]
         return tuple(outputs)
 

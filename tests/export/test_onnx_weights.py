@@ -7,6 +7,7 @@ export.graphs wraps the model, and gets the weights of a materialized twin, as i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -48,8 +49,8 @@ class Graph(nn.Module):
         super().__init__()
         self.inner = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.inner(*inputs)
 
 
 @dataclass(frozen=True)
@@ -80,25 +81,39 @@ def named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
 
 
-def model_pair(case: Case, quantization: Quantization) -> tuple[nn.Module, nn.Module]:
-    """(materialized model, its linears quantized as the LM head's; hollow twin)."""
+def model_pair(
+    case: Case, quantization: Quantization, module: Callable[[bool], nn.Module] = TwoLinears
+) -> tuple[nn.Module, nn.Module]:
+    """(materialized `module(case.bias)`, its linears quantized as the LM head's; hollow twin)."""
     torch.manual_seed(0)
-    real = TwoLinears(case.bias).eval().requires_grad_(False)
+    real = module(case.bias).eval().requires_grad_(False)
     quantize_block("lm_head", real, quantization)
     with torch.device("meta"):
-        hollow = TwoLinears(case.bias)
+        hollow = module(case.bias)
     return real, hollow.to_empty(device="cpu").eval().requires_grad_(False)
 
 
-def export_graph(real: nn.Module, hollow: nn.Module, case: Case, path: Path, store: WeightFile | None) -> Path:
-    """The hollow model's graph with the real model's weights in `store` (None: the exporter's own weights)."""
+def export_graph(
+    real: nn.Module,
+    hollow: nn.Module,
+    case: Case,
+    path: Path,
+    store: WeightFile | None,
+    *,
+    inputs: int = 1,
+    profile: str = "exact",
+) -> Path:
+    """The hollow model's graph with the real model's weights in `store` (None: the exporter's own
+    weights), taking `inputs` inputs shaped like `case.example`."""
     graph = Graph(hollow)
-    program = torch.export.export(graph, (case.example(0),), dynamic_shapes=case.dynamic_shapes, strict=False)
+    example = tuple(case.example(0) for _ in range(inputs))  # distinct tensors: one alias is one input
+    dims = (case.dynamic_shapes * inputs,) if case.dynamic_shapes else None  # one entry: Graph's *inputs
+    program = torch.export.export(graph, example, dynamic_shapes=dims, strict=False)
     if store is None:
         return save_onnx(program, path)
     canonical = {id(tensor): name for name, tensor in named_tensors(hollow)}
     names = {name: canonical[id(tensor)] for name, tensor in named_tensors(graph)}
-    weights = partial(attach_weights, weights=dict(named_tensors(real)), names=names, store=store)
+    weights = partial(attach_weights, weights=dict(named_tensors(real)), names=names, store=store, profile=profile)
     return save_onnx(program, path, weights=weights)
 
 
@@ -157,12 +172,7 @@ class SharedLinear(TwoLinears):
 
 @pytest.mark.parametrize("quantization", QUANTIZED)
 def test_a_quantized_weight_used_twice_has_one_initializer(quantization, tmp_path):
-    torch.manual_seed(0)
-    real = SharedLinear(bias=True).eval().requires_grad_(False)
-    quantize_block("lm_head", real, quantization)
-    with torch.device("meta"):
-        hollow = SharedLinear(bias=True)
-    hollow = hollow.to_empty(device="cpu").eval().requires_grad_(False)
+    real, hollow = model_pair(MATMUL, quantization, SharedLinear)
     with WeightFile(tmp_path) as store:
         path = export_graph(real, hollow, MATMUL, tmp_path / "model.onnx", store)
 
@@ -262,19 +272,9 @@ class Projections(nn.Module):
 
 
 def export_projections(case: Case, quantization: Quantization, profile: str, apart: bool, folder: Path) -> Path:
-    torch.manual_seed(0)
-    real = Projections(case.bias, apart).eval().requires_grad_(False)
-    quantize_block("lm_head", real, quantization)
-    with torch.device("meta"):
-        hollow = Projections(case.bias, apart)
-    hollow = hollow.to_empty(device="cpu").eval().requires_grad_(False)
-    dims = (case.dynamic_shapes * hollow.inputs,) if case.dynamic_shapes else None  # one entry: *inputs
-    example = tuple(case.example(0) for _ in range(hollow.inputs))  # distinct tensors: one alias is one input
-    program = torch.export.export(hollow, example, dynamic_shapes=dims, strict=False)
-    names = {name: name for name, _ in named_tensors(hollow)}
+    real, hollow = model_pair(case, quantization, partial(Projections, apart=apart))
     with WeightFile(folder) as store:
-        weights = partial(attach_weights, weights=dict(named_tensors(real)), names=names, store=store, profile=profile)
-        return save_onnx(program, folder / "model.onnx", weights=weights)
+        return export_graph(real, hollow, case, folder / "model.onnx", store, inputs=hollow.inputs, profile=profile)
 
 
 @pytest.mark.parametrize("profile", ["exact", "fast"])
@@ -290,7 +290,8 @@ def test_linears_reading_one_input_become_one_matmul_nbits_bit_for_bit(case, qua
     assert [node.op_type for node in nodes].count("Split") == 1
     assert sum(node.op_type == "MatMulNBits" for node in onnx.load(str(apart), load_external_data=False).graph.node) == 3
     entries = external_entries(joined)
-    assert {name for name in entries if ".q" in name} == {f"q.weight+k.weight+v.weight.q{BITS[quantization]}"}
+    codes = f".q{BITS[quantization]}"
+    assert {name for name in entries if name.endswith(codes)} == {f"inner.q.weight+inner.k.weight+inner.v.weight{codes}"}
 
     # At accuracy level 4 ONNX Runtime folds a bias Add into the MatMulNBits before it (its own order
     # of sums, last bits), which it cannot after the Split: q and v, with bias, are only close there.
