@@ -11,9 +11,9 @@ same pages, one copy of the language model in memory (file-backed: clean pages t
 and read again, instead of swapping), and a session opens without packing. The layouts depend on
 the CPU's kernels, hence the CPU in the cache key; the bytes are ONNX Runtime's own, unchanged.
 
-Prefill and decode so opened compute bit for bit what they compute from the artifact (tested). The
-vision encoder is not cached: its weights live in one graph only, and its Gemms opened from a saved
-graph differ from the artifact's in the last bits.
+Prefill and decode so opened compute bit for bit what they compute from the artifact, in both ONNX
+profiles (tested). The vision encoder is not cached: its weights live in one graph only, and its
+Gemms opened from a saved graph differ from the artifact's in the last bits.
 """
 
 from __future__ import annotations
@@ -50,8 +50,13 @@ DATA_FILE = "weights.data"  # the merged blobs, in each cache folder
 _DONE = "done.json"  # written last: a folder without it is incomplete and never read
 # The graphs opened from the cache: the two that run the language model.
 CACHED_GRAPHS = ("prefill", "decode")
-# Blobs of at least a page start on a page, so that ONNX Runtime maps them instead of reading them.
+# Blobs of at least a page start on a page, so that ONNX Runtime maps them instead of reading them;
+# every other blob on 64 bytes: the int8-compute layouts of MatMulNBits (accuracy level 4) place
+# their parts at 32- and 64-byte boundaries of the buffer they were packed in (MLAS, qnbitgemm.h:
+# MlasQNBitQuantBBlkSumAlignment), so read back at another alignment they are read wrong. ONNX
+# Runtime 1.31.1's own saved file does not align them (its graph alone gives other tokens).
 _PAGE = 4096
+_BLOB_ALIGNMENT = 64
 _SAVE_PREPACKED = "session.save_external_prepacked_constant_initializers"
 _SAVED_DATA = "session.optimized_model_external_initializers_file_name"
 
@@ -66,16 +71,14 @@ def cache_root() -> Path | None:
 
 def prepacked_graphs(artifact: Artifact, root: Path | None = None) -> dict[str, Path]:
     """{graph: its prepacked ONNX file} of the `CACHED_GRAPHS` of `artifact` on this machine, made
-    now if missing; empty when the cache is off or cannot be written, and for the fast profile
-    (then the artifact's own graphs serve, each session prepacking its own copy).
+    now if missing; empty when the cache is off or cannot be written (then the artifact's own
+    graphs serve, each session prepacking its own copy).
 
     Args:
         root: the cache's folder; default `cache_root()`.
     """
     root = cache_root() if root is None else root
-    if root is None or artifact.quantizes_activations("onnx"):
-        # The fast profile's int8-compute layouts come back wrong from the file in ONNX Runtime
-        # 1.31.1 (other tokens from the first; the float32-compute ones are bit-exact): not cached.
+    if root is None:
         return {}
     folder = root / PREPACKED_DIR / _cache_key(artifact)
     if not (folder / _DONE).exists():
@@ -169,8 +172,7 @@ def _merge(folder: Path, graphs: tuple[str, ...]) -> None:
             """The offset of `blob` in the merged file, appended unless already there."""
             digest = hashlib.sha256(blob).digest() + len(blob).to_bytes(8, "little")
             if digest not in written:
-                if len(blob) >= _PAGE:
-                    out.write(bytes(-out.tell() % _PAGE))
+                out.write(bytes(-out.tell() % (_PAGE if len(blob) >= _PAGE else _BLOB_ALIGNMENT)))
                 written[digest] = out.tell()
                 out.write(blob)
             return written[digest]

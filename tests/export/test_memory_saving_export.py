@@ -26,7 +26,7 @@ from export.config import ExportConfig
 from export.manifest import read_manifest
 from models import build_random_model, get_spec
 from runtime.artifact import load_artifact
-from runtime.backends.onnx_prepacked import CACHE_ENV, prepacked_graphs
+from runtime.backends.onnx_prepacked import CACHE_ENV, DATA_FILE, PREPACKED_DIR, prepacked_graphs
 from runtime.contract import ONNX_WEIGHTS_FILE
 from runtime.parity import MIN_KEPT_OVERLAP
 from tests.export.fixtures import export_and_check
@@ -126,23 +126,23 @@ def test_tiny_int4_parity(tiny_int4):
     assert _accuracy_levels(folder) == {0} and read_manifest(folder)["model"]["onnx_profile"] == "exact"
 
 
-def test_int4_prepacked_once_for_prefill_and_decode(tiny_int4, tmp_path, monkeypatch):
-    """MatMulNBits' float32-compute layouts saved by ONNX Runtime, one copy for both graphs, and
-    the same logits bit for bit as the artifact's graphs packed by each session."""
-    artifact = load_artifact(tiny_int4[0])
+@pytest.mark.parametrize("profile", ["tiny_int4", "tiny_int4_fast"], ids=["exact", "fast"])
+def test_int4_prepacked_once_for_prefill_and_decode(profile, request, tmp_path, monkeypatch):
+    """MatMulNBits' layouts (float32 compute, or int8 in the fast profile) saved by ONNX Runtime,
+    one copy for both graphs, and the same logits bit for bit as the artifact's graphs packed by
+    each session."""
+    artifact = load_artifact(request.getfixturevalue(profile)[0])
     graphs = prepacked_graphs(artifact, tmp_path)
     prefill, decode = prepacked_entries(graphs["prefill"]), prepacked_entries(graphs["decode"])
     assert len(decode) == 4 * MATMUL_NBITS_PER_LAYER + 1 and all(key.startswith("MatMulNBits") for key in decode)
     assert decode.items() <= prefill.items()
+    # The int8-compute layouts are read wrong from any offset but a multiple of 64 (ONNX Runtime
+    # 1.31.1 saves them unaligned); this model's blobs are under a page, so nothing else aligns them.
+    assert all(int(blob.split(";")[0]) % 64 == 0 for entry in prefill.values() for blob in entry.split("|")[1:])
     monkeypatch.setenv(CACHE_ENV, "")
     own = generate_bits(artifact)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     assert_same_bits(generate_bits(artifact), own)
-
-
-def test_the_fast_profile_is_not_prepacked(tiny_int4_fast, tmp_path):
-    """Its int8-compute layouts read back from the file give other tokens (ONNX Runtime 1.31.1)."""
-    assert prepacked_graphs(load_artifact(tiny_int4_fast[0]), tmp_path) == {}
 
 
 def test_tiny_int4_fast_profile_parity(tiny_int4_fast):
@@ -180,6 +180,19 @@ def test_real_width_fast_profile_parity(real_width_fast):
     onnx_result = parity["report"]["backends"]["onnx"]
     assert not onnx_result["exact"] and onnx_result["kept_overlap"] >= MIN_KEPT_OVERLAP and onnx_result["passed"]
     assert _accuracy_levels(real_width_fast) == {4}
+
+
+@pytest.mark.real_width
+def test_real_width_fast_profile_prepacked_once(real_width_fast, tmp_path, monkeypatch):
+    """The int8-compute layouts at the real widths, one copy for prefill and decode: the same logits
+    bit for bit as each session packing its own."""
+    artifact = load_artifact(real_width_fast)
+    monkeypatch.setenv(CACHE_ENV, "")
+    own = generate_bits(artifact)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert_same_bits(generate_bits(artifact), own)
+    (folder,) = (tmp_path / PREPACKED_DIR).iterdir()
+    assert (folder / DATA_FILE).is_file()
 
 
 @pytest.mark.real_width
