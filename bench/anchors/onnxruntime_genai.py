@@ -1,7 +1,12 @@
 """ONNX Runtime GenAI: the checkpoint through its own model builder (int4 CPU), generated from with its own generator.
 
     build: `python -m onnxruntime_genai.models.builder -i CHECKPOINT -o WORK/model -p int4 -e cpu`, the
-           builder's defaults for int4 on CPU (MatMulNBits, RTN; the settings it chose go to WORK/anchor.json)
+           builder's defaults for int4 on CPU (MatMulNBits, RTN; the settings it chose go to WORK/anchor.json).
+           From the float16 checkpoint, the builder holds the float32 model a few times over while it
+           quantizes (6.7 bytes per parameter measured: ~46 GB at 7B); where that does not fit, it builds
+           from the same weights in int4 (`checkpoint.write_int4_checkpoint`, RTN as its own quantizer
+           does), which it turns into MatMulNBits directly (1.3 bytes per parameter; its MatMulNBits then
+           take the zero points as an input, all 8)
     load:  `og.Model` on WORK/model, `threads` intra-op threads (default: ONNX Runtime GenAI's own,
            half the machine's logical CPUs, at most 16)
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -25,8 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from safetensors import safe_open
 
+from bench.anchors.checkpoint import write_int4_checkpoint
 from bench.anchors.timing import RECORD, Generate, anchor_main, text_stats
+from export.memory import GIB, HEADROOM_BYTES, physical_memory_bytes
 from runtime.generate import Stats, ms_since
 
 logger = logging.getLogger(__name__)
@@ -37,6 +46,10 @@ BUILDER = "onnxruntime_genai.models.builder"
 FLAGS = ["-p", "int4", "-e", "cpu"]  # nothing else: the builder's defaults are what a user gets
 PROGRESS = ("Reading ", "Saving ONNX model", "Saving GenAI config")  # the builder's lines worth logging
 TAIL = 60  # lines of a failed build's output in the error
+# The builder's peak per parameter of a float16 checkpoint: 1.36 GB per LLaVA-1.5-7B layer (202 M
+# parameters), measured; at 3 layers with the embeddings it peaked at 7.1 GB.
+FLOAT_BUILD_BYTES_PER_PARAMETER = 6.7
+INT4_CHECKPOINT = "int4-checkpoint"  # in the staging folder while the builder reads it
 
 
 def build(checkpoint: Path, work: Path) -> None:
@@ -53,13 +66,16 @@ def build(checkpoint: Path, work: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     tick = time.perf_counter()
+    source, source_kind = builder_input(checkpoint, staging / INT4_CHECKPOINT, physical_memory_bytes() - HEADROOM_BYTES)
     # -c: the builder's cache folder (default ./cache_dir), removed by the builder when left empty.
-    command = [sys.executable, "-m", BUILDER, "-i", str(checkpoint), "-o", str(staging / MODEL), *FLAGS,
+    command = [sys.executable, "-m", BUILDER, "-i", str(source), "-o", str(staging / MODEL), *FLAGS,
                "-c", str(staging / "cache")]
-    logger.info("building %s with %s", checkpoint, " ".join(command[1:]))
+    logger.info("building %s with %s", source, " ".join(command[1:]))
     _run_builder(command, staging / BUILD_LOG)
+    shutil.rmtree(staging / INT4_CHECKPOINT, ignore_errors=True)
     record = {
         "builder": f"python -m {BUILDER} -i CHECKPOINT -o {MODEL} {' '.join(FLAGS)}",
+        "checkpoint": source_kind,
         "onnxruntime_genai": importlib.metadata.version("onnxruntime-genai"),
         "matmulnbits": matmulnbits_settings(staging / MODEL / "model.onnx"),
     }
@@ -69,15 +85,37 @@ def build(checkpoint: Path, work: Path) -> None:
     logger.info("built %s in %.0f s: %s", work / MODEL, ms_since(tick) / 1000, record["matmulnbits"])
 
 
+def builder_input(checkpoint: Path, int4_dir: Path, available: int) -> tuple[Path, str]:
+    """(the checkpoint the builder reads, its weights' kind): the float16 `checkpoint` where its build
+    fits in `available` bytes, else the same weights in int4, written to `int4_dir`."""
+    needed = float_build_bytes(checkpoint)
+    if needed <= available:
+        return checkpoint, "float16"
+    logger.info("the builder would need ~%.0f GiB from float16: it builds from the weights in int4", needed / GIB)
+    return write_int4_checkpoint(checkpoint, int4_dir), "int4 (GPTQ format, RTN)"
+
+
+def float_build_bytes(checkpoint: Path) -> int:
+    """The builder's estimated peak from the float16 `checkpoint`: its parameters (read from the shards'
+    headers) times `FLOAT_BUILD_BYTES_PER_PARAMETER`."""
+    parameters = 0
+    for path in checkpoint.glob("*.safetensors"):
+        with safe_open(path, "np") as shard:
+            parameters += sum(math.prod(shard.get_slice(name).get_shape()) for name in shard.keys())
+    return int(FLOAT_BUILD_BYTES_PER_PARAMETER * parameters)
+
+
 def matmulnbits_settings(model_path: Path) -> list[dict[str, int]]:
-    """The distinct (bits, block_size, accuracy_level) of the model's MatMulNBits nodes, each with its node count.
+    """The distinct (bits, block_size, accuracy_level, zero points given or not) of the model's
+    MatMulNBits nodes, each with its node count.
 
     Raises:
         RuntimeError: the model has no MatMulNBits node (the builder did not quantize).
     """
     graph = onnx.load(model_path, load_external_data=False).graph
     settings = Counter(
-        tuple(sorted((a.name, a.i) for a in node.attribute if a.name in ("bits", "block_size", "accuracy_level")))
+        (*sorted((a.name, a.i) for a in node.attribute if a.name in ("bits", "block_size", "accuracy_level")),
+         ("zero_points", int(len(node.input) > 3 and node.input[3] != "")))
         for node in graph.node
         if node.op_type == "MatMulNBits"
     )

@@ -3,15 +3,18 @@ and how the targets are read off the measurements (the anchors themselves are be
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.anchors import ANCHORS
 from bench.anchors.__main__ import targets
-from bench.anchors.checkpoint import write_checkpoint
+from bench.anchors.checkpoint import INT4_CONFIG, INT4_GROUP, INT4_LINEARS, write_checkpoint, write_int4_checkpoint
+from bench.anchors.onnxruntime_genai import FLOAT_BUILD_BYTES_PER_PARAMETER, builder_input, float_build_bytes
 from bench.anchors.environment import anchor_python
 from bench.anchors.timing import prompt_ids
 from models.registry import get_spec
@@ -63,3 +66,48 @@ def test_targets_compare_each_of_our_backends_with_its_family_and_every_anchor()
         ("keep 64 TTFT 3x faster than llama.cpp's unpruned", "onnx"): (pytest.approx(2.1), False),
         ("keep 64 decode at least llama.cpp's", "onnx"): (pytest.approx(0.75), False),
     }
+
+
+def test_int4_checkpoint_holds_the_float16_weights_rounded_to_16_levels(tmp_path):
+    source = write_checkpoint("tiny-llava", tmp_path / "checkpoint")
+    path = write_int4_checkpoint(source, tmp_path / "int4")
+    assert not (tmp_path / "int4.partial").exists()
+    config = json.loads((path / "config.json").read_text())
+    assert config["quantization_config"] == INT4_CONFIG
+    floats = {k: v for shard in source.glob("*.safetensors") for k, v in load_file(shard).items()}
+    int4 = {k: v for shard in path.glob("*.safetensors") for k, v in load_file(shard).items()}
+    index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index) == set(int4) and all((path / shard).is_file() for shard in index.values())
+    linears = [name for name in floats if name.endswith(tuple(f"{linear}.weight" for linear in INT4_LINEARS))]
+    assert len(linears) == 7 * config["num_hidden_layers"]
+    for name, tensor in floats.items():
+        if name not in linears:  # norms, embeddings, lm_head: as they were
+            assert torch.equal(int4[name], tensor)
+            continue
+        stem = name.removesuffix(".weight")
+        n, k = tensor.shape
+        qweight, qzeros, scales = int4[f"{stem}.qweight"], int4[f"{stem}.qzeros"], int4[f"{stem}.scales"]
+        assert (qweight.dtype, qweight.shape, scales.shape) == (torch.int32, (k // 8, n), (k // INT4_GROUP, n))
+        assert torch.equal(int4[f"{stem}.g_idx"], torch.arange(k, dtype=torch.int32) // INT4_GROUP)
+        codes = torch.stack([(qweight >> (4 * i)) & 15 for i in range(8)], dim=1).reshape(k, n)
+        zeros = torch.stack([(qzeros >> (4 * i)) & 15 for i in range(8)], dim=2).reshape(k // INT4_GROUP, n)
+        assert torch.all(zeros == 7)  # GPTQ stores zero point - 1: 8, symmetric
+        step = scales.float().repeat_interleave(INT4_GROUP, dim=0).abs() * (1 + 2**-9)  # float16 scales
+        error = ((codes - 8) * scales.float().repeat_interleave(INT4_GROUP, dim=0) - tensor.float().t()).abs()
+        # Each block's value of largest magnitude is code 0; every other the nearest level, but for the
+        # values across zero from it beyond the 7th level, which stay at the 7th (code 15).
+        inside = codes < 15
+        assert torch.all(error[inside] <= step[inside] / 2) and torch.all(error <= step)
+        assert torch.all((codes == 0).reshape(k // INT4_GROUP, INT4_GROUP, n).any(dim=1))
+
+
+def test_onnxruntime_genai_builds_from_int4_where_its_float_build_does_not_fit(tmp_path):
+    path = write_checkpoint("tiny-llava", tmp_path / "checkpoint")
+    parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
+    needed = float_build_bytes(path)
+    assert needed == int(FLOAT_BUILD_BYTES_PER_PARAMETER * parameters)
+    assert builder_input(path, tmp_path / "int4", needed) == (path, "float16")
+    assert not (tmp_path / "int4").exists()
+    source, kind = builder_input(path, tmp_path / "int4", needed - 1)
+    assert source == tmp_path / "int4" and kind.startswith("int4")
+    assert json.loads((source / "config.json").read_text())["quantization_config"] == INT4_CONFIG
