@@ -33,9 +33,7 @@ import numpy as np
 import onnx
 from safetensors import safe_open
 
-from bench.anchors.checkpoint import write_int4_checkpoint
 from bench.anchors.timing import RECORD, Generate, anchor_main, text_stats
-from export.memory import GIB, HEADROOM_BYTES, physical_memory_bytes
 from runtime.generate import Stats, ms_since
 
 logger = logging.getLogger(__name__)
@@ -65,6 +63,10 @@ def build(checkpoint: Path, work: Path) -> None:
     staging = work.with_name(work.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    # Imported here, as in builder_input: they import torch, which the measuring process, whose
+    # peak memory is reported, does not load.
+    from export.memory import HEADROOM_BYTES, physical_memory_bytes
+
     tick = time.perf_counter()
     source, source_kind = builder_input(checkpoint, staging / INT4_CHECKPOINT, physical_memory_bytes() - HEADROOM_BYTES)
     # -c: the builder's cache folder (default ./cache_dir), removed by the builder when left empty.
@@ -88,6 +90,9 @@ def build(checkpoint: Path, work: Path) -> None:
 def builder_input(checkpoint: Path, int4_dir: Path, available: int) -> tuple[Path, str]:
     """(the checkpoint the builder reads, its weights' kind): the float16 `checkpoint` where its build
     fits in `available` bytes, else the same weights in int4, written to `int4_dir`."""
+    from bench.anchors.checkpoint import write_int4_checkpoint
+    from export.memory import GIB
+
     needed = float_build_bytes(checkpoint)
     if needed <= available:
         return checkpoint, "float16"
