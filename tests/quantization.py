@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import onnx
 import torch
 from torch import nn
 
@@ -18,3 +21,15 @@ def model_quantization(model: nn.Module) -> Quantization:
     for _, weight in quantized_weights(model):
         return Quantization.INT4 if weight.target_dtype == torch.int4 else Quantization.INT8
     return Quantization.NONE
+
+
+def matmul_nbits(path: Path) -> list[onnx.NodeProto]:
+    """The MatMulNBits nodes of the ONNX graph at `path` (its weights not loaded)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+
+
+def accuracy_levels(folder: Path) -> set[int]:
+    """The MatMulNBits `accuracy_level`s of the language model's graphs."""
+    nodes = [node for graph in ("prefill", "decode") for node in matmul_nbits(folder / "onnx" / f"{graph}.onnx")]
+    return {{a.name: a.i for a in node.attribute}["accuracy_level"] for node in nodes}

@@ -19,7 +19,11 @@ run's common temporary folder (so every manifest names the checkpoint every work
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +45,7 @@ TEST_KEEPS = (64, 192, 576)
 # The keeps whose .pte lowers one decoder layer per method (see `exported_artifact`).
 GROUPED_KEEPS = (64, 576)
 GROUPED_LAYERS_PER_METHOD = 1
+REPO = Path(__file__).resolve().parents[2]
 
 
 class LazyArtifacts(Mapping[int, Path]):
@@ -141,6 +146,24 @@ def export_and_check(config: ExportConfig, steps: int) -> tuple[Path, ParityRepo
     pipeline = ExportPipeline(config)
     folder = pipeline.run()
     return folder, check_parity(folder, reference=take_reference(pipeline), steps=steps)
+
+
+@contextmanager
+def export_in_child(tmp_path_factory, model: str, steps: int, *options: str) -> Iterator[Path]:
+    """`python -m export --model MODEL --random-weights --keep 64 --parity-steps STEPS OPTIONS` in a
+    child process (its memory given back when it ends), into a folder of its own that is removed on
+    exit with the prepacked graphs its parity check made: a real-width artifact takes 1-7 GB of
+    disk, and CI's is not unbounded. Gives the export's output folder."""
+    output = tmp_path_factory.mktemp(model)
+    command = [sys.executable, "-m", "export", "--model", model, "--random-weights", "--keep", "64"]
+    command += [*options, "--parity-steps", str(steps), "-o", str(output)]
+    try:
+        env = {**os.environ, CACHE_ENV: str(output / "prepacked-cache")}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield output
+    finally:
+        shutil.rmtree(output)
 
 
 def exporter(model: str, checkpoint: Path, root: Path, steps: int) -> Callable[..., tuple[Path, ParityReport]]:

@@ -7,7 +7,8 @@ LLaVA-1.5-7B and Qwen2-VL-7B with 3 of their decoder layers (random weights, int
 the same code path as `make export MODEL=llava-1.5-7b` or `MODEL=qwen2-vl-7b`, at a size CI can
 run. The real-width exports run as `python -m export` in a child process, parity included, so that
 their memory is given back when they end (in this process the allocator kept ~10 GB of it), and
-are marked `real_width`: `make test` runs them after the rest, alone (tests/conftest.py).
+are marked `real_width`: `make test` runs them after the rest, alone (tests/conftest.py). ONNX
+Runtime's fast profile at real width: tests/export/test_real_width_fast_profile.py.
 
 Float32 at real width is not exported here: the int4 ONNX graphs compute in float32 on dequantized
 weights and are held to the same exact tolerance, and the float32 weight path is the tiny models'.
@@ -15,28 +16,24 @@ weights and are held to the same exact tolerance, and the float32 weight path is
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import onnx
 import pytest
 
 from export.config import ExportConfig
 from export.manifest import read_manifest
 from models import build_random_model, get_spec
 from runtime.artifact import load_artifact
-from runtime.backends.onnx_prepacked import CACHE_ENV, DATA_FILE, PREPACKED_DIR, prepacked_graphs
+from runtime.backends.onnx_prepacked import CACHE_ENV, prepacked_graphs
 from runtime.contract import ONNX_WEIGHTS_FILE
 from runtime.parity import MIN_KEPT_OVERLAP
-from tests.export.fixtures import export_and_check
-from tests.quantization import MATMUL_NBITS_PER_LAYER
+from tests.export.fixtures import export_and_check, export_in_child
+from tests.quantization import MATMUL_NBITS_PER_LAYER, accuracy_levels, matmul_nbits
 from tests.runtime.test_onnx_prepacked import assert_same_bits, generate_bits, prepacked_entries
 
 STEPS = 4  # greedy tokens compared: enough to cover prefill, the cache hand-over and decoding
 # Each family's real widths at reduced depth, random weights: (model, MatMulNBits of its decode graph).
 REAL_WIDTH = {"llava-1.5-7b-3layers": 3 * MATMUL_NBITS_PER_LAYER + 1, "qwen2-vl-7b-3layers": 3 * MATMUL_NBITS_PER_LAYER + 1}
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _tiny_int4(tiny_dir, output_dir: Path, profile: str):
@@ -69,36 +66,10 @@ def tiny_int4_fast(tiny_dir, tmp_path_factory):
 def real_width_int4(request, tmp_path_factory):
     """(model, folder, manifest) of a 3-layer real-width model, int4 random weights, both backends,
     exported and parity-checked by `python -m export` in a child process."""
-    output = tmp_path_factory.mktemp("real-width-int4")
-    command = [sys.executable, "-m", "export", "--model", request.param, "--random-weights", "--keep", "64"]
-    command += ["--quantize", "int4", "--backends", "onnx,executorch", "--parity-steps", str(STEPS), "-o", str(output)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    folder = output / request.param / "keep64-int4"
-    return request.param, folder, read_manifest(folder)
-
-
-@pytest.fixture(scope="module")
-def real_width_fast(tmp_path_factory):
-    """LLaVA-1.5-7B's widths with 3 layers, int4, ONNX Runtime's fast profile, exported and
-    parity-checked by `python -m export` in a child process: the folder."""
-    output = tmp_path_factory.mktemp("real-width-fast")
-    command = [sys.executable, "-m", "export", "--model", "llava-1.5-7b-3layers", "--random-weights", "--keep", "64"]
-    command += ["--quantize", "int4", "--onnx-profile", "fast", "--backends", "onnx", "--parity-steps", str(STEPS)]
-    done = subprocess.run([*command, "-o", str(output)], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return output / "llava-1.5-7b-3layers" / "keep64-int4-fast"
-
-
-def _matmul_nbits(path: Path) -> list[onnx.NodeProto]:
-    model = onnx.load(str(path), load_external_data=False)
-    return [node for node in model.graph.node if node.op_type == "MatMulNBits"]
-
-
-def _accuracy_levels(folder: Path) -> set[int]:
-    """The MatMulNBits `accuracy_level`s of the language model's graphs."""
-    nodes = [node for graph in ("prefill", "decode") for node in _matmul_nbits(folder / "onnx" / f"{graph}.onnx")]
-    return {{a.name: a.i for a in node.attribute}["accuracy_level"] for node in nodes}
+    options = ("--quantize", "int4", "--backends", "onnx,executorch")
+    with export_in_child(tmp_path_factory, request.param, STEPS, *options) as output:
+        folder = output / request.param / "keep64-int4"
+        yield request.param, folder, read_manifest(folder)
 
 
 def test_tiny_int4_artifact_is_quantized_and_shares_its_weights(tiny_int4):
@@ -108,10 +79,10 @@ def test_tiny_int4_artifact_is_quantized_and_shares_its_weights(tiny_int4):
     assert manifest["model"]["quantization"] == "int4" and manifest["model"]["source"] == "checkpoint"
     # 4 text layers' linears (q, k, v and gate, up joined) + lm_head, in both graphs that run the language model.
     for graph in ("prefill", "decode"):
-        nodes = _matmul_nbits(folder / "onnx" / f"{graph}.onnx")
+        nodes = matmul_nbits(folder / "onnx" / f"{graph}.onnx")
         assert len(nodes) == 4 * MATMUL_NBITS_PER_LAYER + 1
         assert {(a.name, a.i) for a in nodes[0].attribute} >= {("bits", 4), ("block_size", 32)}
-    assert not _matmul_nbits(folder / "onnx" / "vision_encoder.onnx")
+    assert not matmul_nbits(folder / "onnx" / "vision_encoder.onnx")
     data = [name for name in manifest["files"] if name.endswith(".data")]
     assert data == [f"onnx/{ONNX_WEIGHTS_FILE}"]
 
@@ -123,7 +94,7 @@ def test_tiny_int4_parity(tiny_int4):
     assert onnx_result.exact and onnx_result.kept_indices_equal and onnx_result.tokens_equal
     assert onnx_result.logits_max_abs <= onnx_result.tolerance
     assert report.passed
-    assert _accuracy_levels(folder) == {0} and read_manifest(folder)["model"]["onnx_profile"] == "exact"
+    assert accuracy_levels(folder) == {0} and read_manifest(folder)["model"]["onnx_profile"] == "exact"
 
 
 @pytest.mark.parametrize("profile", ["tiny_int4", "tiny_int4_fast"], ids=["exact", "fast"])
@@ -149,7 +120,7 @@ def test_tiny_int4_fast_profile_parity(tiny_int4_fast):
     """int8 activations: held to the statistical criteria, which it meets."""
     folder, report = tiny_int4_fast
     assert folder.name == "keep64-int4-fast"
-    assert _accuracy_levels(folder) == {4} and read_manifest(folder)["model"]["onnx_profile"] == "fast"
+    assert accuracy_levels(folder) == {4} and read_manifest(folder)["model"]["onnx_profile"] == "fast"
     (onnx_result,) = report.backends
     assert not onnx_result.exact and onnx_result.kept_overlap >= MIN_KEPT_OVERLAP
     assert onnx_result.passed and report.passed
@@ -169,30 +140,7 @@ def test_real_width_int4_parity(real_width_int4):
     # ExecuTorch 8da4w: statistical criteria (activations quantized on the fly).
     assert not executorch_result["exact"] and executorch_result["kept_overlap"] >= MIN_KEPT_OVERLAP
     assert executorch_result["passed"]
-    assert len(_matmul_nbits(folder / "onnx" / "decode.onnx")) == REAL_WIDTH[model]
-
-
-@pytest.mark.real_width
-def test_real_width_fast_profile_parity(real_width_fast):
-    """int8 activations at the real widths, where their rounding matters: the statistical criteria hold."""
-    parity = read_manifest(real_width_fast)["parity"]
-    assert parity["status"] == "passed" and parity["report"]["passed"]
-    onnx_result = parity["report"]["backends"]["onnx"]
-    assert not onnx_result["exact"] and onnx_result["kept_overlap"] >= MIN_KEPT_OVERLAP and onnx_result["passed"]
-    assert _accuracy_levels(real_width_fast) == {4}
-
-
-@pytest.mark.real_width
-def test_real_width_fast_profile_prepacked_once(real_width_fast, tmp_path, monkeypatch):
-    """The int8-compute layouts at the real widths, one copy for prefill and decode: the same logits
-    bit for bit as each session packing its own."""
-    artifact = load_artifact(real_width_fast)
-    monkeypatch.setenv(CACHE_ENV, "")
-    own = generate_bits(artifact)
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    assert_same_bits(generate_bits(artifact), own)
-    (folder,) = (tmp_path / PREPACKED_DIR).iterdir()
-    assert (folder / DATA_FILE).is_file()
+    assert len(matmul_nbits(folder / "onnx" / "decode.onnx")) == REAL_WIDTH[model]
 
 
 @pytest.mark.real_width
