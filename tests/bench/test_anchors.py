@@ -4,6 +4,8 @@ and how the targets are read off the measurements (the anchors themselves are be
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.anchors import ANCHORS
+from bench.anchors import ANCHORS, executorch_llama
 from bench.anchors.__main__ import targets
 from bench.anchors.checkpoint import INT4_CONFIG, INT4_GROUP, INT4_LINEARS, write_checkpoint, write_int4_checkpoint
 from bench.anchors.onnxruntime_genai import FLOAT_BUILD_BYTES_PER_PARAMETER, builder_input, float_build_bytes
@@ -112,3 +114,15 @@ def test_onnxruntime_genai_builds_from_int4_where_its_float_build_does_not_fit(t
     source, kind = builder_input(path, tmp_path / "int4", needed - 1)
     assert source == tmp_path / "int4" and kind.startswith("int4")
     assert json.loads((source / "config.json").read_text())["quantization_config"] == INT4_CONFIG
+
+
+def test_executorch_llama_says_when_export_llm_was_killed(tmp_path, monkeypatch):
+    """The kernel's out-of-memory kill of `export_llm` (it needs ~24 GB at 7B) is named as such;
+    nothing is at the anchor's folder and the staged copy of the checkpoint is gone (its log stays)."""
+    path = write_checkpoint("tiny-llava", tmp_path / "checkpoint")
+    killed = subprocess.CompletedProcess([], -signal.SIGKILL, stdout="")
+    monkeypatch.setattr(executorch_llama.subprocess, "run", lambda *args, **kwargs: killed)
+    with pytest.raises(RuntimeError, match="killed, most likely out of memory"):
+        executorch_llama.build(path, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    assert sorted(p.name for p in (tmp_path / "work.partial").iterdir()) == sorted([executorch_llama.EXPORT_LOG, executorch_llama.PARAMS])
