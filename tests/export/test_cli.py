@@ -21,9 +21,8 @@ from export.pipeline import ExportPipeline, ParityCheck
 from models import MODEL_SPECS
 from models.quantize import Quantization
 from models.selectors import method_names
+from tests.export.fixtures import REPO
 from tests.quantization import MATMUL_NBITS_PER_LAYER
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class FakePipeline(ExportPipeline):

@@ -24,8 +24,8 @@ import pytest
 from export.manifest import read_manifest, verify_files, write_manifest
 from export import staging
 from export.staging import DestinationBusy, DestinationLock, find_leftovers, remove_leftovers, replace_folder
+from tests.export.fixtures import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PIPELINE_LOG = "[export.pipeline]"
 KEEP = 576
 

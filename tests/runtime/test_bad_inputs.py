@@ -25,9 +25,9 @@ from PIL import Image
 
 from export.manifest import file_entries, read_manifest, write_manifest
 from runtime.contract import TOKENIZER_FILE
+from tests.export.fixtures import REPO
 from tests.runtime.test_images import bilevel_png
 
-REPO = Path(__file__).resolve().parents[2]
 # Address space of a child: a runtime needs well under this; the image bombs asked for 4.5 and
 # 23.5 GB before they were bounded.
 MEMORY_LIMIT = {"onnx": 3 << 30, "executorch": 8 << 30}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from runtime.artifact import ArtifactError
 from runtime.families import host_family
 from runtime.families.qwen2_vl import patchify
 from runtime.preprocess import rescale_and_normalize
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.export.fixtures import REPO
 
 
 def sections(name: str) -> dict:

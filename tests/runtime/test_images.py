@@ -20,8 +20,8 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from runtime.families.llava import PreprocessConfig, preprocess_image
 from runtime.preprocess import MAX_ASPECT_RATIO, load_image
+from tests.export.fixtures import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 WHITE = (255, 255, 255)
 
 
@@ -324,7 +324,7 @@ def bomb_outcomes(tmp_path_factory) -> dict[str, str]:
         write(paths[name], width, height)
     child = subprocess.run(
         [sys.executable, "-c", CHILD, str(CHILD_MEMORY), *map(str, paths.values())],
-        cwd=ROOT,
+        cwd=REPO,
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
