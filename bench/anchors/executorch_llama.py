@@ -150,9 +150,11 @@ def build(checkpoint: Path, work: Path) -> None:
     command = export_command(staging / CHECKPOINT, staging / PARAMS, staging, config)
     logger.info("exporting: %s", " ".join(command))
     tick = time.perf_counter()
-    done = subprocess.run(command, cwd=staging, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        done = subprocess.run(command, cwd=staging, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        (staging / CHECKPOINT).unlink()  # the float16 copy, 13.5 GB at 7B: not left behind, whatever happened
     (staging / EXPORT_LOG).write_text(done.stdout)
-    (staging / CHECKPOINT).unlink()  # the float16 copy, 13.5 GB at 7B: not left behind, whatever happened
     if done.returncode == -signal.SIGKILL:
         raise RuntimeError(
             f"export_llm was killed, most likely out of memory: it holds the model in float32 while it lowers "
