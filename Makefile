@@ -13,6 +13,8 @@ BACKENDS ?=
 RANDOM_WEIGHTS ?=
 # QUANTIZE=none|int4|int8: weights of the language model's linears (default: the model's own).
 QUANTIZE ?=
+# QUANTIZE_VISION=none|int8: weights of the vision tower's layers (int8: ExecuTorch only, 8da8w).
+QUANTIZE_VISION ?=
 # ONNX_PROFILE=exact|fast: how ONNX Runtime computes quantized linears (float32, or int8 activations).
 ONNX_PROFILE ?=
 # IMAGE_SIZE=S: the side of the square image the graphs take (Qwen2-VL: a multiple of 28; default the model's).
@@ -36,8 +38,9 @@ SOAK_RUNS ?= 1000
 # `?=` would then keep it empty.
 # The variables reach the commands through the environment and are quoted there ("$$MODEL"):
 # a value is always one argument, never code pasted into a command line.
-export MODEL KEEP RATE ANCHORS BACKENDS RANDOM_WEIGHTS QUANTIZE ONNX_PROFILE IMAGE_SIZE FRAMES METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
+export MODEL KEEP RATE ANCHORS BACKENDS RANDOM_WEIGHTS QUANTIZE QUANTIZE_VISION ONNX_PROFILE IMAGE_SIZE FRAMES METHOD SIZES BENCH_KEEPS BENCH_BASELINE BENCH_FLAGS SOAK_RUNS
 COMMON_FLAGS = --model "$$MODEL" $${BACKENDS:+--backends "$$BACKENDS"} $${QUANTIZE:+--quantize "$$QUANTIZE"} \
+               $${QUANTIZE_VISION:+--quantize-vision "$$QUANTIZE_VISION"} \
                $${ONNX_PROFILE:+--onnx-profile "$$ONNX_PROFILE"} $${IMAGE_SIZE:+--image-size "$$IMAGE_SIZE"} \
                $${FRAMES:+--frames "$$FRAMES"} $$([ "$$RANDOM_WEIGHTS" = 1 ] && echo --random-weights)
 
@@ -73,8 +76,9 @@ bench-quality: setup
 # The noise that quantizing activations on the fly makes, against depth: eager 8da4w against itself
 # with each linear's result moved one ulp, at LLaVA-1.5-7B's widths with 3, 8, 16 and 32 decoder layers
 # (bench/parity_noise.py; 14 min, peak 14.6 GiB). It calibrates runtime.parity's statistical criteria.
+# QUANTIZE_VISION=int8: the vision tower in 8da8w too, every linear nudged (writes parity_noise-vision-int8.json).
 bench-noise: setup
-	$(PY) -m bench.parity_noise
+	$(PY) -m bench.parity_noise $${QUANTIZE_VISION:+--quantize-vision "$$QUANTIZE_VISION" --json bench/results/parity_noise-vision-$$QUANTIZE_VISION.json}
 
 # Pruned (each keep of BENCH_KEEPS, each method of METHOD) next to unpruned (keep BENCH_BASELINE,
 # default N) on every backend, artifacts under artifacts/; a missing one is exported first (with RANDOM_WEIGHTS,

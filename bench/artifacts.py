@@ -22,6 +22,7 @@ def add_artifact_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--quantize", help="as for `python -m export` (default: the model's)")
     parser.add_argument("--image-size", type=int, help="as for `python -m export` (default: the model's)")
     parser.add_argument("--frames", type=int, help="as for `python -m export` (default: the model's)")
+    parser.add_argument("--quantize-vision", help="as for `python -m export` (default: none)")
     parser.add_argument("--onnx-profile", help="as for `python -m export` (default: exact)")
     parser.add_argument("--backends", help="as for `python -m export` (default: every one that fits)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("artifacts"))
@@ -50,6 +51,7 @@ def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = No
         keep=keep,
         method=method,
         quantization=args.quantize,
+        **({"vision_quantization": args.quantize_vision} if args.quantize_vision else {}),
         image_size=args.image_size,
         frames=args.frames,
         output_dir=args.output_dir,
@@ -61,6 +63,7 @@ def ensure_artifact(args: argparse.Namespace, keep: int, method: str | None = No
     flags = ["--model", args.model, "-o", str(args.output_dir), "--keep", str(keep), "--method", method, "--skip-parity"]
     flags += ["--random-weights"] if args.random_weights else []
     flags += ["--quantize", args.quantize] if args.quantize else []
+    flags += ["--quantize-vision", args.quantize_vision] if args.quantize_vision else []
     flags += ["--image-size", str(args.image_size)] if args.image_size else []
     flags += ["--frames", str(args.frames)] if args.frames else []
     flags += ["--onnx-profile", args.onnx_profile] if args.onnx_profile else []

@@ -1,7 +1,7 @@
 """How far eager 8da4w differs from itself when each linear's result moves by one float32 ulp, against depth.
 
     python -m bench.parity_noise [--model llava-1.5-7b] [--layers 3 8 16 32] [--seeds 3] [--keep 64]
-                                 [--steps 4] [--json FILE]
+                                 [--steps 4] [--quantize-vision int8] [--json FILE]
 
 Backends that quantize activations on the fly (ExecuTorch's 8da4w / 8da8w, ONNX Runtime's fast
 profile) cannot match eager bit for bit: their kernels round each linear's result their own way
@@ -10,7 +10,8 @@ and then, and the differences compound over layers. This measures that noise on 
 model at its real widths with random weights (seed 0), `--layers` decoder layers
 (`ModelSpec.with_text_layers`), the language model's linears in 8da4w; greedy on the parity check's
 sample image and prompt, once as is and once per seed with every linear's result in the language
-model moved one ulp up or down at random (`nudged_linears`). Per run: prefill logits max |diff| /
+model moved one ulp up or down at random (`nudged_linears`); with `--quantize-vision int8`, the
+vision tower's layers in 8da8w too and every linear of the model nudged. Per run: prefill logits max |diff| /
 max |logits| (what the statistical criteria of `runtime.parity` bound), that ratio over
 sqrt(layers), the kept-token overlap and the leading greedy tokens equal. It calibrates
 `runtime.parity.PREFILL_NOISE_PER_SQRT_LAYER`. Prints a table, writes JSON under bench/results/.
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from runtime.cli import RESULTS_DIR, HelpFormatter, run_cli, write_report
+from runtime.contract import VISION_QUANTIZATIONS
 from runtime.generate import GenerationConfig, Greedy, greedy
 from runtime.samples import DEFAULT_PROMPT
 
@@ -70,25 +72,33 @@ def compare(reference: Greedy, nudged: Greedy) -> dict[str, float | int]:
     }
 
 
-def measure_depth(model: str, layers: int, *, seeds: int, keep: int, steps: int) -> list[dict[str, Any]]:
-    """One row per seed: the nudged run against the plain one at `layers` decoder layers."""
+def measure_depth(
+    model: str, layers: int, *, seeds: int, keep: int, steps: int, vision: str = "none"
+) -> list[dict[str, Any]]:
+    """One row per seed: the nudged run against the plain one at `layers` decoder layers, the
+    vision tower's layers in `vision` ("none" or "int8") weights."""
     from models import load_for_export
     from models.quantize import Quantization
     from runtime.eager import EagerModel
     from runtime.samples import sample_image
 
-    loaded = load_for_export(model, quantization=Quantization.INT4, seed=0, text_layers=layers)
+    vision_quantization = Quantization(vision)
+    loaded = load_for_export(
+        model, quantization=Quantization.INT4, vision_quantization=vision_quantization, seed=0, text_layers=layers
+    )
+    # What rounds activations to int8: the language model, and the vision tower when quantized.
+    quantized = loaded.model.model if vision_quantization is Quantization.INT8 else loaded.model.model.language_model
     eager = EagerModel.from_loaded(loaded, keep=keep)
     inputs = eager.inputs.prepare(*eager.prepare_inputs(sample_image(), DEFAULT_PROMPT))
     config = GenerationConfig(max_new_tokens=steps, ignore_eos=True, return_logits=True)
     reference = greedy(eager.session, inputs, config, eager.eos_token_ids)
     rows = []
     for seed in range(1, seeds + 1):
-        with nudged_linears(loaded.model.model.language_model, seed):
+        with nudged_linears(quantized, seed):
             nudged = greedy(eager.session, inputs, config, eager.eos_token_ids)
         measures = compare(reference, nudged)
         per_sqrt_layer = measures["prefill_relative"] / math.sqrt(layers)
-        rows.append({"layers": layers, "seed": seed, **measures, "per_sqrt_layer": per_sqrt_layer})
+        rows.append({"layers": layers, "vision": vision, "seed": seed, **measures, "per_sqrt_layer": per_sqrt_layer})
     return rows
 
 
@@ -101,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help="nudged runs per depth")
     parser.add_argument("--keep", type=int, default=64, help="image tokens kept")
     parser.add_argument("--steps", type=int, default=4, help="greedy tokens per run")
+    parser.add_argument(
+        "--quantize-vision",
+        choices=VISION_QUANTIZATIONS,
+        default=VISION_QUANTIZATIONS[0],
+        help="the vision tower's weights, as for export",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "parity_noise.json", help="report file")
     return parser
 
@@ -113,11 +129,20 @@ def run(args: argparse.Namespace) -> int:
         spec.with_text_layers(layers)  # ValueError at once for a depth without the pruning layer
     rows = []
     for layers in tqdm(args.layers, desc="depths", unit="depth"):
-        rows += measure_depth(args.model, layers, seeds=args.seeds, keep=args.keep, steps=args.steps)
+        rows += measure_depth(
+            args.model, layers, seeds=args.seeds, keep=args.keep, steps=args.steps, vision=args.quantize_vision
+        )
     print(tabulate(rows, headers="keys", floatfmt=".4f"))
     worst = max(row["per_sqrt_layer"] for row in rows)
     print(f"largest prefill max |diff| / max |logits| / sqrt(layers): {worst:.4f}")
-    report = {"model": args.model, "keep": args.keep, "steps": args.steps, "runs": rows, "worst_per_sqrt_layer": worst}
+    report = {
+        "model": args.model,
+        "keep": args.keep,
+        "steps": args.steps,
+        "vision_quantization": args.quantize_vision,
+        "runs": rows,
+        "worst_per_sqrt_layer": worst,
+    }
     write_report(report, args.json)
     return 0
 

@@ -32,6 +32,7 @@ def build_manifest(
     checkpoint: Path | None,
     seed: int | None,
     quantization: Quantization,
+    vision_quantization: Quantization,
     onnx_profile: str,
     keep: int,
     method: SelectionMethod,
@@ -47,6 +48,7 @@ def build_manifest(
     Args:
         checkpoint: the folder the weights were loaded from; None for random weights (drawn from `seed`).
         quantization: the weight format of the language model's linears.
+        vision_quantization: the weight format of the vision tower's layers (`models.quantize.VISION_QUANTIZATIONS`).
         onnx_profile: how ONNX Runtime computes them (`runtime.contract.ONNX_PROFILES`).
         files: `file_entries` of the complete artifact folder.
         export_seconds: {stage: seconds}.
@@ -67,6 +69,7 @@ def build_manifest(
             "seed": seed,
             "dtype": "float32",
             "quantization": quantization.value,
+            "vision_quantization": vision_quantization.value,
             "onnx_profile": onnx_profile,
         },
         "geometry": inputs["geometry"],

@@ -282,6 +282,7 @@ class ExportPipeline:
         return load_for_export(
             config.model,
             quantization=config.quantization,
+            vision_quantization=config.vision_quantization,
             seed=config.seed if config.random_weights else None,
             model_path=config.model_path,
             image_size=config.image_size,
@@ -326,6 +327,7 @@ class ExportPipeline:
             checkpoint=self.loaded.checkpoint,
             seed=self.config.seed if self.config.random_weights else None,
             quantization=self.config.quantization,
+            vision_quantization=self.config.vision_quantization,
             onnx_profile=self.config.onnx_profile,
             keep=self.config.keep_count,
             method=self.config.method,

@@ -139,6 +139,7 @@ def load_for_export(
     name: str,
     *,
     quantization: Quantization = Quantization.NONE,
+    vision_quantization: Quantization = Quantization.NONE,
     seed: int | None = None,
     model_path: str | os.PathLike | None = None,
     image_size: int | None = None,
@@ -150,6 +151,7 @@ def load_for_export(
 
     Args:
         quantization: weight format of the language model's linears (`models.quantize`).
+        vision_quantization: weight format of the vision tower's layers (`models.quantize.VISION_QUANTIZATIONS`).
         seed: draw random weights from this seed (synthetic processor, no checkpoint needed);
             None loads the checkpoint (see `resolve_checkpoint`).
         image_size: the image resolution of the export (`ModelSpec.with_image_size`); default the spec's.
@@ -168,7 +170,7 @@ def load_for_export(
             raise ValueError(f"no checkpoint has {name} at {text_layers} layers: another depth takes random weights")
         spec = spec.with_text_layers(text_layers)
     family = spec.model_family
-    quantize = partial(quantize_block, quantization=quantization)
+    quantize = partial(quantize_block, quantization=quantization, vision=vision_quantization)
     if seed is not None:
         # On the meta device, filled below; another image size or frame count is the same architecture.
         model = build_random_model(name if text_layers is None else spec)

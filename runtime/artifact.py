@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.contract import BACKEND_FILES, FORMAT_VERSION, MANIFEST, ONNX_PROFILES, SELECTION_GRAPHS, TOKENIZER_FILE
+from runtime.contract import (
+    BACKEND_FILES, FORMAT_VERSION, MANIFEST, ONNX_PROFILES, SELECTION_GRAPHS, TOKENIZER_FILE, VISION_QUANTIZATIONS,
+)
 
 _HASH_CHUNK = 1 << 20
 
@@ -88,9 +90,18 @@ class Artifact:
             raise ArtifactError(f"{MANIFEST}: model.onnx_profile must be one of {', '.join(ONNX_PROFILES)}, got {profile!r}")
         return profile
 
+    @property
+    def vision_quantization(self) -> str:
+        """Weight format of the vision tower's layers (`runtime.contract.VISION_QUANTIZATIONS`)."""
+        quantization = _section_field(self.manifest, "model", "vision_quantization", str)
+        if quantization not in VISION_QUANTIZATIONS:
+            choices = ", ".join(VISION_QUANTIZATIONS)
+            raise ArtifactError(f"{MANIFEST}: model.vision_quantization must be one of {choices}, got {quantization!r}")
+        return quantization
+
     def quantizes_activations(self, backend: str) -> bool:
-        """Whether `backend` runs the quantized linears with int8 activations quantized on the fly:
-        ExecuTorch's 8da4w / 8da8w, ONNX Runtime's fast profile."""
+        """Whether `backend` runs the language model's quantized linears with int8 activations
+        quantized on the fly: ExecuTorch's 8da4w / 8da8w, ONNX Runtime's fast profile."""
         return self.quantization != "none" and (backend == "executorch" or self.onnx_profile == "fast")
 
     def path(self, relative: str) -> Path:
@@ -249,7 +260,7 @@ def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
 
     text = _field(manifest, "text", dict)
     eos_ids = token_id_set(text.get("eos_token_id"))
-    return Artifact(
+    artifact = Artifact(
         root=root,
         manifest=manifest,
         text=TextInfo(
@@ -269,6 +280,9 @@ def load_artifact(root: str | os.PathLike, *, verify: bool = True) -> Artifact:
         backends=backends,
         parity=_parity_status(manifest),
     )
+    if artifact.vision_quantization != VISION_QUANTIZATIONS[0] and "onnx" in backends:
+        raise ArtifactError(f"{manifest_path}: an {artifact.vision_quantization} vision tower is ExecuTorch's, yet ONNX files are listed")
+    return artifact
 
 
 def token_id_set(ids: int | list[int] | None) -> frozenset[int]:

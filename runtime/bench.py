@@ -63,7 +63,7 @@ def run_bench(
     """Measure the artifacts (and the baseline) on each backend; return the JSON-ready results.
 
     Raises:
-        ValueError: no artifact, artifacts of different models, quantizations or ONNX profiles,
+        ValueError: no artifact, artifacts of different models, quantizations (of the language model or the vision tower) or ONNX profiles,
             or a backend one of them lacks.
     """
     if runs < 1 or warmup < 0 or max_new_tokens < 1:
@@ -73,9 +73,11 @@ def run_bench(
     pruned = [load_artifact(path) for path in artifact_dirs]
     baseline = load_artifact(baseline_dir) if baseline_dir is not None else None
     everything = pruned + ([baseline] if baseline is not None else [])
-    kinds = {(a.model_name, a.quantization, a.onnx_profile) for a in everything}
+    kinds = {(a.model_name, a.quantization, a.vision_quantization, a.onnx_profile) for a in everything}
     if len(kinds) > 1:
-        raise ValueError(f"the artifacts are of different models or quantizations (or ONNX profiles): {sorted(kinds)}")
+        raise ValueError(
+            f"the artifacts are of different models or quantizations (language model, vision tower) or ONNX profiles: {sorted(kinds)}"
+        )
     if backends is None:
         backends = [b for b in BACKENDS if all(b in a.backends for a in everything)]
     if not backends:
@@ -123,6 +125,7 @@ def run_bench(
     return {
         "model": pruned[0].model_name,
         "quantization": pruned[0].quantization,
+        "vision_quantization": pruned[0].vision_quantization,
         "onnx_profile": pruned[0].onnx_profile,
         "artifacts": {"pruned": [_describe(a) for a in pruned]}
         | ({"baseline": _describe(baseline)} if baseline is not None else {}),
@@ -225,8 +228,10 @@ def _speedups(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, di
 
 
 def _profile_note(report: dict[str, Any]) -> str:
-    """", ONNX fast profile" when the quantized ONNX graphs compute in int8 (the default says nothing)."""
-    return ", ONNX fast profile" if report["quantization"] != "none" and report["onnx_profile"] == "fast" else ""
+    """", ONNX fast profile" when the quantized ONNX graphs compute in int8, ", int8 vision tower" when
+    it is quantized (the defaults say nothing)."""
+    note = ", ONNX fast profile" if report["quantization"] != "none" and report["onnx_profile"] == "fast" else ""
+    return note + (f", {report['vision_quantization']} vision tower" if report["vision_quantization"] != "none" else "")
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-FORMAT_VERSION = 10
+FORMAT_VERSION = 11
 MANIFEST = "manifest.json"
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "prefill", "decode")
@@ -45,6 +45,9 @@ PTE_METADATA = (
 # `model.onnx_profile`): "exact" in float32 on the dequantized weights (parity exact against the
 # weight-only eager model), "fast" with int8 activations quantized on the fly (statistical parity).
 ONNX_PROFILES = ("exact", "fast")
+# The vision tower's weights (the manifest's `model.vision_quantization`): "none" (float32) or
+# "int8" (8da8w per output channel, ExecuTorch-only artifacts, statistical parity).
+VISION_QUANTIZATIONS = ("none", "int8")
 
 # Files of an artifact, relative to its folder.
 ONNX_DIR = "onnx"

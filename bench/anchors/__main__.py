@@ -8,7 +8,7 @@ our unpruned and keep-R artifacts on each backend (`runtime.bench`, which measur
 limits first), then each anchor given the same number of prompt tokens as our unpruned prefill
 (text only: none of them has a LLaVA pipeline), built once under `<output>/anchors/<model>/` from one
 checkpoint (`bench.anchors.checkpoint`). Prints the table and the targets of issue #13; writes
-bench/results/anchors-<model>[-<onnx profile>].json.
+bench/results/anchors-<model>[-vision-int8][-<onnx profile>].json.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         anchors[name] = {"label": anchor.label, **measured}
     report = {"model": args.model, "ours": ours, "anchors": anchors, "targets": targets(ours, anchors)}
     print(format_report(report))
-    profile = f"-{args.onnx_profile}" if args.onnx_profile else ""
-    write_report(report, RESULTS_DIR / f"anchors-{args.model}{profile}.json")
+    variant = f"-vision-{args.quantize_vision}" if args.quantize_vision not in (None, "none") else ""
+    variant += f"-{args.onnx_profile}" if args.onnx_profile else ""
+    write_report(report, RESULTS_DIR / f"anchors-{args.model}{variant}.json")
     return EXIT_OK
 
 
@@ -167,7 +168,8 @@ def format_report(report: dict[str, Any]) -> str:
     headers = ["runtime", "keep", "prompt tokens", "vision ms", "prefill ms", "TTFT ms", "decode tok/s", "peak RSS MiB"]
     checks = [[t["target"], t["backend"], f"{t['ratio']:.2f}x", "met" if t["met"] else "NOT met"] for t in report["targets"]]
     return "\n".join([
-        f"{report['model']} language model, {ours['quantization']} weights; our TTFT includes the vision encoder, "
+        f"{report['model']} language model, {ours['quantization']} weights; our TTFT includes the vision encoder "
+        f"({ours['vision_quantization'].replace('none', 'float32')} weights), "
         f"the anchors' prompts are text only; median of {settings['runs']} runs after {settings['warmup']} warm-up, "
         f"{settings['max_new_tokens']} new tokens",
         tabulate(rows, headers=headers, disable_numparse=True),

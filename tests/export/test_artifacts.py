@@ -85,6 +85,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "seed": None,
         "dtype": "float32",
         "quantization": "none",
+        "vision_quantization": "none",
         "onnx_profile": "exact",
     }
     assert manifest["pruning"]["keep"] == keep

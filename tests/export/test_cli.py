@@ -18,9 +18,10 @@ from export.config import Backend, ExportConfig
 from export.manifest import read_manifest, verify_files, write_manifest
 from export.onnx_weights import WeightFile
 from export.pipeline import ExportPipeline, ParityCheck
-from models import MODEL_SPECS
+from models import MODEL_SPECS, quantize
 from models.quantize import Quantization
 from models.selectors import method_names
+from runtime.contract import VISION_QUANTIZATIONS
 from tests.export.fixtures import REPO
 from tests.quantization import MATMUL_NBITS_PER_LAYER
 
@@ -55,6 +56,7 @@ def test_torch_free_choices_name_the_registry():
     assert options.MODEL_NAMES == tuple(sorted(MODEL_SPECS))
     assert options.QUANTIZATIONS == tuple(q.value for q in Quantization)
     assert options.METHOD_NAMES == tuple(method_names())
+    assert VISION_QUANTIZATIONS == tuple(q.value for q in quantize.VISION_QUANTIZATIONS)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--keep", "0"], ["--model", "nope"]])
@@ -94,6 +96,19 @@ def test_random_weights_and_quantization(fake, tmp_path):
     (config,) = fake
     assert config.random_weights and config.seed == 3 and config.quantization is Quantization.INT8
     assert config.artifact_dir == Path("artifacts/llava-1.5-7b/keep64-int8")
+
+
+def test_an_int8_vision_tower_defaults_to_executorch_alone(fake):
+    assert cli.main(["-m", "llava-1.5-7b", "--random-weights", "--quantize-vision", "int8"]) == 0
+    (config,) = fake
+    assert config.backends == (Backend.EXECUTORCH,) and config.vision_quantization is Quantization.INT8
+    assert config.artifact_dir == Path("artifacts/llava-1.5-7b/keep64-vision-int8")
+
+
+def test_an_int8_vision_tower_with_onnx_exits_2(fake, capsys):
+    assert cli.main(["--quantize-vision", "int8", "--backends", "onnx,executorch"]) == 2
+    assert "export it with the executorch backend alone" in capsys.readouterr().err
+    assert fake == []
 
 
 def test_rate(fake):
@@ -139,6 +154,7 @@ def test_failed_parity_exits_1(fake, monkeypatch, tmp_path):
         (["--keep", "many"], "argument --keep: invalid int value: 'many'"),
         (["--rate", "1"], "argument --rate: must be in [0, 1), got 1"),
         (["--quantize", "int2"], "argument --quantize: invalid choice: 'int2'"),
+        (["--quantize-vision", "int4"], "argument --quantize-vision: invalid choice: 'int4'"),
         (
             ["--random-weights", "--model-path", "ckpt"],
             "argument --model-path: not allowed with argument --random-weights",
@@ -269,6 +285,7 @@ def test_random_weights_int4_onnx_export_with_parity_end_to_end(tmp_path, capsys
         "seed": 5,
         "dtype": "float32",
         "quantization": "int4",
+        "vision_quantization": "none",
         "onnx_profile": "exact",
     }
     # Every linear of the 4 decoder layers (q, k, v and gate, up joined) and the LM head, weight-only 4-bit.

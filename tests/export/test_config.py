@@ -68,6 +68,13 @@ def test_the_fast_onnx_profile_names_the_folder():
     assert ExportConfig(model="llava-1.5-7b").onnx_profile == "exact"
 
 
+def test_an_int8_vision_tower_names_the_folder_and_defaults_to_executorch():
+    config = ExportConfig(model="llava-1.5-7b", vision_quantization="int8", output_dir="out")
+    assert config.vision_quantization is Quantization.INT8 and config.backends == (Backend.EXECUTORCH,)
+    assert config.artifact_dir == Path("out/llava-1.5-7b/keep64-vision-int8")
+    assert ExportConfig(model="llava-1.5-7b").vision_quantization is Quantization.NONE
+
+
 def test_random_weights():
     config = ExportConfig(model="llava-1.5-7b-3layers", random_weights=True, seed=3)
     assert config.random_weights and config.seed == 3 and config.model_path is None
@@ -125,6 +132,12 @@ def test_image_size_sets_the_geometry_and_the_folder():
         ({"onnx_profile": "turbo"}, "unknown ONNX profile 'turbo'; choose from exact, fast"),
         ({"onnx_profile": "fast"}, r"needs quantized weights \(--quantize int4 or int8\) and the onnx backend"),
         ({"onnx_profile": "fast", "quantization": "int4", "backends": "executorch"}, "and the onnx backend"),
+        ({"vision_quantization": "int4", "backends": "executorch"}, "unknown vision quantization 'int4'; choose from none, int8"),
+        ({"vision_quantization": "fp8", "backends": "executorch"}, "unknown vision quantization 'fp8'; choose from none, int8"),
+        (
+            {"vision_quantization": "int8", "backends": ("onnx", "executorch")},
+            "vision tower is ExecuTorch's .*: export it with the executorch backend alone",
+        ),
     ],
 )
 def test_invalid_configs_are_rejected(kwargs, message):

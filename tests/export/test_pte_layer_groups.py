@@ -102,7 +102,8 @@ def test_own_process_lowering_without_parity_reads_no_weights(tmp_path, monkeypa
     materialized = load_for_export("tiny-llava", quantization=config.quantization, seed=0)
     expected = build_manifest(
         spec=materialized.spec, model=materialized.model, processor=materialized.processor, checkpoint=None,
-        seed=0, quantization=config.quantization, onnx_profile=config.onnx_profile, keep=64, method=config.method,
+        seed=0, quantization=config.quantization, vision_quantization=config.vision_quantization,
+        onnx_profile=config.onnx_profile, keep=64, method=config.method,
         max_seq_len=config.seq_len_limit, files={}, export_seconds={}, peak_rss_mib={}, parity="skipped",
     )
     measured = {"files", "export_seconds", "peak_rss_mib"}

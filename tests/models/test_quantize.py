@@ -14,11 +14,13 @@ from models import get_spec
 from models.materialize import fill_random, materialize
 from models.quantize import (
     GROUP_SIZE,
+    VISION_BLOCKS,
     Quantization,
     quantize_block,
     quantized_weights,
     weight_only,
 )
+from models.random_weights import build_random_model
 
 from tests.quantization import model_quantization
 
@@ -83,6 +85,32 @@ def test_codes_and_scales(tiny_model, quantization):
         assert torch.equal(weight.scale, weight.scale.to(torch.bfloat16).float()), f"{name}: scales not bfloat16"
         groups = weight.qdata.float().reshape(out_features, -1, GROUP_SIZE) * weight.scale.unsqueeze(-1)
         assert torch.equal(weight.dequantize(), groups.reshape(out_features, in_features)), name
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava-next", "tiny-llava-video", "tiny-qwen2-vl"])
+def test_an_int8_vision_tower_is_its_layers_linears_per_output_channel(model):
+    """Every family's vision transformer layers (`VISION_BLOCKS`), 8da8w with one float32 scale per
+    output channel; patch embedding, projector or merger and the language model untouched."""
+    transform = partial(quantize_block, quantization=Quantization.NONE, vision=Quantization.INT8)
+    built = materialize(build_random_model(model), fill_random(0), transform=transform)
+    layers = {
+        f"{name}.weight"
+        for name, module in built.named_modules()
+        if isinstance(module, nn.Linear) and name.startswith(VISION_BLOCKS)
+    }
+    assert layers and {name for name, _ in quantized_weights(built)} == layers
+    for name, weight in quantized_weights(built):
+        out_features, in_features = weight.shape
+        assert weight.target_dtype == torch.int8 and weight.block_size == (1, in_features), name
+        assert weight.scale.shape == (out_features, 1) and weight.scale.dtype == torch.float32
+        assert not weight.zero_point.any() and weight.activation_quantization is not None
+        assert int(weight.qdata.abs().max()) == 127  # symmetric: each row's largest weight takes the top code
+        torch.testing.assert_close(weight.dequantize(), weight.qdata.float() * weight.scale, atol=0, rtol=0)
+
+
+def test_the_vision_tower_takes_no_4_bit_weights():
+    with pytest.raises(ValueError, match="the vision tower's weights can be none, int8, not int4"):
+        quantize_block("model.vision_tower.encoder.layers.0", nn.Linear(32, 32), Quantization.NONE, Quantization.INT4)
 
 
 def test_weight_only_is_a_float_matmul_on_the_dequantized_weights():

@@ -93,6 +93,20 @@ def test_manifest_missing_a_field(copy):
         load_artifact(copy)
 
 
+@pytest.mark.parametrize("value", ["int4", 8, None])
+def test_unknown_vision_quantization(copy, value):
+    _edit_manifest(copy, lambda m: m["model"].update(vision_quantization=value))
+    with pytest.raises(ArtifactError, match="model.vision_quantization must be"):
+        load_artifact(copy)
+
+
+def test_an_int8_vision_tower_beside_onnx_files(copy):
+    """The ONNX graphs have no int8 vision tower: a manifest claiming one beside them is contradictory."""
+    _edit_manifest(copy, lambda m: m["model"].update(vision_quantization="int8"))
+    with pytest.raises(ArtifactError, match="an int8 vision tower is ExecuTorch's, yet ONNX files are listed"):
+        load_artifact(copy)
+
+
 def test_file_entry_outside_the_folder(copy):
     _edit_manifest(copy, lambda m: m["files"].update({"../secret": {"bytes": 1, "sha256": "0"}}))
     with pytest.raises(ArtifactError, match="not a path inside the artifact folder"):

@@ -89,7 +89,7 @@ def test_artifacts_of_different_quantizations_or_profiles_are_not_compared(artif
     manifest["model"][field] = value
     (other / "manifest.json").write_text(json.dumps(manifest))
     assert bench_main([str(artifact_dirs[64]), str(other), "--json", str(tmp_path / "x.json")]) == 2
-    assert "different models or quantizations (or ONNX profiles)" in capsys.readouterr().err
+    assert "different models or quantizations (language model, vision tower) or ONNX profiles" in capsys.readouterr().err
 
 
 def test_default_json_name_lists_every_keep_and_other_methods():

@@ -21,6 +21,7 @@ from runtime.parity import (
     MIN_KEPT_OVERLAP,
     NOISE_MARGIN,
     PREFILL_NOISE_PER_SQRT_LAYER,
+    PREFILL_NOISE_PER_SQRT_LAYER_INT8_VISION,
     STATISTICAL,
     TOLERANCES,
     BackendParity,
@@ -104,6 +105,8 @@ def test_statistical_tolerance_grows_with_the_square_root_of_depth():
     assert three == pytest.approx(NOISE_MARGIN * PREFILL_NOISE_PER_SQRT_LAYER * math.sqrt(3) * 4.0)
     assert statistical_tolerance(logits, 12) == pytest.approx(2 * three)
     assert statistical_tolerance(-3 * logits, 3) == pytest.approx(3 * three)  # of the largest magnitude
+    ratio = PREFILL_NOISE_PER_SQRT_LAYER_INT8_VISION / PREFILL_NOISE_PER_SQRT_LAYER
+    assert statistical_tolerance(logits, 3, int8_vision=True) == pytest.approx(ratio * three)
 
 
 def test_reference_of_a_random_weight_artifact_is_rebuilt_from_its_seed(artifact_dirs, tmp_path):
