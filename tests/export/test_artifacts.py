@@ -76,7 +76,7 @@ def test_manifest_lists_every_file_with_its_size_and_sha256(exported_artifact, t
         "processor/processor_config.json",
         "processor/chat_template.jinja",
     }
-    assert manifest["format_version"] == FORMAT_VERSION == 10
+    assert manifest["format_version"] == FORMAT_VERSION == 11
     assert manifest["model"] == {
         "name": "tiny-llava",
         "family": "llava",
